@@ -1,0 +1,147 @@
+"""Builders for tiny random decoders of many architectures and a tiny BPE tokenizer."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+#: ../shared/data/gsm8k relative to a checkout; overridable with MIDBLOCK_GSM8K_DIR.
+GSM8K_DIR = Path(
+    os.environ.get(
+        "MIDBLOCK_GSM8K_DIR",
+        str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k"),
+    )
+)
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "<|im_start|>assistant\n{% generation %}{{ message['content'] }}<|im_end|>{% endgeneration %}\n"
+    "{% else %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_CORPUS = """Question: Natalia sold clips to 48 of her friends in April, and then she sold half as
+many clips in May. How many clips did Natalia sell altogether in April and May?
+Answer: Natalia sold 48/2 = 24 clips in May. Natalia sold 48+24 = 72 clips altogether. #### 72
+Question: Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of
+babysitting. How much did she earn? Answer: Weng earns 12/60 = $0.2 per minute. #### 10
+The quick brown fox jumps over the lazy dog. 0 1 2 3 4 5 6 7 8 9 + - * / = $ % . , ? !
+user assistant system <|im_start|> <|im_end|> the a an of to in is was for on that with
+""" * 4
+
+#: The architectures the test-suite covers, with the transformers config class name.
+ARCHITECTURES = {
+    "llama": "LlamaConfig",
+    "qwen2": "Qwen2Config",
+    "qwen3": "Qwen3Config",
+    "olmo2": "Olmo2Config",
+    "mistral": "MistralConfig",
+    "gemma2": "Gemma2Config",
+    "phi3": "Phi3Config",
+    "gpt2": "GPT2Config",
+    "gpt_neox": "GPTNeoXConfig",
+}
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_json(vocab_size: int) -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
+    return tok.to_str()
+
+
+def tiny_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` with a chat template (with
+    ``{% generation %}`` blocks, so TRL's ``assistant_only_loss`` works)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_tokenizer_json(vocab_size)),
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<pad>",
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    tok.model_max_length = 2048
+    return tok
+
+
+def tiny_config(arch: str = "llama", num_layers: int = 5, hidden: int = 64, vocab_size: int = 512, **overrides: Any):
+    """A config of ``arch`` (a key of :data:`ARCHITECTURES`) with tiny dimensions."""
+    import transformers
+
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch={arch!r} is not one of {sorted(ARCHITECTURES)}")
+    cls = getattr(transformers, ARCHITECTURES[arch])
+    heads = max(2, hidden // 16)
+    common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=2, pad_token_id=3)
+    if arch == "gpt2":
+        kw = dict(n_embd=hidden, n_layer=num_layers, n_head=heads, n_positions=512)
+    elif arch == "gpt_neox":
+        kw = dict(hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=heads,
+                  intermediate_size=hidden * 2, max_position_embeddings=512)
+    else:
+        kw = dict(hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=heads,
+                  num_key_value_heads=max(1, heads // 2), intermediate_size=hidden * 2,
+                  max_position_embeddings=512)
+        if arch in ("gemma2", "qwen3"):
+            kw["head_dim"] = hidden // heads
+        if arch == "phi3":
+            kw["pad_token_id"] = 3
+    kw.update(common)
+    kw.update(overrides)
+    return cls(**kw)
+
+
+def tiny_model(arch: str = "llama", num_layers: int = 5, hidden: int = 64, seed: int = 0, **overrides: Any):
+    """A randomly initialised ``AutoModelForCausalLM`` of ``arch`` (float32)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = tiny_config(arch, num_layers=num_layers, hidden=hidden, **overrides)
+    model = AutoModelForCausalLM.from_config(cfg)
+    return model.float()
+
+
+def save_tiny(path: str | os.PathLike, arch: str = "llama", num_layers: int = 5, hidden: int = 64, seed: int = 0, **overrides: Any) -> Path:
+    """Save a tiny model and tokenizer to ``path`` (a directory loadable with from_pretrained)."""
+    path = Path(path)
+    tiny_model(arch, num_layers=num_layers, hidden=hidden, seed=seed, **overrides).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def gsm8k_rows(split: str = "train", n: int | None = None, data_dir: str | os.PathLike | None = None) -> list[dict]:
+    """The first ``n`` rows of the real GSM8K JSONL in ``../shared/data/gsm8k``."""
+    path = Path(data_dir or GSM8K_DIR) / f"{split}.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"GSM8K {split} split not found at {path}; set MIDBLOCK_GSM8K_DIR to a directory "
+            "holding train.jsonl / test.jsonl"
+        )
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                rows.append(json.loads(line))
+                if n is not None and len(rows) >= n:
+                    break
+    return rows

@@ -1,0 +1,355 @@
+"""Depth-window arithmetic: the single source of truth for *which layers* are tuned.
+
+Everything that needs to know the window (the plan, the PEFT config, the freezing
+logic, the Axolotl plugin, the CLI) calls :func:`resolve_layers`. Nothing else in
+the package computes layer indices.
+
+Three ways to say the window (Zhao et al., "A Layer-wise Analysis of Supervised
+Fine-Tuning", ACL 2026):
+
+* a fraction window ``"0.2:0.8"`` (the default) -> layers ``[floor(a*L), floor(b*L))``;
+* a segment mask ``"01110"`` (bottom segment first; S = len(mask) segments, segment i
+  spans ``[floor(i*L/S), floor((i+1)*L/S))``);
+* explicit layers ``"3-11"``, ``"3,4,9-12"`` or a list of ints (negative indices count
+  from the top, ranges are inclusive).
+
+>>> resolve_layers(16)
+[3, 4, 5, 6, 7, 8, 9, 10, 11]
+>>> resolve_layers(16, segments="01110") == resolve_layers(16, window="0.2:0.8")
+True
+>>> matched_rank(64, 16, 9)
+113
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from fractions import Fraction
+from typing import Any, Iterable, Sequence
+
+DEFAULT_WINDOW = "0.2:0.8"
+
+#: Attribute names of the layer count, in the order they are tried.
+_NUM_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+#: Nested configs of multimodal / composite models that hold the text decoder.
+_NESTED_CONFIG_KEYS = ("text_config", "language_config", "llm_config", "decoder")
+
+
+class WindowError(ValueError):
+    """A window, mask, layer list or model that cannot be resolved to layers."""
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _get(config: Any, key: str) -> Any:
+    if isinstance(config, dict):
+        return config.get(key)
+    return getattr(config, key, None)
+
+
+def num_layers_from_config(config: Any) -> int:
+    """Number of decoder layers of a Hugging Face config (object or dict).
+
+    Tries ``num_hidden_layers``, ``n_layer``, ``num_layers``, ``n_layers`` on the config
+    and then on a nested ``text_config`` (multimodal models) and similar.
+    """
+    for key in _NUM_LAYER_KEYS:
+        value = _get(config, key)
+        if isinstance(value, int) and value > 0:
+            return value
+    for nested in _NESTED_CONFIG_KEYS:
+        sub = _get(config, nested)
+        if sub is not None:
+            try:
+                return num_layers_from_config(sub)
+            except WindowError:
+                pass
+    name = _get(config, "model_type") or type(config).__name__
+    raise WindowError(
+        f"cannot find the number of decoder layers in the config of {name!r}: none of "
+        f"{', '.join(_NUM_LAYER_KEYS)} is set (also looked in {', '.join(_NESTED_CONFIG_KEYS)}). "
+        "Pass the layer count explicitly (num_layers=N / --num-layers N)."
+    )
+
+
+# --------------------------------------------------------------------------- model
+
+#: Dotted paths of the decoder layer list, tried in order. The last component is the
+#: ``layers_pattern`` PEFT needs.
+DECODER_LAYER_PATHS = (
+    "model.layers",  # Llama, Qwen2/3, Mistral, Gemma, OLMo2, Phi3 (CausalLM wrapper)
+    "layers",  # the bare base model
+    "model.language_model.layers",  # multimodal (Gemma3, Llava, ...)
+    "language_model.model.layers",
+    "language_model.layers",
+    "transformer.h",  # GPT-2, GPT-J, Falcon, Bloom
+    "h",
+    "gpt_neox.layers",  # GPT-NeoX, Pythia
+    "model.decoder.layers",  # OPT
+    "decoder.layers",
+    "transformer.blocks",  # MPT
+    "blocks",
+)
+
+
+def _unwrap(model: Any) -> Any:
+    """Peel PEFT / DeepSpeed / DDP wrappers down to the transformers model."""
+    seen = 0
+    while seen < 8:
+        seen += 1
+        if hasattr(model, "get_base_model") and callable(model.get_base_model):
+            model = model.get_base_model()
+        elif hasattr(model, "module") and not hasattr(model, "config"):
+            model = model.module
+        else:
+            break
+    return model
+
+
+def _walk(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def find_decoder_layers(model: Any) -> tuple[str, Any]:
+    """Return ``(dotted_path, module_list)`` of the decoder layer stack of ``model``.
+
+    PEFT's ``layers_pattern`` is ``dotted_path.rsplit('.', 1)[-1]``.
+    """
+    import torch.nn as nn
+
+    base = _unwrap(model)
+    for path in DECODER_LAYER_PATHS:
+        layers = _walk(base, path)
+        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+            return path, layers
+    raise WindowError(
+        f"cannot locate the decoder layers of {type(base).__name__}: none of "
+        f"{', '.join(DECODER_LAYER_PATHS)} is an nn.ModuleList. Supported are decoder-only "
+        "Hugging Face models; for another layout pass explicit target modules or open an issue."
+    )
+
+
+def layers_pattern_of(path: str) -> str:
+    return path.rsplit(".", 1)[-1]
+
+
+# --------------------------------------------------------------------------- window
+
+
+def fraction_to_layers(start: float, end: float, num_layers: int) -> list[int]:
+    """Layers ``[floor(start*L), floor(end*L))`` (exact rational arithmetic)."""
+    if not (0.0 <= start < end <= 1.0):
+        raise WindowError(
+            f"window '{start}:{end}' is not a fraction window: need 0 <= a < b <= 1 "
+            "(e.g. '0.2:0.8'). Use segments='01110' or layers='3-11' for other forms."
+        )
+    a = Fraction(str(start)) * num_layers
+    b = Fraction(str(end)) * num_layers
+    layers = list(range(math.floor(a), math.floor(b)))
+    if not layers:
+        raise WindowError(
+            f"window '{start}:{end}' selects no layer of a {num_layers}-layer model "
+            f"(floor({start}*{num_layers}) == floor({end}*{num_layers})). Widen the window "
+            "or give explicit layers."
+        )
+    return layers
+
+
+def parse_fraction_window(spec: str) -> tuple[float, float]:
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*:\s*([0-9]*\.?[0-9]+)\s*", str(spec))
+    if not m:
+        raise WindowError(
+            f"window={spec!r} is not of the form 'a:b' with fractions of depth, e.g. '0.2:0.8'. "
+            "For a segment mask use segments='01110'; for explicit layers use layers='3-11'."
+        )
+    a, b = float(m.group(1)), float(m.group(2))
+    if not (0.0 <= a < b <= 1.0):
+        raise WindowError(
+            f"window={spec!r}: need 0 <= a < b <= 1 (got a={a}, b={b}), e.g. '0.2:0.8'."
+        )
+    return a, b
+
+
+def segment_bounds(num_layers: int, num_segments: int) -> list[tuple[int, int]]:
+    """``[(start, end), ...]`` of the S segments of an L-layer model (end exclusive)."""
+    return [
+        ((i * num_layers) // num_segments, ((i + 1) * num_layers) // num_segments)
+        for i in range(num_segments)
+    ]
+
+
+def segments_to_layers(mask: str, num_layers: int) -> list[int]:
+    """Layers of the active segments of a mask like ``"01110"`` (bottom segment first)."""
+    mask = str(mask).strip()
+    bad = sorted({c for c in mask if c not in "01"})
+    if not mask or bad:
+        raise WindowError(
+            f"segments={mask!r} is not a mask of '0'/'1' characters"
+            + (f" (stray {', '.join(repr(c) for c in bad)})" if bad else " (it is empty)")
+            + "; write one character per segment, bottom first, e.g. '01110'."
+        )
+    if "1" not in mask:
+        raise WindowError(
+            f"segments={mask!r} activates no segment; put a '1' on at least one segment, e.g. '01110'."
+        )
+    if len(mask) > num_layers:
+        raise WindowError(
+            f"segments={mask!r} has {len(mask)} segments but the model has only {num_layers} "
+            "layers, so some segments would be empty; use at most one segment per layer."
+        )
+    layers: list[int] = []
+    for (lo, hi), bit in zip(segment_bounds(num_layers, len(mask)), mask):
+        if bit == "1":
+            layers.extend(range(lo, hi))
+    return layers
+
+
+def explicit_layers(spec: str | int | Iterable[int], num_layers: int) -> list[int]:
+    """Parse ``"3-11"``, ``"3,4,9-12"``, ``"-4--1"``, an int or a list of ints."""
+    items: list[int] = []
+    if isinstance(spec, bool):
+        raise WindowError(f"layers={spec!r} is not a layer list; use e.g. '3-11' or [3, 4, 5].")
+    if isinstance(spec, int):
+        items = [spec]
+    elif isinstance(spec, str):
+        text = spec.strip().strip("[]")
+        if not text:
+            raise WindowError("layers='' names no layer; use e.g. '3-11' or '3,4,9-12'.")
+        for part in text.split(","):
+            part = part.strip()
+            m = re.fullmatch(r"(-?\d+)\s*(?:-\s*(-?\d+))?", part)
+            if not m:
+                raise WindowError(
+                    f"layers={spec!r}: cannot read {part!r}; write indices and inclusive ranges "
+                    "separated by commas, e.g. '3,4,9-12' (negative indices count from the top)."
+                )
+            lo = _norm_index(int(m.group(1)), num_layers, spec)
+            hi = _norm_index(int(m.group(2)), num_layers, spec) if m.group(2) else lo
+            if hi < lo:
+                raise WindowError(f"layers={spec!r}: range {part!r} runs backwards; write it as lo-hi.")
+            items.extend(range(lo, hi + 1))
+        return _check_nonempty(sorted(set(items)), spec)
+    else:
+        try:
+            raw = list(spec)
+        except TypeError:
+            raise WindowError(f"layers={spec!r} is not a layer list; use e.g. '3-11' or [3, 4, 5].") from None
+        for x in raw:
+            if isinstance(x, bool) or not isinstance(x, int):
+                try:
+                    x = int(str(x))
+                except ValueError:
+                    raise WindowError(f"layers={spec!r}: {x!r} is not a layer index.") from None
+            items.append(x)
+    return _check_nonempty(sorted({_norm_index(i, num_layers, spec) for i in items}), spec)
+
+
+def _norm_index(i: int, num_layers: int, spec: Any) -> int:
+    j = i + num_layers if i < 0 else i
+    if not 0 <= j < num_layers:
+        raise WindowError(
+            f"layers={spec!r}: layer {i} is out of range for a {num_layers}-layer model "
+            f"(allowed 0..{num_layers - 1}, or -{num_layers}..-1 from the top)."
+        )
+    return j
+
+
+def _check_nonempty(layers: list[int], spec: Any) -> list[int]:
+    if not layers:
+        raise WindowError(f"layers={spec!r} names no layer; use e.g. '3-11'.")
+    return layers
+
+
+def read_window_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read the recommendation of a ``midblock analyze`` JSON (``--window-from``).
+
+    The file must hold ``{"recommendation": {"layers": [...], ...}}``; the layers and the
+    layer count they were computed for are returned.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise WindowError(f"window_from={str(path)!r}: no such file; give the JSON written by 'midblock analyze'.") from None
+    except json.JSONDecodeError as exc:
+        raise WindowError(f"window_from={str(path)!r} is not valid JSON ({exc}).") from None
+    rec = data.get("recommendation") if isinstance(data, dict) else None
+    if not isinstance(rec, dict) or "layers" not in rec:
+        raise WindowError(
+            f"window_from={str(path)!r} has no 'recommendation.layers' entry; give the JSON "
+            "written by 'midblock analyze' (analysis.json)."
+        )
+    return rec
+
+
+def resolve_layers(
+    num_layers: int,
+    *,
+    window: str | None = None,
+    segments: str | None = None,
+    layers: str | int | Sequence[int] | None = None,
+    window_from: str | os.PathLike | None = None,
+) -> list[int]:
+    """Resolve the window to a sorted list of layer indices. At most one form may be given;
+    with none, the paper's ``"0.2:0.8"`` window is used."""
+    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
+        raise WindowError(f"num_layers={num_layers!r}: need a positive integer layer count.")
+    given = {k: v for k, v in (("window", window), ("segments", segments), ("layers", layers), ("window_from", window_from)) if v not in (None, "")}
+    if len(given) > 1:
+        raise WindowError(
+            f"give only one of window / segments / layers / window_from (got {', '.join(sorted(given))}); "
+            "remove all but one."
+        )
+    if "segments" in given:
+        return segments_to_layers(str(segments), num_layers)
+    if "layers" in given:
+        return explicit_layers(layers, num_layers)  # type: ignore[arg-type]
+    if "window_from" in given:
+        rec = read_window_file(window_from)  # type: ignore[arg-type]
+        expected = rec.get("num_layers")
+        if expected is not None and int(expected) != num_layers:
+            raise WindowError(
+                f"window_from={str(window_from)!r} was computed for a {expected}-layer model, "
+                f"but this model has {num_layers} layers; rerun 'midblock analyze' on this model."
+            )
+        return explicit_layers(rec["layers"], num_layers)
+    a, b = parse_fraction_window(window or DEFAULT_WINDOW)
+    return fraction_to_layers(a, b, num_layers)
+
+
+def describe_window(num_layers: int, layers: Sequence[int]) -> str:
+    """Compact ``"3-11"`` / ``"1-3,8"`` form of a layer list."""
+    runs: list[str] = []
+    start = prev = None
+    for i in layers:
+        if start is None:
+            start = prev = i
+        elif i == prev + 1:
+            prev = i
+        else:
+            runs.append(f"{start}-{prev}" if start != prev else f"{start}")
+            start = prev = i
+    if start is not None:
+        runs.append(f"{start}-{prev}" if start != prev else f"{start}")
+    return ",".join(runs)
+
+
+# --------------------------------------------------------------------------- rank budget
+
+
+def matched_rank(rank: int, num_layers: int, num_active: int) -> int:
+    """Rank per active layer so the rank sum matches uniform LoRA: ``floor(r*L/n)``."""
+    if rank < 1 or num_active < 1 or num_active > num_layers:
+        raise WindowError(
+            f"matched_rank: need rank >= 1 and 1 <= active layers <= L (got r={rank}, "
+            f"n={num_active}, L={num_layers})."
+        )
+    return (rank * num_layers) // num_active
