@@ -20,6 +20,7 @@ from typing import Any
 from midblock_plugin.config import MidBlockConfig
 from midblock_plugin.window import (
     WindowError,
+    _unwrap,
     describe_window,
     find_decoder_layers,
     layers_pattern_of,
@@ -214,10 +215,14 @@ def build_plan(model_or_config: Any = None, config: MidBlockConfig | None = None
         if isinstance(model_or_config, nn.Module):
             model = model_or_config
             hf_config = getattr(model, "config", None)
+            if hasattr(model, "peft_config") or any("lora_" in n for n, _ in model.named_parameters()):
+                model = None  # shapes are read from a clean meta-device copy, not the wrapped model
         else:
             hf_config = load_config(model_or_config)
         L = num_layers or num_layers_from_config(hf_config)
-        arch = (getattr(hf_config, "architectures", None) or [None])[0] or (type(model).__name__ if model is not None else None)
+        arch = (getattr(hf_config, "architectures", None) or [None])[0] or (
+            type(_unwrap(model)).__name__ if model is not None else None
+        )
         model_type = getattr(hf_config, "model_type", "unknown")
         # the window is validated before anything heavy (the meta model) is built
         resolve_layers(L, **config.window_kwargs())
@@ -261,8 +266,6 @@ def build_plan(model_or_config: Any = None, config: MidBlockConfig | None = None
 
 
 def _fill_counts(plan: MidBlockPlan, model: Any, config: MidBlockConfig) -> None:
-    from midblock_plugin.window import _unwrap
-
     base = _unwrap(model)
     _, layer_list = find_decoder_layers(base)
     plan.target_modules = resolve_target_modules(layer_list[0], config.target_modules)

@@ -1,0 +1,176 @@
+"""``MidBlockCallback``: the training hooks, as a ``transformers.TrainerCallback``.
+
+One callback serves every Trainer-based framework (TRL's ``SFTTrainer``, Axolotl's
+trainers, the plain HF ``Trainer``):
+
+* ``on_init_end`` (before the optimizer and before ``deepspeed.initialize``): resolve the
+  plan against the model, freeze in full mode, check that only the window trains, log a
+  one-screen summary and write ``<output_dir>/midblock/plan.json``;
+* ``on_train_begin`` (after the Trainer enabled gradient checkpointing): backward
+  truncation and the drift monitor's snapshot;
+* logging steps: per-layer relative weight change and gradient norm into the logs;
+* ``on_train_end``: ``<output_dir>/midblock/drift.json`` (and ``drift.png``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from transformers import TrainerCallback
+
+from midblock_plugin.adapters import apply_full_mode, verify_trainable
+from midblock_plugin.config import MidBlockConfig
+from midblock_plugin.hooks import BackwardTruncation, DriftMonitor
+from midblock_plugin.hooks.truncation import checkpointing_on, is_reentrant
+from midblock_plugin.plan import MidBlockPlan, build_plan
+
+logger = logging.getLogger("midblock_plugin")
+
+OUTPUT_SUBDIR = "midblock"
+
+
+class MidBlockCallback(TrainerCallback):
+    """Mid-Block Efficient Tuning hooks for any HF ``Trainer``.
+
+    >>> from midblock_plugin import MidBlockConfig
+    >>> cb = MidBlockCallback(MidBlockConfig(segments="01110", rank=16))
+    """
+
+    def __init__(self, config: MidBlockConfig | None = None, plan: MidBlockPlan | None = None, verbose: bool = True):
+        self.config = config or (plan.config if plan is not None else MidBlockConfig())
+        self.plan = plan
+        self.verbose = verbose
+        self.truncation: BackwardTruncation | None = None
+        self.monitor: DriftMonitor | None = None
+        self.trainable_params: int | None = None
+        self._pending_grads: dict[int, float] | None = None
+
+    # ------------------------------------------------------------------ setup
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        if model is None:
+            raise RuntimeError("MidBlockCallback needs the model; the Trainer passes it to callbacks.")
+        self._move_to_front()
+        if self.plan is None:
+            self.plan = build_plan(model, self.config)
+        if self.plan.mode == "full":
+            self.trainable_params = apply_full_mode(model, self.plan)
+        else:
+            self.trainable_params = verify_trainable(model, self.plan)
+        if state.is_world_process_zero:
+            if self.verbose:
+                print(self.plan.summary(), file=sys.stderr, flush=True)
+            self._write_json(args, "plan.json", {**self.plan.to_json_dict(), "trainable_params_on_model": self.trainable_params})
+        return control
+
+    def _move_to_front(self) -> None:
+        # Reporters (wandb, tensorboard) are default callbacks that run before user callbacks,
+        # so metrics added to `logs` in our on_log would reach them one step late or never.
+        # Transformers has no hook to order callbacks, so we move ourselves to the front of the
+        # CallbackHandler that is calling us (its `call_event` frame); a no-op if not found.
+        frame = sys._getframe(2)
+        handler = frame.f_locals.get("self") if frame is not None else None
+        callbacks = getattr(handler, "callbacks", None)
+        if isinstance(callbacks, list) and self in callbacks:
+            callbacks.remove(self)
+            callbacks.insert(0, self)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        plan = self.plan
+        if plan is None or model is None:
+            return control
+        # Re-check: nothing between init and now may have unfrozen layers outside the window.
+        verify_trainable(model, plan)
+        if self.config.truncate_backward and checkpointing_on(args) and self.truncation is None:
+            self.truncation = BackwardTruncation(plan.first_layer, reentrant=is_reentrant(args, model))
+            if self.truncation.install(model):
+                logger.info(
+                    "midblock: backward truncated below layer %d (removed %d input-grad hooks, reentrant=%s)",
+                    plan.first_layer, self.truncation.removed_input_hooks, self.truncation.reentrant,
+                )
+        if self.config.drift_monitor and self.monitor is None:
+            self.monitor = DriftMonitor(model, plan.layers, plan.mode)
+            self.monitor.snapshot()
+        return control
+
+    # ------------------------------------------------------------------ drift
+    def _will_log(self, args, state) -> bool:
+        steps = state.logging_steps or getattr(args, "logging_steps", 0)
+        strategy = getattr(args, "logging_strategy", "steps")
+        strategy = str(getattr(strategy, "value", strategy))
+        return strategy == "steps" and bool(steps) and (state.global_step + 1) % int(steps) == 0
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.monitor is not None and self._will_log(args, state):
+            self._pending_grads = self.monitor.grad_norms()
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.monitor is None or logs is None or "loss" not in logs:
+            return control
+        metrics = self.monitor.record(state.global_step, self._pending_grads)
+        self._pending_grads = None
+        logs.update(metrics)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(metrics)
+        return control
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.truncation is not None:
+            self.truncation.remove()
+        if self.monitor is None:
+            return control
+        if not self.monitor.history or self.monitor.history[-1]["step"] != state.global_step:
+            self.monitor.record(state.global_step)
+        if state.is_world_process_zero:
+            data = self.monitor.to_json_dict()
+            data["num_layers"] = self.plan.num_layers if self.plan else None
+            path = self._write_json(args, "drift.json", data)
+            if path:
+                _plot_drift(data, path.replace(".json", ".png"))
+        return control
+
+    # ------------------------------------------------------------------ io
+    def _write_json(self, args, name: str, data: dict) -> str | None:
+        out = getattr(args, "output_dir", None)
+        if not out:
+            return None
+        d = os.path.join(out, OUTPUT_SUBDIR)
+        os.makedirs(d, exist_ok=True)
+        path = os.path.join(d, name)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, default=float)
+        os.replace(tmp, path)
+        return path
+
+
+def _plot_drift(data: dict, path: str) -> None:
+    """Final per-layer relative weight change over depth, shaded window (skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    last = data["history"][-1]["weight_change"] if data["history"] else {}
+    if not last:
+        return
+    L = data.get("num_layers") or (max(int(k) for k in last) + 1)
+    xs = list(range(L))
+    ys = [last.get(str(i), 0.0) for i in xs]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.bar(xs, ys, color="#3b6ea5")
+    layers = data["layers"]
+    ax.axvspan(layers[0] - 0.5, layers[-1] + 0.5, color="orange", alpha=0.15, label="trained window")
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("||W_t - W_0|| / ||W_0||")
+    ax.set_title(f"midblock drift ({data['mode']}), step {data['history'][-1]['step']}")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Framework integrations (TRL, Axolotl). They depend on the core, never the reverse."""
