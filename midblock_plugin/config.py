@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from midblock_plugin.window import WindowError, parse_fraction_window
+from midblock_plugin.window import WindowError, parse_fraction_window, validate_mask
 
 MODES = ("lora", "full")
 BUDGETS = ("match", "none")
@@ -61,12 +61,7 @@ class MidBlockConfig:
         if self.window not in (None, ""):
             parse_fraction_window(self.window)  # raises a WindowError naming the value
         if self.segments not in (None, ""):
-            seg = str(self.segments)
-            bad = sorted({c for c in seg if c not in "01"})
-            if bad or "1" not in seg:
-                raise WindowError(
-                    f"segments={seg!r} must be a mask of '0'/'1' with at least one '1', bottom segment first, e.g. '01110'."
-                )
+            validate_mask(self.segments)
         _choice("mode", self.mode, MODES)
         _choice("budget", self.budget, BUDGETS)
         _choice("alpha_policy", self.alpha_policy, ALPHA_POLICIES)

@@ -186,8 +186,8 @@ def segment_bounds(num_layers: int, num_segments: int) -> list[tuple[int, int]]:
     ]
 
 
-def segments_to_layers(mask: str, num_layers: int) -> list[int]:
-    """Layers of the active segments of a mask like ``"01110"`` (bottom segment first)."""
+def validate_mask(mask: str) -> str:
+    """Check a segment mask (characters ``0``/``1``, at least one ``1``); return it stripped."""
     mask = str(mask).strip()
     bad = sorted({c for c in mask if c not in "01"})
     if not mask or bad:
@@ -200,6 +200,12 @@ def segments_to_layers(mask: str, num_layers: int) -> list[int]:
         raise WindowError(
             f"segments={mask!r} activates no segment; put a '1' on at least one segment, e.g. '01110'."
         )
+    return mask
+
+
+def segments_to_layers(mask: str, num_layers: int) -> list[int]:
+    """Layers of the active segments of a mask like ``"01110"`` (bottom segment first)."""
+    mask = validate_mask(mask)
     if len(mask) > num_layers:
         raise WindowError(
             f"segments={mask!r} has {len(mask)} segments but the model has only {num_layers} "
