@@ -22,6 +22,11 @@ import torch
 from midblock_plugin.window import find_decoder_layers
 
 
+#: Names of the forward-hook functions that ``enable_input_require_grads`` (transformers)
+#: and PEFT's gradient-checkpointing preparation register on the input embeddings.
+_INPUT_GRAD_HOOK_NAMES = frozenset({"make_inputs_require_grads", "make_inputs_require_grad"})
+
+
 def _pretrained_modules(model: Any) -> list[Any]:
     from transformers import PreTrainedModel
 
@@ -55,10 +60,16 @@ class BackwardTruncation:
         if not self.applicable(model):
             return False
         for module in _pretrained_modules(model):
-            hooks = getattr(module, "_require_grads_hooks", None)
-            if hooks:
-                self.removed_input_hooks += len(hooks)
+            if getattr(module, "_require_grads_hooks", None):
                 module.disable_input_require_grads()
+        # enable_input_require_grads() replaces its hook list without removing the old hooks, so
+        # after Trainer + TRL both call it one hook is orphaned; no API can reach it, so we remove
+        # the forward hooks whose function is that helper (transformers' or PEFT's) by name.
+        for module in model.modules():
+            for key, fn in list(module._forward_hooks.items()):
+                if getattr(fn, "__name__", "") in _INPUT_GRAD_HOOK_NAMES:
+                    del module._forward_hooks[key]
+                    self.removed_input_hooks += 1
         if self.reentrant:
             _, layers = find_decoder_layers(model)
             self.handle = layers[self.first_layer].register_forward_pre_hook(_mark_hidden_states, with_kwargs=True)
