@@ -66,8 +66,12 @@ def load_rows(path: str, n: int | None) -> list[dict]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    mb = config_from_args(args)  # bad windows / options fail here, before any weights load
-    rows = load_rows(args.data, args.num_examples)
+    try:
+        mb = config_from_args(args)  # bad windows / options fail here, before any weights load
+        rows = load_rows(args.data, args.num_examples)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"sft_midblock.py: error: {exc}", file=sys.stderr)
+        return 2
 
     import torch
     from datasets import Dataset

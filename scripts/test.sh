@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command: set up both virtual environments and run every CPU test.
+#   bash scripts/test.sh            # everything
+#   bash scripts/test.sh -k window  # extra arguments go to the main pytest run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 AXOLOTL_DO_NOT_TRACK=1 DO_NOT_TRACK=1 WANDB_DISABLED=true
+bash scripts/setup.sh
+.venv/bin/python -m pytest tests --ignore=tests/axolotl -q "$@"
+if [ -f .ci/axolotl-setup.sh ] && [ -d tests/axolotl ]; then
+  bash .ci/axolotl-setup.sh
+  .venv-axolotl/bin/python -m pytest tests/axolotl -q
+fi

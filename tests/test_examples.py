@@ -1,0 +1,51 @@
+"""The TRL example script, end to end, as a user runs it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from midblock_plugin.testing import GSM8K_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "trl" / "sft_midblock.py"
+
+
+def run(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def test_example_trains_and_saves_a_midblock_adapter(tmp_path):
+    out = tmp_path / "run"
+    r = run("--model", "tiny", "--data", str(GSM8K_DIR / "train.jsonl"), "--num-examples", "8", "--segments", "01110",
+            "--rank", "8", "--max-steps", "2", "--batch-size", "2", "--gradient-checkpointing", "--output-dir", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["layers_to_transform"] == [1, 2, 3, 4, 5]  # L=8, mask 01110
+    assert cfg["r"] == 12  # floor(8 * 8 / 5)
+    assert (out / "adapter_model.safetensors").stat().st_size > 0
+    assert "window         layers 1-5" in r.stderr
+    drift = json.loads((out / "midblock" / "drift.json").read_text())
+    assert drift["history"][-1]["step"] == 2
+
+
+def test_example_full_mode_with_chat_data(tmp_path):
+    data = tmp_path / "chat.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"What is {i}+{i}?"}, {"role": "assistant", "content": str(2 * i)}]} for i in range(6)]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "full"
+    r = run("--data", str(data), "--mode", "full", "--layers", "2-5", "--max-steps", "1", "--batch-size", "2", "--output-dir", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out / "model.safetensors").exists()
+    plan = json.loads((out / "midblock" / "plan.json").read_text())
+    assert plan["mode"] == "full" and plan["layers"] == [2, 3, 4, 5]
+
+
+def test_example_bad_window_fails_before_any_work(tmp_path):
+    out = tmp_path / "never"
+    r = run("--data", str(GSM8K_DIR / "train.jsonl"), "--window", "0.8:0.2", "--output-dir", str(out))
+    assert r.returncode != 0
+    assert "window='0.8:0.2'" in r.stderr and "0 <= a < b <= 1" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+    r = run("--data", str(tmp_path / "missing.jsonl"), "--output-dir", str(out))
+    assert r.returncode != 0 and "--data" in r.stderr and "does not exist" in r.stderr
