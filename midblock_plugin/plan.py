@@ -176,8 +176,14 @@ def _meta_model(config: Any) -> Any:
     cfg = config
     if hasattr(cfg, "quantization_config"):
         cfg = cfg.__class__.from_dict({k: v for k, v in cfg.to_dict().items() if k != "quantization_config"})
+    try:
+        cls = AutoModelForCausalLM._model_mapping[type(cfg)]
+    except KeyError:  # custom-code models: only from_config knows them
+        cls = None
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(cfg)
+        # Constructing the class directly (not from_config) keeps an active ZeRO-3 config from
+        # partitioning this shape-only copy.
+        return cls(cfg) if cls is not None else AutoModelForCausalLM.from_config(cfg)
 
 
 def load_config(model_or_path: Any) -> Any:

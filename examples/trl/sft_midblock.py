@@ -36,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--logging-steps", type=int, default=1)
     p.add_argument("--output-dir", required=True)
+    p.add_argument("--deepspeed", help="ZeRO-3: 'zero3', 'zero3_offload' (configs shipped with midblock) or a JSON path")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)  # the deepspeed launcher adds it
     add_window_arguments(p)
     return p.parse_args(argv)
 
@@ -80,20 +82,25 @@ def main(argv=None) -> int:
 
     from midblock_plugin.integrations.trl import MidBlockCallback, midblock_lora_config
 
-    if args.model == "tiny":
-        from midblock_plugin.testing import tiny_model, tiny_tokenizer
-
-        model, tok = tiny_model("llama", num_layers=8, seed=args.seed), tiny_tokenizer()
-    else:
+    if args.model != "tiny":
         from midblock_plugin.plan import build_plan
 
         build_plan(args.model, mb)  # config only: the window is checked before the weights load
-        tok = AutoTokenizer.from_pretrained(args.model)
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if args.bf16 else torch.float32)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-
     cpu = not torch.cuda.is_available()
+    extra = {}
+    if args.deepspeed:
+        from midblock_plugin.deepspeed_configs import config_path
+
+        extra["deepspeed"] = config_path(args.deepspeed)
+        if cpu:
+            # DeepSpeed on CPU (tests, laptops): gloo and accelerate's configured state, else the
+            # HF batch-size arithmetic assumes world size 1 (see docs/deepspeed.md).
+            from accelerate import PartialState
+
+            os.environ.setdefault("ACCELERATE_USE_DEEPSPEED", "true")
+            PartialState(backend="gloo")
+            extra["accelerator_config"] = {"use_configured_state": True}
+    # The training arguments come first: under ZeRO-3 they make from_pretrained partition the model.
     sft = SFTConfig(
         output_dir=args.output_dir,
         max_steps=args.max_steps,
@@ -104,12 +111,23 @@ def main(argv=None) -> int:
         max_length=args.max_length,
         gradient_checkpointing=args.gradient_checkpointing,
         bf16=args.bf16,
-        use_cpu=cpu,
+        use_cpu=cpu and not args.deepspeed,
         seed=args.seed,
         logging_steps=args.logging_steps,
         save_strategy="no",
         report_to=[],
+        **extra,
     )
+    if args.model == "tiny":
+        from midblock_plugin.testing import tiny_model, tiny_tokenizer
+
+        model, tok = tiny_model("llama", num_layers=8, seed=args.seed), tiny_tokenizer()
+    else:
+        tok = AutoTokenizer.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if args.bf16 else torch.float32)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+
     peft_config = midblock_lora_config(model, mb) if mb.mode == "lora" else None
     trainer = SFTTrainer(
         model=model,
@@ -121,7 +139,8 @@ def main(argv=None) -> int:
     )
     trainer.train()
     trainer.save_model(args.output_dir)
-    tok.save_pretrained(args.output_dir)
+    if trainer.is_world_process_zero():
+        tok.save_pretrained(args.output_dir)
     print(f"saved {'LoRA adapter' if peft_config else 'model'} to {args.output_dir}", file=sys.stderr)
     return 0
 
