@@ -22,6 +22,7 @@ def add_window_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-alpha", type=float, default=None, help="baseline alpha (default 2*rank)")
     g.add_argument("--alpha-policy", choices=ALPHA_POLICIES, default="ratio")
     g.add_argument("--use-rslora", action="store_true")
+    g.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default 0.05, as in the paper)")
     g.add_argument(
         "--target-modules",
         default="attention",
@@ -48,6 +49,7 @@ def config_from_args(args: argparse.Namespace):
         lora_alpha=args.lora_alpha,
         alpha_policy=args.alpha_policy,
         use_rslora=args.use_rslora,
+        lora_dropout=args.lora_dropout,
         target_modules=tm,
         train_final_norm=args.train_final_norm,
         train_embeddings=args.train_embeddings,

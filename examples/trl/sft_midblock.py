@@ -30,10 +30,12 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--optim", default="adamw_torch", help="an HF optimizer name (adamw_torch, sgd, ...)")
     p.add_argument("--max-length", type=int, default=128, help="sequence length (the paper truncated to 128)")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--bf16", action="store_true", help="bf16 training (GPU)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--sequential", action="store_true", help="iterate the data in file order (reproducible comparisons)")
     p.add_argument("--logging-steps", type=int, default=1)
     p.add_argument("--output-dir", required=True)
     p.add_argument("--deepspeed", help="ZeRO-3: 'zero3', 'zero3_offload' (configs shipped with midblock) or a JSON path")
@@ -108,11 +110,13 @@ def main(argv=None) -> int:
         per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum,
         learning_rate=args.lr,
+        optim=args.optim,
         max_length=args.max_length,
         gradient_checkpointing=args.gradient_checkpointing,
         bf16=args.bf16,
         use_cpu=cpu and not args.deepspeed,
         seed=args.seed,
+        train_sampling_strategy="sequential" if args.sequential else "random",
         logging_steps=args.logging_steps,
         save_strategy="no",
         report_to=[],
