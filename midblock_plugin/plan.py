@@ -57,6 +57,7 @@ class MidBlockPlan:
     full_params: int | None = None
     extra_trainable: list[str] = field(default_factory=list)
     fan_in_fan_out: bool = False
+    largest_module_params: int | None = None
     config: MidBlockConfig | None = field(default=None, repr=False)
 
     @property
@@ -279,6 +280,10 @@ def _fill_counts(plan: MidBlockPlan, model: Any, config: MidBlockConfig) -> None
     plan.fan_in_fan_out = any(type(first[n]).__name__ == "Conv1D" for n in plan.target_modules)
     frozen_base = [p for n, p in base.named_parameters() if "lora_" not in n]
     plan.full_params = _count(dict.fromkeys(frozen_base))
+    # the largest single module's own parameters: what ZeRO-3 gathers at once (DeepSpeed's rule)
+    plan.largest_module_params = max(
+        (_count(m.parameters(recurse=False)) for m in base.modules()), default=0
+    )
 
     def lora_params(index: int, rank: int) -> int:
         mods = linear_modules_of_layer(layer_list[index])
