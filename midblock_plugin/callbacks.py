@@ -62,7 +62,9 @@ class MidBlockCallback(TrainerCallback):
             self.trainable_params = verify_trainable(model, self.plan)
         if state.is_world_process_zero:
             if self.verbose:
-                print(self.plan.summary(), file=sys.stderr, flush=True)
+                partitioned = any(hasattr(p, "ds_id") for p in model.parameters())
+                extra = "\n  deepspeed      ZeRO-3, parameters partitioned" if partitioned else ""
+                print(self.plan.summary() + extra, file=sys.stderr, flush=True)
             self._write_json(args, "plan.json", {**self.plan.to_json_dict(), "trainable_params_on_model": self.trainable_params})
         return control
 

@@ -27,6 +27,14 @@ ATOL = 1e-5
 pytestmark = pytest.mark.slow
 
 
+def free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _run(cmd, env_extra=None):
     env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
@@ -49,7 +57,8 @@ def runs(tmp_path_factory):
     # models in its own order)
     model_dir = save_tiny(root / "model", "llama", num_layers=8, seed=7)
     out = {"model_dir": model_dir}
-    for mode, port in (("lora", 29611), ("full", 29612)):
+    for mode in ("lora", "full"):
+        port = free_port()
         ds_dir, single_dir = root / f"{mode}-ds", root / f"{mode}-single"
         _torchrun(port, *COMMON, "--model", str(model_dir), "--mode", mode, "--batch-size", "2", "--deepspeed", "zero3", "--output-dir", str(ds_dir))
         _single(*COMMON, "--model", str(model_dir), "--mode", mode, "--batch-size", "4", "--output-dir", str(single_dir))
@@ -90,3 +99,23 @@ def test_zero3_full_only_window_changed_and_matches(runs):
     plan = json.loads((ds_dir / "midblock" / "plan.json").read_text())
     # trainable count read from ds_numel on partitioned parameters equals the plan's exact count
     assert plan["trainable_params_on_model"] == plan["trainable_params"]
+
+
+@pytest.mark.parametrize("launcher", ["accelerate", "deepspeed"])
+def test_other_launchers_give_the_same_adapter(runs, launcher, tmp_path):
+    """`accelerate launch` with the shipped multi-node config, and the `deepspeed` launcher."""
+    out = tmp_path / launcher
+    args = [*COMMON, "--model", str(runs["model_dir"]), "--batch-size", "2", "--output-dir", str(out)]
+    if launcher == "accelerate":
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "examples/multinode/accelerate_zero3.yaml"),
+               "--num_machines", "1", "--num_processes", "2", "--main_process_port", str(free_port()), str(SCRIPT), *args]
+    else:
+        ds = Path(sys.executable).parent / "deepspeed"
+        cmd = [str(ds), "--num_gpus", "2", "--master_port", str(free_port()), str(SCRIPT), *args, "--deepspeed", "zero3"]
+    r = _run(cmd)
+    assert "ZeRO-3, parameters partitioned" in r.stderr + r.stdout
+    a = load_file(out / "adapter_model.safetensors")
+    b = load_file(runs["lora"][1] / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=ATOL), (k, (a[k] - b[k]).abs().max())

@@ -94,6 +94,8 @@ def main(argv=None) -> int:
         from midblock_plugin.deepspeed_configs import config_path
 
         extra["deepspeed"] = config_path(args.deepspeed)
+    deepspeed_on = bool(args.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
+    if deepspeed_on:
         if cpu:
             # DeepSpeed on CPU (tests, laptops): gloo and accelerate's configured state, else the
             # HF batch-size arithmetic assumes world size 1 (see docs/deepspeed.md).
@@ -114,7 +116,7 @@ def main(argv=None) -> int:
         max_length=args.max_length,
         gradient_checkpointing=args.gradient_checkpointing,
         bf16=args.bf16,
-        use_cpu=cpu and not args.deepspeed,
+        use_cpu=cpu and not deepspeed_on,
         seed=args.seed,
         train_sampling_strategy="sequential" if args.sequential else "random",
         logging_steps=args.logging_steps,
