@@ -1,0 +1,222 @@
+"""``EvalSettings``: what to evaluate with lm-eval, and how, at the end of training.
+
+Validated on construction, before any model is loaded; importing this module is cheap
+(no torch, no lm-eval). Task names are checked against lm-eval's task index separately
+(:func:`midblock_plugin.evaluation.tasks.check_tasks`), because building that index takes
+seconds.
+
+>>> s = EvalSettings(limit=50, num_fewshot=5, baseline=True)
+>>> s.tasks
+['gsm8k']
+>>> EvalSettings(limit=0)
+Traceback (most recent call last):
+...
+ValueError: limit=0 must be a positive integer (number of test rows per task) or a fraction in (0, 1); use limit=None for the whole test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: ``data_dir`` value that forces lm-eval's hub dataset even when a local copy exists.
+HUB = "hub"
+
+_BATCH_RE = re.compile(r"^auto(:\d+(\.\d+)?)?$")
+
+
+def default_gsm8k_dir() -> Path | None:
+    """The GSM8K directory used when ``data_dir`` is not given: ``MIDBLOCK_GSM8K_DIR``
+    or ``../shared/data/gsm8k`` next to the checkout, if it holds ``train.jsonl`` and
+    ``test.jsonl``; otherwise ``None`` (lm-eval's hub dataset is used)."""
+    from midblock_plugin.testing.tiny import GSM8K_DIR
+
+    env = os.environ.get("MIDBLOCK_GSM8K_DIR")
+    path = Path(env) if env else GSM8K_DIR
+    if (path / "train.jsonl").is_file() and (path / "test.jsonl").is_file():
+        return path.resolve()
+    return None
+
+
+def check_gsm8k_dir(data_dir: str | os.PathLike, option: str = "data_dir") -> Path:
+    """Return ``data_dir`` resolved, or raise ``FileNotFoundError`` / ``ValueError``
+    explaining what a GSM8K directory must contain."""
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{option}={str(data_dir)!r} is not a directory. Give a directory holding GSM8K's "
+            "train.jsonl (few-shot examples) and test.jsonl (scored rows), one JSON object per line "
+            f"with 'question' and 'answer' keys; or {option}='{HUB}' to download openai/gsm8k."
+        )
+    missing = [name for name in ("train.jsonl", "test.jsonl") if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{option}={str(data_dir)!r} lacks {' and '.join(missing)}. A GSM8K directory needs "
+            "train.jsonl (few-shot examples) and test.jsonl (scored rows), one JSON object per line "
+            "with 'question' and 'answer' keys (the layout of openai/gsm8k 'main')."
+        )
+    import json
+
+    for name in ("train.jsonl", "test.jsonl"):
+        with open(path / name, encoding="utf-8") as fh:
+            first = next((line for line in fh if line.strip()), None)
+        if first is None:
+            raise ValueError(f"{option}: {path / name} is empty; it needs GSM8K rows with 'question' and 'answer'.")
+        try:
+            row = json.loads(first)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{option}: the first line of {path / name} is not JSON ({exc}); expected JSON Lines.") from None
+        if not isinstance(row, dict) or not {"question", "answer"} <= set(row):
+            keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise ValueError(
+                f"{option}: rows of {path / name} need 'question' and 'answer' keys (GSM8K 'main' layout); "
+                f"the first row has {keys}."
+            )
+    return path.resolve()
+
+
+@dataclass
+class EvalSettings:
+    """Evaluation with lm-eval's own tasks (GSM8K by default) on the model in memory.
+
+    Used by :class:`~midblock_plugin.evaluation.callback.EvalCallback` at the end of
+    training (and optionally at its start, as a baseline), by
+    :func:`~midblock_plugin.evaluation.runner.evaluate_model` and by ``midblock eval``.
+
+    Fields:
+        enabled: run the evaluation at all.
+        tasks: lm-eval task names (a list or a comma-separated string).
+        num_fewshot: few-shot examples per prompt; ``None`` keeps the task's default (5 for gsm8k).
+        limit: test rows per task (int >= 1, or a fraction in (0, 1)); ``None`` = the whole split.
+        batch_size: generation batch size, an int or lm-eval's ``"auto"`` / ``"auto:N"``.
+        max_gen_toks: cap on generated tokens; ``None`` keeps lm-eval's default (256).
+        max_length: context length for lm-eval (prompts are left-truncated to it); ``None`` = from the model config.
+        apply_chat_template: wrap prompts in the tokenizer's chat template (``True``) or a named template.
+        fewshot_as_multiturn: with a chat template, give few-shot examples as turns;
+            ``None`` follows ``apply_chat_template`` (lm-eval's CLI default).
+        system_instruction: optional system prompt.
+        baseline: also evaluate the untrained model at train start; the final report shows the change.
+        data_dir: a local GSM8K directory (``train.jsonl``/``test.jsonl``); ``None`` = the shared copy
+            if present (``MIDBLOCK_GSM8K_DIR`` or ``../shared/data/gsm8k``) else the hub; ``"hub"`` forces the hub.
+        output_subdir: results go to ``<output_dir>/<output_subdir>/<task>.json``.
+        save_samples: also write every scored sample (prompt, generation, filtered answers) as JSON Lines.
+        bootstrap_iters: lm-eval's bootstrap iterations for stderrs of non-mean metrics (exact_match's
+            stderr is analytic); 0 skips stderrs.
+
+    >>> EvalSettings(tasks="gsm8k,gsm8k_cot", limit=0.1).tasks
+    ['gsm8k', 'gsm8k_cot']
+    """
+
+    enabled: bool = field(default=True, metadata={"help": "Run the lm-eval evaluation at the end of training."})
+    tasks: list[str] | str = field(default_factory=lambda: ["gsm8k"], metadata={"help": "lm-eval task names, a list or 'a,b' (default: gsm8k). Any task lm-eval knows is accepted."})
+    num_fewshot: int | None = field(default=None, metadata={"help": "Few-shot examples per prompt; None keeps the task's own default (5 for gsm8k)."})
+    limit: int | float | None = field(default=None, metadata={"help": "Test rows scored per task (int >= 1, or a fraction in (0, 1)); None = the whole test split (1,319 for gsm8k)."})
+    batch_size: int | str = field(default=8, metadata={"help": "Generation batch size: an int, or 'auto' / 'auto:N' (lm-eval finds the largest that fits)."})
+    max_gen_toks: int | None = field(default=None, metadata={"help": "Maximum generated tokens per answer; None keeps lm-eval's default (256)."})
+    max_length: int | None = field(default=None, metadata={"help": "Context length for lm-eval (longer prompts are left-truncated); None = from the model config."})
+    apply_chat_template: bool | str = field(default=False, metadata={"help": "Wrap prompts in the tokenizer's chat template (True) or the named template (a string)."})
+    fewshot_as_multiturn: bool | None = field(default=None, metadata={"help": "With a chat template, give few-shot examples as a multi-turn chat; None follows apply_chat_template."})
+    system_instruction: str | None = field(default=None, metadata={"help": "Optional system instruction prepended to every prompt."})
+    baseline: bool = field(default=False, metadata={"help": "Also evaluate the untrained model at train start; the final report shows the change."})
+    data_dir: str | None = field(default=None, metadata={"help": "Local GSM8K directory with train.jsonl / test.jsonl (offline). None: the shared copy if present, else the hub; 'hub' forces openai/gsm8k from the hub."})
+    output_subdir: str = field(default="eval", metadata={"help": "Results are written to <output_dir>/<output_subdir>/<task>.json (main process only)."})
+    save_samples: bool = field(default=False, metadata={"help": "Also write every scored sample (prompt, generation, filtered answers) to <task>.samples.jsonl."})
+    bootstrap_iters: int = field(default=100000, metadata={"help": "lm-eval bootstrap iterations for stderrs of non-mean metrics (exact_match's stderr is analytic); 0 skips stderrs."})
+
+    def __post_init__(self) -> None:
+        for name in ("enabled", "baseline", "save_samples"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be true or false.")
+        tasks = self.tasks
+        if isinstance(tasks, str):
+            tasks = [t.strip() for t in tasks.split(",")]
+        if not isinstance(tasks, (list, tuple)) or not all(isinstance(t, str) for t in tasks):
+            raise ValueError(f"tasks={self.tasks!r} must be a list of lm-eval task names or a comma-separated string, e.g. 'gsm8k'.")
+        tasks = [t.strip() for t in tasks if t.strip()]
+        if not tasks:
+            raise ValueError("tasks is empty; name at least one lm-eval task, e.g. tasks=['gsm8k'].")
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"tasks={tasks!r} names a task twice; list each task once.")
+        self.tasks = list(tasks)
+
+        if self.num_fewshot is not None and (_not_int(self.num_fewshot) or self.num_fewshot < 0):
+            raise ValueError(f"num_fewshot={self.num_fewshot!r} must be an integer >= 0, or None for the task's default (5 for gsm8k).")
+        if self.limit is not None:
+            ok = (not _not_int(self.limit) and self.limit >= 1) or (
+                isinstance(self.limit, float) and 0.0 < self.limit < 1.0
+            )
+            if isinstance(self.limit, float) and self.limit >= 1 and self.limit.is_integer():
+                self.limit, ok = int(self.limit), True
+            if not ok:
+                raise ValueError(
+                    f"limit={self.limit!r} must be a positive integer (number of test rows per task) or a "
+                    "fraction in (0, 1); use limit=None for the whole test split."
+                )
+        bs = self.batch_size
+        if isinstance(bs, str) and bs.strip().isdigit():
+            bs = self.batch_size = int(bs)
+        if isinstance(bs, str):
+            if not _BATCH_RE.match(bs):
+                raise ValueError(f"batch_size={bs!r} must be a positive integer, 'auto' or 'auto:N'.")
+        elif _not_int(bs) or bs < 1:
+            raise ValueError(f"batch_size={bs!r} must be a positive integer, 'auto' or 'auto:N'.")
+        for name in ("max_gen_toks", "max_length"):
+            value = getattr(self, name)
+            if value is not None and (_not_int(value) or value < 1):
+                raise ValueError(f"{name}={value!r} must be a positive integer, or None for lm-eval's default.")
+        if not isinstance(self.apply_chat_template, (bool, str)) or self.apply_chat_template == "":
+            raise ValueError(f"apply_chat_template={self.apply_chat_template!r} must be true/false or the name of a chat template.")
+        if self.fewshot_as_multiturn is not None and not isinstance(self.fewshot_as_multiturn, bool):
+            raise ValueError(f"fewshot_as_multiturn={self.fewshot_as_multiturn!r} must be true, false or None.")
+        if self.fewshot_as_multiturn and not self.apply_chat_template:
+            raise ValueError(
+                "fewshot_as_multiturn=True needs a chat template: also set apply_chat_template=True "
+                "(few-shot examples can only be chat turns inside a chat template)."
+            )
+        if self.data_dir is not None:
+            self.data_dir = os.fspath(self.data_dir)
+            if self.data_dir != HUB:
+                check_gsm8k_dir(self.data_dir)
+        sub = self.output_subdir
+        if not isinstance(sub, str) or not sub.strip() or Path(sub).is_absolute() or ".." in Path(sub).parts:
+            raise ValueError(f"output_subdir={sub!r} must be a non-empty relative path inside output_dir, e.g. 'eval'.")
+        if _not_int(self.bootstrap_iters) or self.bootstrap_iters < 0:
+            raise ValueError(f"bootstrap_iters={self.bootstrap_iters!r} must be an integer >= 0 (0 skips stderrs).")
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def multiturn(self) -> bool:
+        """The ``fewshot_as_multiturn`` value passed to lm-eval (resolves ``None``)."""
+        if self.fewshot_as_multiturn is None:
+            return bool(self.apply_chat_template)
+        return self.fewshot_as_multiturn
+
+    def resolved_data_dir(self) -> Path | None:
+        """The local GSM8K directory to use, or ``None`` for lm-eval's hub dataset."""
+        if self.data_dir == HUB:
+            return None
+        if self.data_dir is not None:
+            return Path(self.data_dir).expanduser().resolve()
+        return default_gsm8k_dir()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "EvalSettings":
+        """Build from a mapping (e.g. YAML keys), refusing unknown keys with the allowed list."""
+        values = dict(values or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown evaluation option(s) {unknown}; allowed: {sorted(names)}.")
+        return cls(**values)
+
+
+def _not_int(value: Any) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int)

@@ -1,0 +1,212 @@
+"""lm-eval tasks for the evaluation, online or from a local GSM8K directory.
+
+Offline, the GSM8K tasks are lm-eval's own: for each task defined in lm-eval's
+``tasks/gsm8k/`` (``gsm8k``, ``gsm8k_cot``, ...) a two-line override is generated,
+
+.. code-block:: yaml
+
+    include: /abs/path/site-packages/lm_eval/tasks/gsm8k/gsm8k.yaml
+    task: gsm8k
+    dataset_path: json
+    dataset_name: null
+    dataset_kwargs: {data_files: {train: /data/gsm8k/train.jsonl, test: /data/gsm8k/test.jsonl}}
+
+so the prompt, few-shot examples, stop sequences, filters and metrics all come from
+lm-eval's file and only the data source changes. The override keeps the task's name and
+is loaded through ``TaskManager(include_path=<that directory>)`` (later paths override
+lm-eval's built-in entries), so results are keyed ``gsm8k`` exactly as online, and the
+same directory can be given to ``lm_eval --include_path``.
+
+Building a ``TaskManager`` with lm-eval's built-in tasks indexes every task file (several
+seconds); when only local GSM8K tasks are requested the built-ins are left out (the
+overrides include lm-eval's files by path). Managers are cached with :func:`get_task_manager`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import hashlib
+import importlib.util
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from midblock_plugin.evaluation.settings import EvalSettings
+
+_TASK_LINE = re.compile(r"^task:\s*['\"]?([A-Za-z0-9_.\-]+)['\"]?\s*$", re.MULTILINE)
+
+
+def lm_eval_tasks_dir() -> Path:
+    """The ``lm_eval/tasks`` directory of the installed lm-eval (without importing it)."""
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "lm-eval is not installed; the evaluation needs it: pip install 'midblock-plugin[eval]' "
+            "(or pip install lm-eval)."
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "tasks"
+
+
+@functools.lru_cache(maxsize=1)
+def gsm8k_task_yamls() -> dict[str, Path]:
+    """lm-eval's own GSM8K-family tasks: task name -> absolute path of its YAML file.
+
+    These are the tasks a local GSM8K directory can replace the hub data of.
+    """
+    found: dict[str, Path] = {}
+    for path in sorted((lm_eval_tasks_dir() / "gsm8k").glob("*.yaml")):
+        match = _TASK_LINE.search(path.read_text(encoding="utf-8"))
+        if match:
+            found[match.group(1)] = path.resolve()
+    if "gsm8k" not in found:
+        raise FileNotFoundError(
+            f"lm-eval's gsm8k.yaml was not found under {lm_eval_tasks_dir() / 'gsm8k'}; "
+            "this lm-eval install looks incomplete (reinstall lm-eval >= 0.4.9)."
+        )
+    return found
+
+
+def _cache_root() -> Path:
+    env = os.environ.get("MIDBLOCK_CACHE_DIR")
+    if env:
+        return Path(env).expanduser() / "lm_eval_tasks"
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"midblock-{uid}" / "lm_eval_tasks"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_offline_tasks(data_dir: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
+    """Write lm-eval task overrides reading GSM8K from ``data_dir``; return their directory.
+
+    One YAML per lm-eval GSM8K-family task (``gsm8k``, ``gsm8k_cot``, ...), each including
+    lm-eval's own file by absolute path. ``dest`` defaults to a cache directory keyed by the
+    data directory and the lm-eval install (``$MIDBLOCK_CACHE_DIR`` or the system temp dir).
+    Safe to call from several processes at once (files are replaced atomically).
+
+    >>> d = write_offline_tasks("../shared/data/gsm8k")  # doctest: +SKIP
+    >>> # lm_eval --model hf --model_args pretrained=out --tasks gsm8k --include_path {d}
+    """
+    import yaml
+
+    from midblock_plugin.evaluation.settings import check_gsm8k_dir
+
+    data = check_gsm8k_dir(data_dir)
+    yamls = gsm8k_task_yamls()
+    if dest is None:
+        key = hashlib.sha1(f"{data}\n{lm_eval_tasks_dir().resolve()}".encode()).hexdigest()[:16]
+        dest = _cache_root() / key
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, source in yamls.items():
+        cfg = {
+            "include": str(source),
+            "task": name,
+            "dataset_path": "json",
+            "dataset_name": None,
+            "dataset_kwargs": {
+                "data_files": {"train": str(data / "train.jsonl"), "test": str(data / "test.jsonl")}
+            },
+        }
+        header = (
+            f"# Generated by midblock_plugin.evaluation.tasks: lm-eval's own {source.name},\n"
+            f"# reading GSM8K from {data} instead of the hub.\n"
+        )
+        _atomic_write(dest / f"{name}.yaml", header + yaml.safe_dump(cfg, sort_keys=False))
+    return dest.resolve()
+
+
+@functools.lru_cache(maxsize=8)
+def get_task_manager(include_path: str | None = None, include_defaults: bool = True):
+    """A cached ``lm_eval.tasks.TaskManager``.
+
+    With lm-eval's built-in tasks (``include_defaults``) building one indexes ~15,000 task
+    files (several seconds); the offline GSM8K overrides alone index in milliseconds (they
+    include lm-eval's files by path, so they do not need the index).
+    """
+    from lm_eval.tasks import TaskManager
+
+    if include_path:
+        return TaskManager(include_path=include_path, include_defaults=include_defaults)
+    return TaskManager()
+
+
+@dataclasses.dataclass
+class TaskPlan:
+    """The tasks to run and where their data comes from."""
+
+    names: list[str]
+    include_path: str | None
+    sources: dict[str, dict[str, Any]]
+    include_defaults: bool = True
+
+    @property
+    def task_manager(self):
+        return get_task_manager(self.include_path, self.include_defaults)
+
+    @property
+    def uses_hub_gsm8k(self) -> bool:
+        return any(s.get("kind") == "hub" and s.get("gsm8k_family") for s in self.sources.values())
+
+
+def plan_tasks(settings: EvalSettings) -> TaskPlan:
+    """Resolve ``settings.tasks`` and the data source, and check every name is a task
+    lm-eval knows. Raises ``ValueError`` naming an unknown task and the closest names."""
+    family = gsm8k_task_yamls()
+    data_dir = settings.resolved_data_dir()
+    # With local data the override directory is always included (even for other tasks), so
+    # one cached TaskManager serves every evaluation of the run.
+    include_path = str(write_offline_tasks(data_dir)) if data_dir is not None else None
+    # Only local GSM8K tasks: lm-eval's index of built-in tasks is not needed.
+    include_defaults = not (include_path and all(name in family for name in settings.tasks))
+    manager = get_task_manager(include_path, include_defaults)
+    known = set(manager.all_tasks)
+    for name in settings.tasks:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(
+                f"tasks: {name!r} is not an lm-eval task, group or tag.{hint} "
+                f"lm-eval {_lm_eval_version()} knows {len(known)} names; list them with `lm-eval ls tasks`. "
+                "The default is 'gsm8k'."
+            )
+    sources: dict[str, dict[str, Any]] = {}
+    for name in settings.tasks:
+        if name in family and include_path is not None:
+            sources[name] = {
+                "kind": "local",
+                "gsm8k_family": True,
+                "data_dir": str(data_dir),
+                "train": str(data_dir / "train.jsonl"),
+                "test": str(data_dir / "test.jsonl"),
+                "include_path": include_path,
+                "lm_eval_yaml": str(family[name]),
+            }
+        else:
+            sources[name] = {"kind": "hub", "gsm8k_family": name in family}
+    return TaskPlan(names=list(settings.tasks), include_path=include_path, sources=sources, include_defaults=include_defaults)
+
+
+def check_tasks(settings: EvalSettings) -> TaskPlan:
+    """Alias of :func:`plan_tasks`, for validating before a model is loaded."""
+    return plan_tasks(settings)
+
+
+def _lm_eval_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("lm_eval")
+    except Exception:  # pragma: no cover
+        return "?"
