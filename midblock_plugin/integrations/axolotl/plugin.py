@@ -1,0 +1,270 @@
+"""``MidBlockPlugin``: Mid-Block Efficient Tuning as an Axolotl adapter (``adapter: midblock``).
+
+Hooks used (Axolotl calls them in this order; every hook is a no-op unless the config
+says ``adapter: midblock``, because Axolotl 0.21+ loads installed plugins for every run):
+
+* ``get_input_args``: the YAML keys (:class:`~.args.MidBlockArgs`), validated with the
+  rest of the config, before anything is loaded;
+* ``get_adapter_capabilities``: registers the adapter name ``midblock``, so Axolotl's
+  ``adapter:`` validator accepts it;
+* ``pre_model_load``: resolves the plan from the model *config* (no weights), prints it,
+  and refuses to resume from a checkpoint that was trained with another window;
+* ``load_adapter``: Axolotl hands ``adapter: midblock`` to the plugin. LoRA mode wraps the
+  model in a plain PEFT LoRA restricted to the window (or loads ``lora_model_dir``); full
+  mode freezes everything but the window (before the optimizer and DeepSpeed exist);
+* ``add_callbacks_pre_trainer``: the shared :class:`~midblock_plugin.callbacks.MidBlockCallback`
+  (plan summary and ``plan.json``, backward truncation, drift monitor), the same code as
+  the TRL path.
+
+Saving needs no hook: Axolotl saves a ``PeftModel`` as a standard adapter (which
+``python -m axolotl.cli.merge_lora`` merges) and a plain model as a full checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from axolotl.integrations.base import AdapterCapabilities, BasePlugin
+from axolotl.utils.logging import get_logger
+
+from midblock_plugin.integrations.axolotl.args import ADAPTER_NAME, is_midblock, midblock_config_from_cfg, yaml_names
+
+# Axolotl prints INFO only for loggers under "axolotl"; ours would show warnings only.
+LOG = get_logger("axolotl.integrations.midblock")
+
+ARGS_PATH = "midblock_plugin.integrations.axolotl.args.MidBlockArgs"
+#: ``deepspeed: midblock:zero3`` names a DeepSpeed JSON shipped in midblock_plugin/deepspeed_configs
+#: (Axolotl's own deepspeed_configs/ are not in its wheel).
+DEEPSPEED_PREFIX = "midblock:"
+
+#: Plan fields that must agree between a checkpoint and the run that resumes from it.
+_RESUME_FIELDS = ("mode", "num_layers", "layers", "ranks", "lora_alpha", "target_modules", "extra_trainable")
+
+
+class MidBlockPlugin(BasePlugin):
+    """Axolotl plugin for Mid-Block Efficient Tuning (Zhao et al., ACL 2026).
+
+    ``plugins: [midblock_plugin.integrations.axolotl.MidBlockPlugin]`` plus
+    ``adapter: midblock`` in an Axolotl YAML; see this package's README.md.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plan = None
+
+    # ------------------------------------------------------------------ config
+    def register(self, cfg) -> None:
+        """Raw config, before validation (only with ``adapter: midblock``).
+
+        * Gradient checkpointing defaults to non-reentrant: Axolotl defaults
+          ``gradient_checkpointing_kwargs`` to ``{use_reentrant: true}``; transformers'
+          default, non-reentrant, lets backward truncation skip the frozen layers below the
+          window. An explicit user setting is kept.
+        * ``deepspeed: midblock:zero3`` (or ``midblock:zero3_offload``) is replaced by the
+          path of that JSON inside this package.
+        """
+        if not is_midblock(cfg):
+            return
+        if cfg.get("gradient_checkpointing") is True and cfg.get("gradient_checkpointing_kwargs") is None:
+            cfg["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+            LOG.info("midblock: gradient_checkpointing_kwargs defaults to {use_reentrant: false}")
+        deepspeed = cfg.get("deepspeed")
+        if isinstance(deepspeed, str) and deepspeed.startswith(DEEPSPEED_PREFIX):
+            cfg["deepspeed"] = shipped_deepspeed_config(deepspeed)
+
+    def get_input_args(self) -> str:
+        return ARGS_PATH
+
+    def get_adapter_capabilities(self) -> list[AdapterCapabilities]:
+        # Not lora_like: Axolotl must not build its own uniform LoraConfig for this adapter;
+        # load_adapter below builds the windowed one.
+        return [AdapterCapabilities(name=ADAPTER_NAME, lora_like=False, relora=False)]
+
+    # ------------------------------------------------------------------ model
+    def pre_model_load(self, cfg) -> None:
+        if not is_midblock(cfg):
+            return
+        config = midblock_config_from_cfg(cfg)
+        _warn_ignored_lora_keys(cfg, config)
+        hf_config = _load_model_config(cfg)
+        if hf_config is None:
+            return  # e.g. a hub id offline: the plan is built from the loaded model instead
+        from midblock_plugin.plan import build_plan
+
+        try:
+            plan = build_plan(hf_config, config)
+        except ValueError as exc:
+            raise ValueError(f"adapter: midblock: {yaml_names(str(exc))}") from None
+        LOG.info(
+            f"midblock: {plan.mode} mode on layers {plan.window} of {plan.num_layers}"
+            + (f", rank {sorted(set(plan.ranks.values()))[0]} per layer" if plan.ranks else "")
+            + " (the full plan is printed when the trainer is built)"
+        )
+        checkpoint = _resume_checkpoint(cfg)
+        if checkpoint:
+            check_resume_compatible(checkpoint, plan)
+
+    def load_adapter(self, model, cfg, inference: bool = False, config_only: bool = False):
+        if not is_midblock(cfg):
+            return None
+        from midblock_plugin.adapters import apply_full_mode, lora_config, verify_trainable
+        from midblock_plugin.plan import build_plan
+
+        config = midblock_config_from_cfg(cfg)
+        plan = build_plan(model, config)
+        self.plan = plan
+
+        if plan.mode == "full":
+            if not inference:
+                trainable = apply_full_mode(model, plan)
+                LOG.info(f"midblock full mode: {trainable:,} trainable parameters in layers {plan.window}")
+            return (None if config_only else model), None
+
+        peft_config = lora_config(plan)
+        if config_only:
+            return None, peft_config
+        from peft import PeftModel, get_peft_model
+
+        if cfg.lora_model_dir:
+            check_adapter_matches_plan(cfg.lora_model_dir, plan)
+            model = PeftModel.from_pretrained(model, cfg.lora_model_dir, is_trainable=not inference)
+        else:
+            model = get_peft_model(model, peft_config)
+        if not inference:
+            verify_trainable(model, plan)
+            model.print_trainable_parameters()
+        return model, peft_config
+
+    # ------------------------------------------------------------------ training
+    def add_callbacks_pre_trainer(self, cfg, model) -> list:
+        if not is_midblock(cfg):
+            return []
+        from midblock_plugin.callbacks import MidBlockCallback
+
+        config = midblock_config_from_cfg(cfg)
+        return [MidBlockCallback(config, plan=self.plan)]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def shipped_deepspeed_config(value: str) -> str:
+    """Path of the DeepSpeed JSON that ``deepspeed: midblock:<name>`` refers to."""
+    from midblock_plugin.deepspeed_configs import NAMES, config_path
+
+    name = value[len(DEEPSPEED_PREFIX):].strip().removesuffix(".json")
+    if name not in NAMES:
+        raise ValueError(
+            f"deepspeed: {value!r} names no DeepSpeed config shipped with midblock; use one of "
+            f"{', '.join(DEEPSPEED_PREFIX + n for n in NAMES)}, or a path to your own JSON."
+        )
+    return config_path(name)
+
+
+def _warn_ignored_lora_keys(cfg, config) -> None:
+    if config.mode != "full":
+        return
+    ignored = [k for k in ("lora_r", "lora_alpha", "lora_target_modules", "lora_target_linear") if cfg.get(k)]
+    if ignored:
+        LOG.warning(f"midblock_mode: full trains whole layers; {', '.join(ignored)} are ignored.")
+
+
+def _load_model_config(cfg):
+    """The base model's transformers config, or None if it cannot be had without loading."""
+    from transformers import AutoConfig
+
+    path = cfg.base_model_config or cfg.base_model
+    try:
+        return AutoConfig.from_pretrained(
+            path, trust_remote_code=bool(cfg.trust_remote_code), revision=cfg.revision_of_model or None
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure here only postpones the plan
+        LOG.warning(f"midblock: could not read the config of {path!r} before loading ({exc}); "
+                    "the window is resolved after the model is loaded.")
+        return None
+
+
+def _resume_checkpoint(cfg) -> str | None:
+    """The checkpoint this run will resume from (Axolotl's rules), or None."""
+    if cfg.resume_from_checkpoint:
+        return str(cfg.resume_from_checkpoint)
+    if cfg.auto_resume_from_checkpoints and cfg.output_dir:
+        found = sorted(
+            (p for p in Path(cfg.output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+            key=lambda p: int(p.name.split("-")[-1]),
+        )
+        if found:
+            return str(found[-1])
+    return None
+
+
+def _saved_plan(checkpoint: str) -> tuple[dict | None, str | None]:
+    """The plan.json that describes a checkpoint: inside it, or its run's ``midblock/plan.json``."""
+    for candidate in (Path(checkpoint) / "midblock" / "plan.json", Path(checkpoint).parent / "midblock" / "plan.json"):
+        if candidate.is_file():
+            with open(candidate, encoding="utf-8") as fh:
+                return json.load(fh), str(candidate)
+    return None, None
+
+
+def _plan_view(plan_dict: dict) -> dict:
+    view = {k: plan_dict.get(k) for k in _RESUME_FIELDS}
+    view["ranks"] = {str(k): v for k, v in (view["ranks"] or {}).items()}
+    return view
+
+
+def check_resume_compatible(checkpoint: str, plan) -> None:
+    """Refuse to resume when the checkpoint was trained with another window / frozen set."""
+    if not os.path.isdir(checkpoint):
+        return  # Axolotl / the Trainer report a missing checkpoint themselves
+    problems: list[str] = []
+    sources: list[str] = []
+    if plan.mode == "lora":  # the checkpoint's own adapter config is authoritative for its layers and rank
+        adapter_config = Path(checkpoint) / "adapter_config.json"
+        problems += _adapter_mismatches(adapter_config, plan)
+        sources.append(str(adapter_config))
+    elif (Path(checkpoint) / "adapter_config.json").is_file():
+        problems.append("mode: the checkpoint holds a LoRA adapter but midblock_mode is full")
+        sources.append(str(Path(checkpoint) / "adapter_config.json"))
+    saved, where = _saved_plan(checkpoint)
+    if saved is not None:
+        old, new = _plan_view(saved), _plan_view(plan.to_json_dict())
+        problems += [f"{k}: checkpoint {old[k]!r} vs now {new[k]!r}" for k in _RESUME_FIELDS if old[k] != new[k]]
+        sources.append(where)
+    where = " and ".join(sources)
+    if problems:
+        raise ValueError(
+            f"adapter: midblock: cannot resume from {checkpoint}: it was trained with a different window or "
+            f"frozen set ({'; '.join(problems)}; recorded in {where}). Restore the midblock_* / lora_* settings "
+            "of that run, or train into a fresh output_dir without resume_from_checkpoint / "
+            "auto_resume_from_checkpoints."
+        )
+    LOG.info(f"midblock: resuming from {checkpoint} with the same window (layers {plan.window}, mode {plan.mode})")
+
+
+def _adapter_mismatches(adapter_config: Path, plan) -> list[str]:
+    if not adapter_config.is_file():
+        return []
+    with open(adapter_config, encoding="utf-8") as fh:
+        saved = json.load(fh)
+    out = []
+    layers = saved.get("layers_to_transform")
+    if layers is not None and sorted(layers) != list(plan.layers):
+        out.append(f"layers_to_transform: adapter {sorted(layers)} vs now {plan.layers}")
+    rank = set(plan.ranks.values()).pop() if plan.ranks else None
+    if rank is not None and saved.get("r") not in (None, rank):
+        out.append(f"r: adapter {saved.get('r')} vs now {rank}")
+    return out
+
+
+def check_adapter_matches_plan(adapter_dir: str, plan) -> None:
+    """``lora_model_dir`` must hold an adapter on the same layers and rank as the plan."""
+    problems = _adapter_mismatches(Path(adapter_dir) / "adapter_config.json", plan)
+    if problems:
+        raise ValueError(
+            f"adapter: midblock: lora_model_dir {adapter_dir} holds an adapter for a different window "
+            f"({'; '.join(problems)}). Use the midblock_* / lora_r settings it was trained with, or remove "
+            "lora_model_dir to start a new adapter."
+        )

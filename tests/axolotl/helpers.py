@@ -1,0 +1,161 @@
+"""Shared set-up for the Axolotl tests: a tiny model, a small GSM8K file, configs, runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+PLUGIN = "midblock_plugin.integrations.axolotl.MidBlockPlugin"
+RECORDER = "tests.axolotl.hook_recorder.HookRecorderPlugin"
+NUM_LAYERS = 5
+#: 01110 on 5 layers: segments [0,1) [1,2) [2,3) [3,4) [4,5) -> layers 1, 2, 3
+WINDOW = [1, 2, 3]
+RANK = 4  # lora_r of the uniform baseline
+MATCHED_RANK = RANK * NUM_LAYERS // len(WINDOW)  # floor(4 * 5 / 3) = 6
+
+#: Environment for every Axolotl subprocess (offline, no telemetry, CPU).
+ENV = {
+    "AXOLOTL_DO_NOT_TRACK": "1",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "WANDB_DISABLED": "true",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+    "CUDA_VISIBLE_DEVICES": "",
+}
+
+
+@dataclass
+class Run:
+    """The result of one ``python -m axolotl.cli.*`` subprocess."""
+
+    returncode: int
+    output: str
+    seconds: float
+    output_dir: Path | None = None
+
+    def check(self) -> "Run":
+        assert self.returncode == 0, f"axolotl exited {self.returncode}:\n{self.output[-6000:]}"
+        return self
+
+
+@dataclass
+class Workspace:
+    root: Path
+    model_dir: Path
+    data: Path
+    prepared: Path
+
+    @classmethod
+    def create(cls, root: Path) -> "Workspace":
+        from midblock_plugin.testing import gsm8k_rows, save_tiny
+
+        model_dir = save_tiny(root / "tiny-llama", arch="llama", num_layers=NUM_LAYERS, hidden=64)
+        data = root / "gsm8k16.jsonl"
+        with open(data, "w", encoding="utf-8") as fh:
+            for row in gsm8k_rows("train", n=16):
+                fh.write(json.dumps({"instruction": row["question"], "input": "", "output": row["answer"]}) + "\n")
+        return cls(root=root, model_dir=Path(model_dir), data=data, prepared=root / "prepared")
+
+    def config(self, name: str, **overrides: Any) -> dict:
+        """A complete CPU config for the tiny model; ``overrides`` replace keys (None deletes)."""
+        cfg: dict[str, Any] = {
+            "base_model": str(self.model_dir),
+            "datasets": [{"path": str(self.data), "ds_type": "json", "type": "alpaca"}],
+            "dataset_prepared_path": str(self.prepared),
+            "dataset_num_proc": 1,
+            "val_set_size": 0,
+            "sequence_len": 64,
+            "excess_length_strategy": "truncate",
+            "train_on_inputs": True,
+            "micro_batch_size": 2,
+            "gradient_accumulation_steps": 1,
+            "max_steps": 2,
+            "learning_rate": 0.01,
+            "optimizer": "adamw_torch",
+            "lr_scheduler": "constant",
+            "seed": 42,
+            "bf16": False,
+            "fp16": False,
+            "tf32": False,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "output_dir": str(self.root / name),
+            # the two lines a user adds to an existing LoRA config
+            "plugins": [PLUGIN],
+            "adapter": "midblock",
+            "midblock_segments": "01110",
+            "lora_r": RANK,
+            "lora_alpha": 2 * RANK,
+            "lora_target_modules": ["q_proj", "v_proj"],
+        }
+        for key, value in overrides.items():
+            if value is None:
+                cfg.pop(key, None)
+            else:
+                cfg[key] = value
+        return cfg
+
+    def write(self, cfg: dict, name: str) -> Path:
+        path = self.root / f"{name}.yml"
+        path.write_text(yaml.safe_dump(copy.deepcopy(cfg), sort_keys=False), encoding="utf-8")
+        return path
+
+    def axolotl(self, module: str, config_path: Path, *args: str, env: dict | None = None, timeout: int = 480) -> Run:
+        """Run ``python -m axolotl.cli.<module> config`` in a subprocess."""
+        full_env = dict(os.environ)
+        full_env.update(ENV)
+        full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), full_env.get("PYTHONPATH", "")) if p)
+        full_env.update(env or {})
+        start = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", f"axolotl.cli.{module}", str(config_path), *args],
+            cwd=self.root,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        out_dir = yaml.safe_load(Path(config_path).read_text()).get("output_dir")
+        return Run(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start, Path(out_dir) if out_dir else None)
+
+    def train(self, name: str, env: dict | None = None, **overrides: Any) -> Run:
+        cfg = self.config(name, **overrides)
+        return self.axolotl("train", self.write(cfg, name), env=env)
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def load_state(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def layer_of(name: str) -> int | None:
+    """Decoder layer index in a parameter / tensor name (``...layers.3...``), else None."""
+    parts = name.split(".")
+    for a, b in zip(parts, parts[1:]):
+        if a == "layers" and b.isdigit():
+            return int(b)
+    return None
+
+
+def changed_tensors(before: dict, after: dict, atol: float = 0.0) -> set[str]:
+    import torch
+
+    assert set(before) == set(after), set(before) ^ set(after)
+    return {k for k in before if not torch.allclose(before[k].float(), after[k].float(), rtol=0, atol=atol)}

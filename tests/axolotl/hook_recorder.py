@@ -1,0 +1,98 @@
+"""A test-only Axolotl plugin, listed after ``MidBlockPlugin``, that appends every hook it
+receives (and what the model looks like at that moment) to ``$MIDBLOCK_HOOK_LOG``."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from axolotl.integrations.base import BasePlugin
+
+
+def _record(hook: str, **info) -> None:
+    path = os.environ.get("MIDBLOCK_HOOK_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"hook": hook, **info}) + "\n")
+
+
+def _model_info(model) -> dict:
+    lora_layers = set()
+    trainable_outside_lora = []
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            parts = name.split(".")
+            for a, b in zip(parts, parts[1:]):
+                if a == "layers" and b.isdigit():
+                    lora_layers.add(int(b))
+        elif p.requires_grad:
+            trainable_outside_lora.append(name)
+    return {
+        "model_class": type(model).__name__,
+        "lora_layers": sorted(lora_layers),
+        "trainable_non_lora": len(trainable_outside_lora),
+    }
+
+
+class HookRecorderPlugin(BasePlugin):
+    def register(self, cfg):
+        _record("register", adapter=cfg.get("adapter"))
+
+    def get_input_args(self):
+        _record("get_input_args")
+
+    def load_adapter(self, model, cfg, inference=False, config_only=False):
+        _record("load_adapter")  # must not happen: MidBlockPlugin, listed first, loads it
+
+    def pre_model_load(self, cfg):
+        _record("pre_model_load")
+
+    def post_model_build(self, cfg, model):
+        _record("post_model_build", **_model_info(model))
+
+    def pre_lora_load(self, cfg, model):
+        _record("pre_lora_load", **_model_info(model))
+
+    def post_lora_load(self, cfg, model):
+        _record("post_lora_load", **_model_info(model))
+
+    def post_model_load(self, cfg, model):
+        _record("post_model_load", **_model_info(model))
+
+    def get_trainer_cls(self, cfg):
+        _record("get_trainer_cls")
+
+    def add_callbacks_pre_trainer(self, cfg, model):
+        _record("add_callbacks_pre_trainer")
+        return []
+
+    def add_callbacks_post_trainer(self, cfg, trainer):
+        names = [type(cb).__name__ for cb in trainer.callback_handler.callbacks]
+        _record("add_callbacks_post_trainer", callbacks=names)
+        return []
+
+    def post_trainer_create(self, cfg, trainer):
+        self.trainer = trainer
+        _record("post_trainer_create")
+
+    def create_optimizer(self, cfg, trainer):
+        _record("create_optimizer")
+
+    def create_lr_scheduler(self, cfg, trainer, optimizer, num_training_steps):
+        n = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+        _record("create_lr_scheduler", optimizer_params=n)
+
+    def post_train(self, cfg, model):
+        plan = os.path.join(cfg.output_dir, "midblock", "plan.json")
+        ours = [cb for cb in self.trainer.callback_handler.callbacks if type(cb).__name__ == "MidBlockCallback"]
+        truncation = getattr(ours[0], "truncation", None) if ours else None
+        _record(
+            "post_train",
+            plan_json=os.path.exists(plan),
+            truncated=truncation is not None,
+            truncation_reentrant=getattr(truncation, "reentrant", None),
+            removed_input_hooks=getattr(truncation, "removed_input_hooks", None),
+        )
+
+    def post_train_unload(self, cfg):
+        _record("post_train_unload")
