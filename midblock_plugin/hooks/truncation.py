@@ -6,8 +6,8 @@ grad. With checkpointing, transformers (``activation_checkpointing_enable``) and
 embeddings that makes their output require grad, which drags the backward through
 every layer. :class:`BackwardTruncation` removes those hooks. Reentrant checkpointing
 needs *some* input of each checkpointed layer to require grad, so in that case a
-forward pre-hook on the window's first layer marks the hidden states entering it
-(detached: nothing below is trainable, so no gradient is lost).
+wrapper around the window's first layer's checkpoint function marks the hidden states
+entering it (detached: nothing below is trainable, so no gradient is lost).
 
 Gradients of the trained parameters are unchanged; ``tests/test_truncation.py``
 compares them with the untruncated run.
@@ -40,6 +40,7 @@ class BackwardTruncation:
         self.first_layer = first_layer
         self.reentrant = reentrant
         self.handle = None
+        self._wrapped = None
         self.removed_input_hooks = 0
 
     def applicable(self, model: Any) -> bool:
@@ -72,19 +73,41 @@ class BackwardTruncation:
                     self.removed_input_hooks += 1
         if self.reentrant:
             _, layers = find_decoder_layers(model)
-            self.handle = layers[self.first_layer].register_forward_pre_hook(_mark_hidden_states, with_kwargs=True)
+            layer = layers[self.first_layer]
+            original = getattr(layer, "_gradient_checkpointing_func", None)
+            if original is not None:
+                # Wrap the layer's checkpoint function: it runs where the hidden states enter the
+                # checkpoint whether transformers checkpoints `forward` (5.24) or `__call__` (5.16,
+                # where a forward pre-hook would run inside the checkpoint with gradients off).
+                def marked(function, *args, **kwargs):
+                    if args and _needs_mark(args[0]):
+                        args = (args[0].detach().requires_grad_(True), *args[1:])
+                    return original(function, *args, **kwargs)
+
+                layer._gradient_checkpointing_func = marked
+                self._wrapped = (layer, original)
+            else:
+                self.handle = layer.register_forward_pre_hook(_mark_hidden_states, with_kwargs=True)
         return True
 
     def remove(self) -> None:
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
+        if self._wrapped is not None:
+            layer, original = self._wrapped
+            layer._gradient_checkpointing_func = original
+            self._wrapped = None
+
+
+def _needs_mark(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.is_floating_point() and not x.requires_grad and torch.is_grad_enabled()
 
 
 def _mark_hidden_states(module: Any, args: tuple, kwargs: dict):
     if not torch.is_grad_enabled():
         return None
-    if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point() and not args[0].requires_grad:
+    if args and _needs_mark(args[0]):
         return (args[0].detach().requires_grad_(True), *args[1:]), kwargs
     hs = kwargs.get("hidden_states")
     if isinstance(hs, torch.Tensor) and hs.is_floating_point() and not hs.requires_grad:

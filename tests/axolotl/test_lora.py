@@ -131,13 +131,6 @@ def test_merge_lora_equals_base_plus_adapter(workspace, lora_run, method):
     assert changed == {f"model.layers.{i}.self_attn.{p}_proj.weight" for i in WINDOW for p in "qv"}, sorted(changed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core BackwardTruncation (reentrant): its forward pre-hook on the window's first layer runs inside "
-    "the checkpoint on transformers 5.16 (Axolotl 0.19's pin), where GradientCheckpointingLayer checkpoints "
-    "__call__, so the hidden states are never marked and the loss has no grad_fn. Reported to the lead with "
-    "a fix (wrap the layer's _gradient_checkpointing_func); remove this marker when it lands.",
-)
 def test_explicit_reentrant_gradient_checkpointing_trains(workspace):
     run = workspace.train("lora-reentrant", gradient_checkpointing=True,
                           gradient_checkpointing_kwargs={"use_reentrant": True})
