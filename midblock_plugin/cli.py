@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = (
     "midblock_plugin.plan_cli",
     "midblock_plugin.evaluation.cli",
     "midblock_plugin.analysis.cli",
+    "midblock_plugin.pipeline_cli",
 )
 
 

@@ -1,0 +1,68 @@
+"""The main job and the comparison, end to end on a tiny model (real TRL, PEFT, lm-eval, analysis)."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--model", "tiny", "--max-steps", "2", "--num-examples", "8", "--eval-limit", "2", "--num-fewshot", "1",
+         "--max-gen-toks", "8", "--heldout", "3", "--analysis-prompts", "6", "--preset", "cpu"]
+
+
+def _midblock(*args):
+    r = subprocess.run([sys.executable, "-m", "midblock_plugin.cli", *args], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return r
+
+
+def _png(path: Path):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+
+
+def test_compare_writes_a_complete_report(tmp_path):
+    out = tmp_path / "cmp"
+    _midblock("compare", *SMALL, "--variants", "11111,01110", "--output-dir", str(out))
+    report = (out / "report.md").read_text()
+    for section in ("## Setup", "## Results", "## Training loss", "## Per-layer drift", "## Layer-wise analysis"):
+        assert section in report
+    rows = [l for l in report.splitlines() if l.startswith("| `")]
+    assert [r.split("|")[1].strip() for r in rows] == ["`11111`", "`01110`"]
+    for row in rows:  # every cell measured: accuracy with stderr, n, loss, step time, memory
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        assert re.fullmatch(r"\d\.\d{3} ± \d\.\d{3}", cells[4]) and re.fullmatch(r"\d\.\d{3} ± \d\.\d{3}", cells[5])
+        assert cells[6] == "2" and float(cells[7]) > 0 and float(cells[8]) > 0 and float(cells[9]) > 0
+    results = json.loads((out / "results.json").read_text())
+    uni, mid = results["variants"]
+    assert uni["layers"] == list(range(10)) and mid["layers"] == list(range(2, 8))  # L=10
+    # same rank budget: rank sums equal up to the floor
+    assert uni["rank"] * 10 == 160 and mid["rank"] == 160 // 6
+    assert mid["trainable_params"] <= uni["trainable_params"]
+    # per-layer drift is zero outside the window and positive inside
+    assert all((mid["drift"].get(str(i), 0.0) > 0) == (2 <= i < 8) for i in range(10))
+    for png in ("loss_curves.png", "drift.png", "analysis/analysis.png"):
+        _png(out / png)
+    assert "Recommended window: layers" in report
+    eval_json = json.loads((out / "variant-01110" / "eval" / "gsm8k.json").read_text())
+    assert eval_json["n_samples"] == 2 and eval_json["label"] == "final"
+    assert set(eval_json["metrics"]) == {"strict-match", "flexible-extract"}
+    assert eval_json["baseline"] is not None  # the untrained model's score sits beside the final one
+
+
+def test_run_and_bad_input(tmp_path):
+    out = tmp_path / "run"
+    r = _midblock("run", *SMALL, "--output-dir", str(out), "--skip-eval")
+    assert "report:" in r.stdout
+    report = (out / "report.md").read_text()
+    assert "| `01110` |" in report and "not run" in report  # eval skipped is said, not faked
+    bad = subprocess.run([sys.executable, "-m", "midblock_plugin.cli", "compare", *SMALL, "--variants", "11111,0000",
+                          "--output-dir", str(tmp_path / "bad")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "segments='0000' activates no segment" in bad.stderr
+    assert not (tmp_path / "bad" / "variant-11111").exists()  # rejected before any training
+    bad = subprocess.run([sys.executable, "-m", "midblock_plugin.cli", "run", *SMALL, "--data-dir", str(tmp_path),
+                          "--output-dir", str(tmp_path / "bad2")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "needs train.jsonl and test.jsonl" in bad.stderr
