@@ -65,4 +65,4 @@ def test_run_and_bad_input(tmp_path):
     assert not (tmp_path / "bad" / "variant-11111").exists()  # rejected before any training
     bad = subprocess.run([sys.executable, "-m", "midblock_plugin.cli", "run", *SMALL, "--data-dir", str(tmp_path),
                           "--output-dir", str(tmp_path / "bad2")], capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "needs train.jsonl and test.jsonl" in bad.stderr
+    assert bad.returncode != 0 and "train.jsonl and test.jsonl" in bad.stderr and "Traceback" not in bad.stderr

@@ -23,6 +23,8 @@ COMMON = ["--data", str(GSM8K_DIR / "train.jsonl"), "--num-examples", "16", "--m
 #: SGD (updates linear in the gradient, so the comparison is not blurred by Adam's
 #: sign-like first steps); the runs differ only in reduction order.
 ATOL = 1e-5
+#: End-of-training GSM8K evaluation (lm-eval) in the LoRA runs: the same score under ZeRO-3.
+EVAL = ["--eval-limit", "3", "--eval-fewshot", "1", "--eval-max-gen-toks", "8"]
 
 pytestmark = pytest.mark.slow
 
@@ -60,8 +62,9 @@ def runs(tmp_path_factory):
     for mode in ("lora", "full"):
         port = free_port()
         ds_dir, single_dir = root / f"{mode}-ds", root / f"{mode}-single"
-        _torchrun(port, *COMMON, "--model", str(model_dir), "--mode", mode, "--batch-size", "2", "--deepspeed", "zero3", "--output-dir", str(ds_dir))
-        _single(*COMMON, "--model", str(model_dir), "--mode", mode, "--batch-size", "4", "--output-dir", str(single_dir))
+        extra = EVAL if mode == "lora" else []
+        _torchrun(port, *COMMON, *extra, "--model", str(model_dir), "--mode", mode, "--batch-size", "2", "--deepspeed", "zero3", "--output-dir", str(ds_dir))
+        _single(*COMMON, *extra, "--model", str(model_dir), "--mode", mode, "--batch-size", "4", "--output-dir", str(single_dir))
         out[mode] = (ds_dir, single_dir)
     return out
 
@@ -84,6 +87,16 @@ def test_zero3_lora_matches_single_process(runs):
     single = json.loads((single_dir / "midblock" / "drift.json").read_text())
     for layer, v in single["history"][-1]["weight_change"].items():
         assert drift["history"][-1]["weight_change"][layer] == pytest.approx(v, rel=1e-3)
+
+
+def test_zero3_evaluation_equals_single_process(runs):
+    ds_dir, single_dir = runs["lora"]
+    a = json.loads((ds_dir / "eval" / "gsm8k.json").read_text())
+    b = json.loads((single_dir / "eval" / "gsm8k.json").read_text())
+    assert a["distributed"]["world_size"] == 2 and a["n_samples"] == b["n_samples"] == 3
+    assert a["metrics"] == b["metrics"]
+    responses = lambda d: [json.loads(l)["response"] for l in (d / "eval" / "gsm8k.samples.jsonl").read_text().splitlines()]
+    assert responses(ds_dir) == responses(single_dir)  # generation for generation
 
 
 def test_zero3_full_only_window_changed_and_matches(runs):

@@ -39,6 +39,12 @@ def parse_args(argv=None):
     p.add_argument("--logging-steps", type=int, default=1)
     p.add_argument("--output-dir", required=True)
     p.add_argument("--deepspeed", help="ZeRO-3: 'zero3', 'zero3_offload' (configs shipped with midblock) or a JSON path")
+    g = p.add_argument_group("GSM8K evaluation at the end of training (lm-eval; off unless --eval-limit is given)")
+    g.add_argument("--eval-limit", type=int, help="GSM8K test questions to score after training")
+    g.add_argument("--eval-fewshot", type=int, help="few-shot examples (default: the task's 5)")
+    g.add_argument("--eval-max-gen-toks", type=int, default=None)
+    g.add_argument("--eval-data-dir", help="local GSM8K dir (train.jsonl/test.jsonl); default: ../shared/data/gsm8k, else the hub")
+    g.add_argument("--eval-baseline", action="store_true", help="also evaluate the untrained model at train start")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)  # the deepspeed launcher adds it
     add_window_arguments(p)
     return p.parse_args(argv)
@@ -73,6 +79,12 @@ def main(argv=None) -> int:
     try:
         mb = config_from_args(args)  # bad windows / options fail here, before any weights load
         rows = load_rows(args.data, args.num_examples)
+        eval_settings = None
+        if args.eval_limit is not None:
+            from midblock_plugin.evaluation import EvalSettings
+
+            eval_settings = EvalSettings(limit=args.eval_limit, num_fewshot=args.eval_fewshot, max_gen_toks=args.eval_max_gen_toks,
+                                         data_dir=args.eval_data_dir, baseline=args.eval_baseline, save_samples=True)
     except (ValueError, FileNotFoundError) as exc:
         print(f"sft_midblock.py: error: {exc}", file=sys.stderr)
         return 2
@@ -143,6 +155,10 @@ def main(argv=None) -> int:
         peft_config=peft_config,
         callbacks=[MidBlockCallback(mb)],
     )
+    if eval_settings is not None:
+        from midblock_plugin.evaluation import EvalCallback
+
+        trainer.add_callback(EvalCallback(eval_settings, trainer=trainer))
     trainer.train()
     trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():
