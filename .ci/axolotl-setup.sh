@@ -27,7 +27,7 @@ from importlib.metadata import PackageNotFoundError, version
 axolotl, torch = sys.argv[1], sys.argv[2]
 try:
     ok = (version("axolotl") == axolotl and version("torch").split("+")[0] == torch
-          and version("pytest") and version("pyyaml"))
+          and version("pytest") and version("pyyaml") and version("deepspeed"))
 except PackageNotFoundError:
     ok = False
 sys.exit(0 if ok else 1)
@@ -42,6 +42,11 @@ else
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION"
     "$VENV/bin/python" -m pip install -q "axolotl==$AXOLOTL_VERSION" pytest pyyaml
+fi
+# Axolotl 0.19's `deepspeed` extra range, for the ZeRO-3 tests; no ops compiled ahead of time,
+# and no build isolation (its setup imports the torch installed above).
+if ! "$VENV/bin/python" -c "import deepspeed" 2>/dev/null; then
+    DS_BUILD_OPS=0 "$VENV/bin/python" -m pip install -q --no-build-isolation "deepspeed>=0.18.6,<0.19"
 fi
 # the plugin itself, editable, without letting pip touch Axolotl's pins
 "$VENV/bin/python" -m pip install -q -e . --no-deps

@@ -115,10 +115,10 @@ def test_axolotl_lora_keys_keep_their_meaning():
 
 def test_every_key_has_help_text_from_the_core():
     from midblock_plugin.config import MidBlockConfig
-    from midblock_plugin.integrations.axolotl.args import MIDBLOCK_KEYS, MidBlockArgs
+    from midblock_plugin.integrations.axolotl.args import EXTRA_KEYS, MIDBLOCK_KEYS, MidBlockArgs
 
     help_text = MidBlockConfig.field_help()
     for key, field_name in MIDBLOCK_KEYS.items():
         description = MidBlockArgs.model_fields[key].description
         assert description and description.startswith(help_text[field_name]), key
-    assert set(MidBlockArgs.model_fields) == set(MIDBLOCK_KEYS)
+    assert set(MidBlockArgs.model_fields) == set(MIDBLOCK_KEYS) | set(EXTRA_KEYS)  # + midblock_eval (test_eval.py)

@@ -26,6 +26,13 @@ YAML key                    ``MidBlockConfig`` field
 ``lora_target_linear``      ``target_modules: all-linear``
 ==========================  ======================================================
 
+``midblock_eval`` is separate: a mapping of
+:class:`midblock_plugin.evaluation.EvalSettings` fields (``{limit: 250, num_fewshot: 5,
+data_dir: /data/gsm8k, baseline: true}``; ``true`` = all defaults; absent = off) for the
+lm-eval GSM8K evaluation of the trained model, in memory, at the end of training. It is
+the one ``midblock_*`` key that also works without ``adapter: midblock`` (to evaluate a
+uniform-LoRA or full fine-tuning baseline the same way).
+
 This module needs pydantic and the midblock core only (no Axolotl import).
 """
 
@@ -36,7 +43,7 @@ import os
 import re
 from typing import Any, Mapping
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from midblock_plugin.config import MidBlockConfig
 from midblock_plugin.window import WindowError
@@ -74,6 +81,10 @@ _FIELD_TO_KEY: dict[str, str] = {
     **{field: key for key, field in MIDBLOCK_KEYS.items()},
     **{field: key for key, field in AXOLOTL_KEYS.items()},
 }
+
+#: Plugin keys that are not MidBlockConfig fields (and work with any adapter).
+EVAL_KEY = "midblock_eval"
+EXTRA_KEYS: tuple[str, ...] = (EVAL_KEY,)
 
 _WINDOW_KEYS = ("midblock_window", "midblock_segments", "midblock_layers", "midblock_window_from")
 
@@ -131,6 +142,22 @@ class MidBlockArgs(BaseModel):
     midblock_train_embeddings: bool | None = Field(default=None, description=_help("train_embeddings"))
     midblock_truncate_backward: bool | None = Field(default=None, description=_help("truncate_backward"))
     midblock_drift_monitor: bool | None = Field(default=None, description=_help("drift_monitor"))
+    midblock_eval: dict[str, Any] | bool | None = Field(
+        default=None,
+        description=(
+            "lm-eval evaluation (GSM8K by default) of the trained model, in memory, after it is saved: "
+            "a mapping of EvalSettings fields (tasks, num_fewshot, limit, batch_size, max_gen_toks, max_length, "
+            "apply_chat_template, fewshot_as_multiturn, system_instruction, baseline, data_dir, output_subdir, "
+            "save_samples, bootstrap_iters, enabled); true = the defaults; absent = off. Results go to "
+            "<output_dir>/eval/<task>.json; a failed evaluation is recorded in <output_dir>/eval/error.json "
+            "and never fails the training run. Works with any adapter."
+        ),
+    )
+
+    @field_validator(EVAL_KEY, mode="before")
+    @classmethod
+    def check_eval_settings(cls, value: Any) -> Any:
+        return normalize_eval_value(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -190,17 +217,70 @@ def yaml_names(message: str) -> str:
     return re.sub(rf"(?<![\w.])({names})=", repl, message)
 
 
-def validate_midblock_keys(data: Mapping[str, Any]) -> None:
-    """All checks on the raw config dict; raises ``ValueError`` naming the key and the fix."""
-    unknown = sorted(k for k in data if isinstance(k, str) and k.startswith(KEY_PREFIX) and k not in MIDBLOCK_KEYS)
+def normalize_eval_value(value: Any) -> dict[str, Any] | None:
+    """``midblock_eval`` as a plain dict of EvalSettings fields (``None`` = off), validated
+    with :meth:`EvalSettings.from_dict`; raises ``ValueError`` naming the key and the fields."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"{EVAL_KEY}: expected a mapping of evaluation settings (e.g. {{limit: 250, num_fewshot: 5, "
+            f"data_dir: /data/gsm8k}}) or true for the defaults, got {type(value).__name__} {value!r}. "
+            f"Allowed fields: {', '.join(_eval_fields())}."
+        )
+    values = {str(k): v for k, v in value.items()}
+    eval_settings_from(values)
+    return values
+
+
+def _eval_fields() -> list[str]:
+    import dataclasses
+
+    from midblock_plugin.evaluation.settings import EvalSettings
+
+    return [f.name for f in dataclasses.fields(EvalSettings)]
+
+
+def eval_settings_from(values: Mapping[str, Any] | None):
+    """The :class:`~midblock_plugin.evaluation.EvalSettings` a ``midblock_eval`` mapping asks for.
+
+    Unknown fields and bad values raise ``ValueError`` that names ``midblock_eval``, the bad
+    field and (for unknown fields) the allowed ones. Cheap: imports neither torch nor lm-eval.
+    """
+    from midblock_plugin.evaluation.settings import EvalSettings
+
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(_eval_fields()))
     if unknown:
         parts = []
         for key in unknown:
-            close = difflib.get_close_matches(key, list(MIDBLOCK_KEYS), n=1)
+            close = difflib.get_close_matches(key, _eval_fields(), n=1)
+            parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(
+            f"{EVAL_KEY}: unknown evaluation option {', '.join(parts)}; allowed fields: "
+            f"{', '.join(_eval_fields())}. Fix the spelling or remove the field."
+        )
+    try:
+        return EvalSettings.from_dict(values)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        text = re.sub(r"(?<![\w.])(" + "|".join(_eval_fields()) + r")=", r"\1: ", str(exc))
+        raise ValueError(f"{EVAL_KEY}: {text}") from None
+
+
+def validate_midblock_keys(data: Mapping[str, Any]) -> None:
+    """All checks on the raw config dict; raises ``ValueError`` naming the key and the fix."""
+    known = [*MIDBLOCK_KEYS, *EXTRA_KEYS]
+    unknown = sorted(k for k in data if isinstance(k, str) and k.startswith(KEY_PREFIX) and k not in known)
+    if unknown:
+        parts = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
             parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ValueError(
             f"unknown midblock key {', '.join(parts)}; the mid-block plugin's keys are: "
-            f"{', '.join(MIDBLOCK_KEYS)}. Fix the spelling or remove the key."
+            f"{', '.join(known)}. Fix the spelling or remove the key."
         )
     ours = [k for k in MIDBLOCK_KEYS if data.get(k) is not None]
     if not is_midblock(data):

@@ -14,7 +14,15 @@ says ``adapter: midblock``, because Axolotl 0.21+ loads installed plugins for ev
   mode freezes everything but the window (before the optimizer and DeepSpeed exist);
 * ``add_callbacks_pre_trainer``: the shared :class:`~midblock_plugin.callbacks.MidBlockCallback`
   (plan summary and ``plan.json``, backward truncation, drift monitor), the same code as
-  the TRL path.
+  the TRL path;
+* ``add_callbacks_post_trainer`` / ``post_train`` / ``post_train_unload`` (``midblock_eval``,
+  any adapter): an :class:`~midblock_plugin.evaluation.EvalCallback` (baseline at train start
+  if asked) and the final lm-eval evaluation of the model in memory. Axolotl calls
+  ``post_train`` twice, right after ``trainer.train()`` and again after the model is saved;
+  a single process evaluates at the second call, so a crash in the evaluation cannot lose
+  the model. Multi-process runs (DDP, ZeRO-3) evaluate at the first call instead, because
+  Axolotl destroys the process group before the second one and partitioned / sharded
+  evaluation needs it; the evaluation never raises, so the save still follows.
 
 Saving needs no hook: Axolotl saves a ``PeftModel`` as a standard adapter (which
 ``python -m axolotl.cli.merge_lora`` merges) and a plain model as a full checkpoint.
@@ -22,14 +30,23 @@ Saving needs no hook: Axolotl saves a ``PeftModel`` as a standard adapter (which
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import traceback
 from pathlib import Path
 
 from axolotl.integrations.base import AdapterCapabilities, BasePlugin
 from axolotl.utils.logging import get_logger
 
-from midblock_plugin.integrations.axolotl.args import ADAPTER_NAME, is_midblock, midblock_config_from_cfg, yaml_names
+from midblock_plugin.integrations.axolotl.args import (
+    ADAPTER_NAME,
+    EVAL_KEY,
+    eval_settings_from,
+    is_midblock,
+    midblock_config_from_cfg,
+    yaml_names,
+)
 
 # Axolotl prints INFO only for loggers under "axolotl"; ours would show warnings only.
 LOG = get_logger("axolotl.integrations.midblock")
@@ -53,6 +70,9 @@ class MidBlockPlugin(BasePlugin):
     def __init__(self) -> None:
         super().__init__()
         self.plan = None
+        self.eval_callback = None  # the EvalCallback of this run (midblock_eval)
+        self._eval_trainer = None
+        self._eval_state = "off"  # off | armed (post_train not yet seen) | pending (after the save) | done
 
     # ------------------------------------------------------------------ config
     def register(self, cfg) -> None:
@@ -131,7 +151,11 @@ class MidBlockPlugin(BasePlugin):
             check_adapter_matches_plan(cfg.lora_model_dir, plan)
             model = PeftModel.from_pretrained(model, cfg.lora_model_dir, is_trainable=not inference)
         else:
-            model = get_peft_model(model, peft_config)
+            # The initial adapter (LoRA A is random) depends on `seed` only (default 42, the HF
+            # Trainer's): without this it would depend on how many random numbers model loading
+            # drew, which differs between a plain load and a ZeRO-3 (zero.Init) load.
+            with _seeded(cfg.seed if cfg.seed is not None else 42):
+                model = get_peft_model(model, peft_config)
         if not inference:
             verify_trainable(model, plan)
             model.print_trainable_parameters()
@@ -146,8 +170,99 @@ class MidBlockPlugin(BasePlugin):
         config = midblock_config_from_cfg(cfg)
         return [MidBlockCallback(config, plan=self.plan)]
 
+    # ------------------------------------------------------------------ evaluation (midblock_eval)
+    def add_callbacks_post_trainer(self, cfg, trainer) -> list:
+        """``midblock_eval``: an EvalCallback bound to the trainer (any adapter). Task names are
+        checked against lm-eval here, before training starts."""
+        values = cfg.get(EVAL_KEY)
+        if values is None or values is False:
+            return []
+        settings = eval_settings_from({} if values is True else values)
+        if not settings.enabled:
+            return []
+        from midblock_plugin.evaluation.callback import EvalCallback
+
+        try:
+            callback = EvalCallback(settings, trainer=trainer, final_on_train_end=False)
+        except (ValueError, FileNotFoundError) as exc:
+            raise ValueError(f"{EVAL_KEY}: {exc}") from None
+        self.eval_callback, self._eval_trainer, self._eval_state = callback, trainer, "armed"
+        LOG.info(
+            f"midblock: lm-eval {', '.join(settings.tasks)} will evaluate the trained model in memory "
+            f"(limit {settings.limit}, {'task default' if settings.num_fewshot is None else settings.num_fewshot}-shot"
+            f"{', with a baseline at train start' if settings.baseline else ''}) -> "
+            f"{Path(trainer.args.output_dir) / settings.output_subdir}"
+        )
+        return [callback]
+
+    def post_train(self, cfg, model) -> None:
+        if self._eval_state == "armed":
+            if _process_group_active():
+                self._evaluate("after training, before the save: multi-process run")
+            else:
+                self._eval_state = "pending"  # Axolotl calls post_train again once the model is saved
+        elif self._eval_state == "pending":
+            self._evaluate("after the model was saved")
+
+    def post_train_unload(self, cfg) -> None:
+        if self._eval_state in ("armed", "pending"):  # an Axolotl that calls post_train only once
+            self._evaluate("at unload")
+        self._release_eval()
+
+    def _evaluate(self, when: str) -> None:
+        """The final evaluation; never raises (the training run and its saved model are kept)."""
+        callback, trainer = self.eval_callback, self._eval_trainer
+        self._eval_state = "done"
+        out = Path(trainer.args.output_dir) / callback.settings.output_subdir
+        LOG.info(f"midblock: lm-eval final evaluation of the model in memory ({when})")
+        try:
+            report = callback.run_final(trainer)
+        except Exception as exc:  # noqa: BLE001 - run_final already catches; this is a last guard
+            report = None
+            callback.errors["final"] = f"{type(exc).__name__}: {exc}"
+            if getattr(trainer.state, "is_world_process_zero", True):
+                from midblock_plugin.evaluation.runner import write_error
+
+                with contextlib.suppress(OSError):
+                    write_error(out, "final", exc, traceback.format_exc())
+        if report is not None:
+            files = ", ".join(report.get("files") or []) or str(out)
+            LOG.info(f"midblock: lm-eval results written to {files}")
+        else:
+            LOG.error(
+                f"midblock: the lm-eval evaluation failed ({callback.errors.get('final')}); training and the "
+                f"saved model are unaffected; details in {out / 'error.json'}"
+            )
+        self._release_eval()
+
+    def _release_eval(self) -> None:
+        # Axolotl deletes its model and trainer before post_train_unload: do not keep them alive.
+        self._eval_trainer = None
+        if self.eval_callback is not None:
+            self.eval_callback.trainer = None
+
 
 # --------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Draw from torch's generator seeded with ``seed`` inside the block; the global random
+    state is restored afterwards."""
+    import torch
+
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
+
+
+def _process_group_active() -> bool:
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover
+        return False
+    return dist.is_available() and dist.is_initialized()
 
 
 def shipped_deepspeed_config(value: str) -> str:
