@@ -218,6 +218,7 @@ def build_plan(model_or_config: Any = None, config: MidBlockConfig | None = None
             raise WindowError("build_plan needs a model, a model config, or num_layers.")
         L = num_layers
         arch, model_type, path = "unknown", "unknown", "model.layers"
+        layers = resolve_layers(L, **config.window_kwargs())
     else:
         if isinstance(model_or_config, nn.Module):
             model = model_or_config
@@ -231,14 +232,13 @@ def build_plan(model_or_config: Any = None, config: MidBlockConfig | None = None
             type(_unwrap(model)).__name__ if model is not None else None
         )
         model_type = getattr(hf_config, "model_type", "unknown")
-        # the window is validated before anything heavy (the meta model) is built
-        resolve_layers(L, **config.window_kwargs())
+        # the window is resolved (and validated) before anything heavy (the meta model) is built
+        layers = resolve_layers(L, **config.window_kwargs())
         if model is None:
             model = _meta_model(hf_config)
         if arch is None:
             arch = type(model).__name__
         path, _ = find_decoder_layers(model)
-    layers = resolve_layers(L, **config.window_kwargs())
 
     if config.mode == "lora":
         r_active = matched_rank(config.rank, L, len(layers)) if config.budget == "match" else config.rank
