@@ -238,7 +238,9 @@ def train_variant(opts: JobOptions, segments: str, out: Path, train_rows: list[d
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from midblock_plugin.integrations.trl import MidBlockCallback, midblock_lora_config
+    from midblock_plugin.adapters import lora_config
+    from midblock_plugin.callbacks import MidBlockCallback
+    from midblock_plugin.plan import build_plan
 
     mb = opts.midblock_config(segments)
     out.mkdir(parents=True, exist_ok=True)
@@ -256,7 +258,7 @@ def train_variant(opts: JobOptions, segments: str, out: Path, train_rows: list[d
     trainer = SFTTrainer(
         model=model, args=args, processing_class=tok,
         train_dataset=Dataset.from_list([{"text": as_text(r)} for r in train_rows[: opts.num_examples]]),
-        peft_config=midblock_lora_config(model, mb), callbacks=[cb, timer.callback],
+        peft_config=lora_config(build_plan(model, mb)), callbacks=[cb, timer.callback],
     )
     with PeakMemory() as mem:
         trainer.train()
