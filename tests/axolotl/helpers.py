@@ -159,3 +159,20 @@ def changed_tensors(before: dict, after: dict, atol: float = 0.0) -> set[str]:
 
     assert set(before) == set(after), set(before) ^ set(after)
     return {k for k in before if not torch.allclose(before[k].float(), after[k].float(), rtol=0, atol=atol)}
+
+
+def validate_args(**data):
+    """Validate a config through the plugin's pydantic model alone (no Axolotl run)."""
+    from midblock_plugin.integrations.axolotl.args import MidBlockArgs
+
+    return MidBlockArgs.model_validate({"adapter": "midblock", "plugins": [PLUGIN], **data})
+
+
+def args_error(**data) -> str:
+    """The validation error text of a config that must be rejected."""
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        validate_args(**data)
+    return str(info.value)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.axolotl.helpers import ENV, PLUGIN, ROOT
+from tests.axolotl.helpers import ENV, ROOT, args_error as _error, validate_args as _validate
 
 pytestmark = pytest.mark.axolotl
 
@@ -120,20 +120,6 @@ def test_bad_eval_key_fails_validation_in_axolotl_train(workspace):
 
 
 # --------------------------------------------------------------------------- the pydantic model itself
-
-
-def _validate(**data):
-    from midblock_plugin.integrations.axolotl.args import MidBlockArgs
-
-    return MidBlockArgs.model_validate({"adapter": "midblock", "plugins": [PLUGIN], **data})
-
-
-def _error(**data) -> str:
-    from pydantic import ValidationError
-
-    with pytest.raises(ValidationError) as info:
-        _validate(**data)
-    return str(info.value)
 
 
 @pytest.mark.parametrize(

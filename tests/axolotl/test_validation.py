@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.axolotl.helpers import PLUGIN
+from tests.axolotl.helpers import args_error as _error, validate_args as _validate
 
 pytestmark = pytest.mark.axolotl
 
@@ -32,20 +32,6 @@ def test_unknown_key_fails_validation_in_axolotl_train(workspace):
 
 
 # --------------------------------------------------------------------------- the pydantic model itself
-
-
-def _validate(**data):
-    from midblock_plugin.integrations.axolotl.args import MidBlockArgs
-
-    return MidBlockArgs.model_validate({"adapter": "midblock", "plugins": [PLUGIN], **data})
-
-
-def _error(**data) -> str:
-    from pydantic import ValidationError
-
-    with pytest.raises(ValidationError) as info:
-        _validate(**data)
-    return str(info.value)
 
 
 @pytest.mark.parametrize(
