@@ -26,7 +26,7 @@ def build(variant: str, rank: int, window: str, checkpointing: bool, reentrant: 
 
     from midblock_plugin import MidBlockConfig
     from midblock_plugin.adapters import lora_config
-    from midblock_plugin.hooks import BackwardTruncation
+    from midblock_plugin.training import BackwardTruncation
     from midblock_plugin.plan import build_plan
     from midblock_plugin.testing import tiny_model
 

@@ -1,4 +1,5 @@
-"""Adapter construction: the PEFT ``LoraConfig`` of a plan, and full-mode freezing.
+"""Adapter construction: the PEFT ``LoraConfig`` of a plan, full-mode freezing, and the
+check that only the window trains.
 
 The LoRA adapter is a *plain* PEFT LoRA (``layers_to_transform`` + ``layers_pattern``),
 so a saved adapter loads with PEFT alone, without this package.
@@ -6,7 +7,7 @@ so a saved adapter loads with PEFT alone, without this package.
 >>> from midblock_plugin.testing import tiny_model
 >>> from midblock_plugin.plan import build_plan
 >>> model = tiny_model("llama", num_layers=5)
->>> lora_config(build_plan(model)).layers_to_transform
+>>> build_plan(model).lora_config().layers_to_transform
 [1, 2, 3]
 """
 
@@ -14,53 +15,39 @@ from __future__ import annotations
 
 from typing import Any
 
-from midblock_plugin.plan import MidBlockPlan, full_mode_trainable_names
-from midblock_plugin.window import WindowError, _unwrap
+from midblock_plugin.architecture import unwrap
+from midblock_plugin.plan import MidBlockPlan
+from midblock_plugin.window import WindowError
 
 
 def lora_config(plan: MidBlockPlan, **overrides: Any):
-    """A ``peft.LoraConfig`` that puts LoRA on the plan's layers only, at the plan's rank."""
-    from peft import LoraConfig
+    """The plan's ``peft.LoraConfig`` (same as :meth:`MidBlockPlan.lora_config`)."""
+    return plan.lora_config(**overrides)
 
-    if plan.mode != "lora":
-        raise ValueError(f"lora_config needs a plan with mode='lora' (this plan has mode={plan.mode!r}).")
-    if not plan.target_modules:
-        raise ValueError("the plan has no resolved target modules; build it from a model or a model config.")
-    ranks = set(plan.ranks.values())
-    kwargs: dict[str, Any] = dict(
-        r=ranks.pop(),
-        lora_alpha=plan.lora_alpha,
-        lora_dropout=plan.lora_dropout,
-        use_rslora=plan.use_rslora,
-        target_modules=list(plan.target_modules),
-        layers_to_transform=list(plan.layers),
-        layers_pattern=plan.layers_pattern,
-        bias="none",
-        fan_in_fan_out=plan.fan_in_fan_out,
-        task_type="CAUSAL_LM",
-    )
-    kwargs.update(overrides)
-    return LoraConfig(**kwargs)
+
+def full_mode_trainable_names(model: Any, plan: MidBlockPlan) -> set[str]:
+    """Names of the parameters full mode trains on the unwrapped ``model``: the window's
+    layers, plus the final norm / input embeddings when the config opts in."""
+    layout = plan.layout
+    prefixes = tuple(layout.layer_prefix(i) for i in plan.layers)
+    named = dict(model.named_parameters())
+    names = {n for n in named if n.startswith(prefixes)}
+    if plan.config.train_final_norm and layout.final_norm_name:
+        names |= {n for n in named if n.startswith(layout.final_norm_name + ".")}
+    if plan.config.train_embeddings:
+        ids = {id(p) for p in model.get_input_embeddings().parameters()}
+        names |= {n for n, p in named.items() if id(p) in ids}
+    return names
 
 
 def apply_full_mode(model: Any, plan: MidBlockPlan) -> int:
     """Freeze everything but the window's layers (and opted-in extras). Must run before
     the optimizer and before ``deepspeed.initialize``. Returns the trainable count."""
-    base = _unwrap(model)
-    names = full_mode_trainable_names(base, plan, plan.config)
+    base = unwrap(model)
+    names = full_mode_trainable_names(base, plan)
     for name, p in base.named_parameters():
         p.requires_grad_(name in names)
     return verify_trainable(model, plan)
-
-
-def _layer_index(name: str, plan: MidBlockPlan) -> int | None:
-    marker = f"{plan.layers_pattern}."
-    pos = name.find("." + marker) if not name.startswith(marker) else -1
-    rest = name[pos + 1 + len(marker):] if pos >= 0 else (name[len(marker):] if name.startswith(marker) else None)
-    if rest is None:
-        return None
-    head = rest.split(".", 1)[0]
-    return int(head) if head.isdigit() else None
 
 
 def trainable_parameters(model: Any) -> dict[str, int]:
@@ -81,13 +68,12 @@ def verify_trainable(model: Any, plan: MidBlockPlan) -> int:
             "peft_config=midblock_lora_config(...) to the trainer; in full mode use mode='full'."
         )
     allowed_extra: set[str] = set()
-    if plan.mode == "full" and plan.config is not None:
-        base = _unwrap(model)
-        allowed_extra = {n for n in full_mode_trainable_names(base, plan, plan.config) if _layer_index(n, plan) is None}
+    if plan.mode == "full":
+        allowed_extra = {n for n in full_mode_trainable_names(unwrap(model), plan) if plan.layout.layer_index(n) is None}
     window = set(plan.layers)
     outside = []
     for name in trainable:
-        idx = _layer_index(name, plan)
+        idx = plan.layout.layer_index(name)
         if idx is None:
             if not any(name.endswith(e) for e in allowed_extra):
                 outside.append(name)

@@ -80,7 +80,7 @@ def zero3_estimates(plan: MidBlockPlan, gpus_per_node: int, nodes: int = 1, offl
         rows.append(_estimate(f"mid-block LoRA ({plan.window})", base + plan.trainable_params, plan.trainable_params, largest, gpus_per_node, nodes, offload))
     else:
         rows.append(_estimate(f"mid-block full ({plan.window})", base, plan.trainable_params, largest, gpus_per_node, nodes, offload))
-    rows.append(_estimate(f"uniform LoRA r={plan.rank}", base + plan.uniform_lora_params, plan.uniform_lora_params, largest, gpus_per_node, nodes, offload))
+    rows.append(_estimate(f"uniform LoRA r={plan.baseline_rank}", base + plan.uniform_lora_params, plan.uniform_lora_params, largest, gpus_per_node, nodes, offload))
     rows.append(_estimate("full fine-tuning", base, base, largest, gpus_per_node, nodes, offload))
     return rows
 

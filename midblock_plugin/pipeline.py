@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from midblock_plugin.config import MidBlockConfig
+from midblock_plugin.data import gsm8k
 
 PRESETS = {
     # examples, steps (-1 = one epoch), batch, grad-accum, lr, eval limit, held-out rows, analysis prompts
@@ -78,33 +79,6 @@ class JobOptions:
 
 
 # ------------------------------------------------------------------------------ data
-
-
-def load_gsm8k(data_dir: Optional[str], log=print) -> tuple[list[dict], list[dict], str]:
-    """(train rows, test rows, source): a local directory, the shared copy, or the hub."""
-    from midblock_plugin.testing import GSM8K_DIR, gsm8k_rows
-
-    candidates = [Path(data_dir)] if data_dir else [GSM8K_DIR]
-    for d in candidates:
-        if (d / "train.jsonl").exists() and (d / "test.jsonl").exists():
-            return gsm8k_rows("train", data_dir=d), gsm8k_rows("test", data_dir=d), str(d)
-    if data_dir:
-        raise FileNotFoundError(f"--data-dir {data_dir!r} needs train.jsonl and test.jsonl (GSM8K question/answer rows).")
-    try:
-        from datasets import load_dataset
-
-        log("midblock: no local GSM8K found; loading openai/gsm8k from the hub ...")
-        ds = load_dataset("openai/gsm8k", "main")
-        return list(ds["train"]), list(ds["test"]), "hub:openai/gsm8k"
-    except Exception as exc:  # offline, or the hub refused
-        raise FileNotFoundError(
-            f"GSM8K not found at {GSM8K_DIR} and the hub is unreachable ({type(exc).__name__}); "
-            "pass --data-dir DIR with train.jsonl and test.jsonl (question/answer rows)."
-        ) from None
-
-
-def as_text(row: dict) -> str:
-    return f"Question: {row['question']}\nAnswer: {row['answer']}"
 
 
 # ------------------------------------------------------------------------------ measures
@@ -164,9 +138,8 @@ def heldout_answer_loss(model, tok, rows: list[dict], max_length: int = 256, bat
         for i in range(0, len(rows), batch_size):
             chunk = rows[i : i + batch_size]
             for row in chunk:
-                prompt = f"Question: {row['question']}\nAnswer:"
-                p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-                full = tok(prompt + " " + row["answer"], add_special_tokens=False)["input_ids"][:max_length]
+                p_ids = tok(gsm8k.prompt(row), add_special_tokens=False)["input_ids"]
+                full = tok(gsm8k.training_text(row), add_special_tokens=False)["input_ids"][:max_length]
                 if len(full) <= len(p_ids):
                     continue
                 ids = torch.tensor([full], device=device)
@@ -238,9 +211,8 @@ def train_variant(opts: JobOptions, segments: str, out: Path, train_rows: list[d
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from midblock_plugin.adapters import lora_config
-    from midblock_plugin.callbacks import MidBlockCallback
     from midblock_plugin.plan import build_plan
+    from midblock_plugin.training import MidBlockCallback
 
     mb = opts.midblock_config(segments)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,18 +226,20 @@ def train_variant(opts: JobOptions, segments: str, out: Path, train_rows: list[d
         gradient_checkpointing=not cpu, disable_tqdm=False,
     )
     timer = _StepTimer()
-    cb = MidBlockCallback(mb)
+    plan = build_plan(model, mb)
+    cb = MidBlockCallback(plan=plan)
     trainer = SFTTrainer(
         model=model, args=args, processing_class=tok,
-        train_dataset=Dataset.from_list([{"text": as_text(r)} for r in train_rows[: opts.num_examples]]),
-        peft_config=lora_config(build_plan(model, mb)), callbacks=[cb, timer.callback],
+        train_dataset=Dataset.from_list([{"text": gsm8k.training_text(r)} for r in train_rows[: opts.num_examples]]),
+        peft_config=plan.lora_config(), callbacks=[cb, timer.callback],
     )
+    cb.bind(trainer)
     with PeakMemory() as mem:
         trainer.train()
     trainer.save_model(str(out / "adapter"))
     tok.save_pretrained(str(out / "adapter"))
     record: dict[str, Any] = {
-        "variant": segments, "layers": cb.plan.layers, "window": cb.plan.window, "rank": cb.plan.ranks[cb.plan.layers[0]],
+        "variant": segments, "layers": cb.plan.layers, "window": cb.plan.window, "rank": plan.layer_rank,
         "lora_alpha": cb.plan.lora_alpha, "trainable_params": cb.plan.trainable_params,
         "uniform_lora_params": cb.plan.uniform_lora_params, "steps": trainer.state.global_step,
         "step_time_s": timer.median, "peak_memory_bytes": mem.peak, "peak_memory_kind": mem.kind,
@@ -335,7 +309,7 @@ def run_job(opts: JobOptions, log=print) -> Path:
     opts.midblock_config()  # validate before any work
     if not opts.skip_eval:
         _eval_settings(opts)
-    train_rows, test_rows, source = load_gsm8k(opts.data_dir, log)
+    train_rows, test_rows, source = gsm8k.load(opts.data_dir, log)
     heldout = test_rows[-opts.heldout:]
     base = evaluate_base(opts, out, heldout, log)
     rec = train_variant(opts, opts.segments, out / f"variant-{opts.segments}", train_rows, heldout, log, base.get("eval_report"))
@@ -353,7 +327,7 @@ def compare(opts: JobOptions, log=print) -> Path:
         opts.midblock_config(v)  # every mask is validated before any work
     if not opts.skip_eval:
         _eval_settings(opts)
-    train_rows, test_rows, source = load_gsm8k(opts.data_dir, log)
+    train_rows, test_rows, source = gsm8k.load(opts.data_dir, log)
     heldout = test_rows[-opts.heldout:]
     base = evaluate_base(opts, out, heldout, log)
     records = []

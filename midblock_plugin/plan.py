@@ -1,64 +1,109 @@
-"""``MidBlockPlan``: a config resolved against one model (layers, ranks, alphas, counts).
+"""``MidBlockPlan``: what is trained and how much, for one run (a config x a model layout).
 
-The plan is computed from the model *config* alone (weights are never needed: a model
-is built on the meta device to read shapes), so ``midblock plan`` and every
-integration can show exactly what will be trained before anything is loaded.
+The plan is built **once per run** (:func:`build_plan`) and handed on: its
+:meth:`~MidBlockPlan.lora_config` gives the PEFT config, ``MidBlockCallback(plan=plan)``
+the training hooks, and ``plan.json`` records it. It needs the model *config* only
+(shapes come from a meta-device copy), so ``midblock plan`` and every integration can
+show exactly what will be trained before any weight is loaded.
+
+Ranks: ``baseline_rank`` is the rank ``r`` of the uniform-LoRA baseline whose budget is
+matched (``MidBlockConfig.rank``); ``layer_rank`` is the rank each window layer is
+actually trained with (``floor(r*L/n)`` under the matched budget).
 
 >>> from midblock_plugin.testing import tiny_config
 >>> plan = build_plan(tiny_config("llama", num_layers=10), MidBlockConfig(rank=8))
->>> plan.layers, plan.ranks[2]
-([2, 3, 4, 5, 6, 7], 13)
+>>> plan.layers, plan.baseline_rank, plan.layer_rank
+([2, 3, 4, 5, 6, 7], 8, 13)
 """
 
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
+from midblock_plugin.architecture import ModelLayout, layout_of, load_config, num_layers_from_config
 from midblock_plugin.config import MidBlockConfig
-from midblock_plugin.window import (
-    WindowError,
-    _unwrap,
-    describe_window,
-    find_decoder_layers,
-    layers_pattern_of,
-    matched_rank,
-    num_layers_from_config,
-    resolve_layers,
-)
-
-#: Submodule names (within a decoder layer) that hold attention / MLP projections.
-_ATTENTION_HINTS = ("attn", "attention")
-_MLP_HINTS = ("mlp", "feed_forward", "ffn")
+from midblock_plugin.window import WindowError, describe_window, matched_rank, resolve_layers
 
 
 @dataclass
 class MidBlockPlan:
     """What will be trained on one model. Built by :func:`build_plan`."""
 
-    architecture: str
-    model_type: str
-    num_layers: int
+    config: MidBlockConfig = field(repr=False)
+    layout: ModelLayout = field(repr=False)
+    #: the window: sorted decoder-layer indices that are trained
     layers: list[int]
-    layers_path: str
-    layers_pattern: str
-    mode: str
-    rank: int
-    ranks: dict[int, int]
-    base_alpha: float
+    #: LoRA rank of each window layer (0 in full mode)
+    layer_rank: int
+    #: LoRA alpha of each window layer (after the alpha policy)
     lora_alpha: float
-    use_rslora: bool
-    target_modules: list[str]
-    lora_dropout: float
+    #: target modules, relative to a decoder layer ([] for a bare layout or full mode)
+    target_modules: list[str] = field(default_factory=list)
     trainable_params: int | None = None
     uniform_lora_params: int | None = None
-    full_params: int | None = None
     extra_trainable: list[str] = field(default_factory=list)
-    fan_in_fan_out: bool = False
-    largest_module_params: int | None = None
-    config: MidBlockConfig | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ derived views
+    @property
+    def mode(self) -> str:
+        return self.config.mode
+
+    @property
+    def baseline_rank(self) -> int:
+        """Rank of the uniform-LoRA baseline whose budget is matched."""
+        return self.config.rank
+
+    @property
+    def base_alpha(self) -> float:
+        """Alpha of the uniform-LoRA baseline."""
+        return self.config.base_alpha
+
+    @property
+    def ranks(self) -> dict[int, int]:
+        """Layer -> rank for every window layer (``{}`` in full mode)."""
+        return {i: self.layer_rank for i in self.layers} if self.mode == "lora" else {}
+
+    @property
+    def use_rslora(self) -> bool:
+        return self.config.use_rslora
+
+    @property
+    def lora_dropout(self) -> float:
+        return self.config.lora_dropout
+
+    @property
+    def num_layers(self) -> int:
+        return self.layout.num_layers
+
+    @property
+    def architecture(self) -> str:
+        return self.layout.architecture
+
+    @property
+    def model_type(self) -> str:
+        return self.layout.model_type
+
+    @property
+    def layers_path(self) -> str:
+        return self.layout.layers_path
+
+    @property
+    def layers_pattern(self) -> str:
+        return self.layout.layers_pattern
+
+    @property
+    def full_params(self) -> int | None:
+        return self.layout.full_params
+
+    @property
+    def largest_module_params(self) -> int | None:
+        return self.layout.largest_module_params
+
+    @property
+    def fan_in_fan_out(self) -> bool:
+        return self.layout.fan_in_fan_out(self.target_modules)
 
     @property
     def window(self) -> str:
@@ -69,15 +114,60 @@ class MidBlockPlan:
         return self.layers[0]
 
     def layer_prefix(self, index: int) -> str:
-        return f"{self.layers_path}.{index}."
+        return self.layout.layer_prefix(index)
+
+    # ------------------------------------------------------------------ products
+    def lora_config(self, **overrides: Any):
+        """A plain ``peft.LoraConfig`` that puts LoRA on the plan's layers only, at the plan's
+        rank (so a saved adapter loads with PEFT alone, without this package)."""
+        from peft import LoraConfig
+
+        if self.mode != "lora":
+            raise ValueError(f"lora_config needs a plan with mode='lora' (this plan has mode={self.mode!r}).")
+        if not self.target_modules:
+            raise ValueError("the plan has no resolved target modules; build it from a model or a model config.")
+        kwargs: dict[str, Any] = dict(
+            r=self.layer_rank,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            use_rslora=self.use_rslora,
+            target_modules=list(self.target_modules),
+            layers_to_transform=list(self.layers),
+            layers_pattern=self.layers_pattern,
+            bias="none",
+            fan_in_fan_out=self.fan_in_fan_out,
+            task_type="CAUSAL_LM",
+        )
+        kwargs.update(overrides)
+        return LoraConfig(**kwargs)
 
     def to_json_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("config", None)
-        d["ranks"] = {str(k): v for k, v in self.ranks.items()}
-        d["window"] = self.window
-        d["midblock_config"] = self.config.to_dict() if self.config else None
-        return d
+        """The plan as written to ``midblock/plan.json`` and printed by ``midblock plan --json``."""
+        return {
+            "architecture": self.architecture,
+            "model_type": self.model_type,
+            "num_layers": self.num_layers,
+            "layers": list(self.layers),
+            "window": self.window,
+            "layers_path": self.layers_path,
+            "layers_pattern": self.layers_pattern,
+            "mode": self.mode,
+            "baseline_rank": self.baseline_rank,
+            "layer_rank": self.layer_rank,
+            "ranks": {str(k): v for k, v in self.ranks.items()},
+            "base_alpha": self.base_alpha,
+            "lora_alpha": self.lora_alpha,
+            "use_rslora": self.use_rslora,
+            "target_modules": list(self.target_modules),
+            "lora_dropout": self.lora_dropout,
+            "fan_in_fan_out": self.fan_in_fan_out,
+            "trainable_params": self.trainable_params,
+            "uniform_lora_params": self.uniform_lora_params,
+            "full_params": self.full_params,
+            "largest_module_params": self.largest_module_params,
+            "extra_trainable": list(self.extra_trainable),
+            "midblock_config": self.config.to_dict(),
+        }
 
     def summary(self) -> str:
         """A one-screen human summary of the plan."""
@@ -88,12 +178,12 @@ class MidBlockPlan:
             f"{100 * self.layers[0] / self.num_layers:.0f}%-{100 * (self.layers[-1] + 1) / self.num_layers:.0f}% depth)",
         ]
         if self.mode == "lora":
-            ranks = sorted(set(self.ranks.values()))
-            scale = self.lora_alpha / (math.sqrt(ranks[0]) if self.use_rslora else ranks[0])
+            r = self.layer_rank
+            scale = self.lora_alpha / (math.sqrt(r) if self.use_rslora else r)
             lines += [
-                f"  target modules {', '.join(self.target_modules)}",
-                f"  ranks          {ranks[0] if len(ranks) == 1 else self.ranks} per active layer "
-                f"(uniform baseline r={self.rank}; rank sum {sum(self.ranks.values())} vs {self.rank * self.num_layers})",
+                f"  target modules {', '.join(self.target_modules) or '(resolved when the model is known)'}",
+                f"  ranks          {r} per active layer (uniform baseline r={self.baseline_rank}; "
+                f"rank sum {r * len(self.layers)} vs {self.baseline_rank * self.num_layers})",
                 f"  lora_alpha     {self.lora_alpha:g} (baseline {self.base_alpha:g}; scale {scale:.4g}"
                 f"{', rsLoRA' if self.use_rslora else ''}), dropout {self.lora_dropout:g}",
             ]
@@ -106,223 +196,77 @@ class MidBlockPlan:
             )
             if self.uniform_lora_params:
                 lines.append(
-                    f"  vs uniform     LoRA r={self.rank} on all layers: {self.uniform_lora_params:,} params "
+                    f"  vs uniform     LoRA r={self.baseline_rank} on all layers: {self.uniform_lora_params:,} params "
                     f"(ratio {self.trainable_params / self.uniform_lora_params:.3f})"
                 )
         return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- targets
-
-
-def _is_linear(module: Any) -> bool:
-    import torch.nn as nn
-
-    if isinstance(module, nn.Linear):
-        return True
-    return type(module).__name__ == "Conv1D"  # transformers' GPT-2 projection (PEFT supports it)
-
-
-def _in_out(module: Any) -> tuple[int, int]:
-    w = module.weight
-    shape = tuple(getattr(w, "ds_shape", None) or w.shape)
-    if type(module).__name__ == "Conv1D":  # weight is (in, out)
-        return int(shape[0]), int(shape[1])
-    return int(shape[1]), int(shape[0])
-
-
-def linear_modules_of_layer(layer: Any) -> dict[str, Any]:
-    """Relative name -> linear module, for every linear leaf of one decoder layer."""
-    return {name: mod for name, mod in layer.named_modules() if name and _is_linear(mod)}
-
-
-def resolve_target_modules(layer: Any, spec: str | list[str]) -> list[str]:
-    """Target-module names, relative to a decoder layer, for a preset or an explicit list.
-
-    Names are the layer-relative dotted paths (``self_attn.q_proj``; ``attn.c_proj`` on
-    GPT-2, where the MLP also has a ``c_proj``), which PEFT matches as key suffixes.
-    """
-    linears = linear_modules_of_layer(layer)
-    if isinstance(spec, str):
-        if spec == "all-linear":
-            names = list(linears)
-        else:
-            hints = _ATTENTION_HINTS if spec == "attention" else _MLP_HINTS
-            names = [n for n in linears if any(h in part for part in n.split(".")[:-1] for h in hints)]
-        if not names:
-            raise WindowError(
-                f"target_modules={spec!r}: no linear module of {type(layer).__name__} matches this preset "
-                f"(its linear modules: {', '.join(linears) or 'none'}); give an explicit list instead."
-            )
-        return names
-    resolved: list[str] = []
-    for want in spec:
-        hits = [n for n in linears if n == want or n.endswith("." + want)]
-        if not hits:
-            raise WindowError(
-                f"target_modules: {want!r} matches no linear module of {type(layer).__name__}; "
-                f"available: {', '.join(linears)}."
-            )
-        resolved.extend(h for h in hits if h not in resolved)
-    return resolved
-
-
 # --------------------------------------------------------------------------- build
 
 
-def _meta_model(config: Any) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    cfg = config
-    if hasattr(cfg, "quantization_config"):
-        cfg = cfg.__class__.from_dict({k: v for k, v in cfg.to_dict().items() if k != "quantization_config"})
-    try:
-        cls = AutoModelForCausalLM._model_mapping[type(cfg)]
-    except KeyError:  # custom-code models: only from_config knows them
-        cls = None
-    with torch.device("meta"):
-        # Constructing the class directly (not from_config) keeps an active ZeRO-3 config from
-        # partitioning this shape-only copy.
-        return cls(cfg) if cls is not None else AutoModelForCausalLM.from_config(cfg)
-
-
-def load_config(model_or_path: Any) -> Any:
-    """A transformers config from a config object, a model directory / hub id, or a model."""
-    if isinstance(model_or_path, (str, os.PathLike)):
-        from transformers import AutoConfig
-
-        path = str(model_or_path)
-        if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
-            raise FileNotFoundError(f"{path!r} has no config.json; give a Hugging Face model directory.")
-        return AutoConfig.from_pretrained(path)
-    return getattr(model_or_path, "config", model_or_path)
-
-
-def _count(params: Any) -> int:
-    total = 0
-    for p in params:
-        total += int(getattr(p, "ds_numel", 0) or p.numel())
-    return total
-
-
-def build_plan(model_or_config: Any = None, config: MidBlockConfig | None = None, *, num_layers: int | None = None) -> MidBlockPlan:
-    """Resolve ``config`` against a model (loaded, or a config / directory: then a meta-device
-    copy is built to read shapes), or against a bare layer count (no parameter counts)."""
+def _layer_count(model_or_config: Any) -> int:
     import torch.nn as nn
 
+    if isinstance(model_or_config, ModelLayout):
+        return model_or_config.num_layers
+    if isinstance(model_or_config, nn.Module):
+        from midblock_plugin.architecture import decoder_layers, unwrap
+
+        config = getattr(unwrap(model_or_config), "config", None)
+        return num_layers_from_config(config) if config is not None else len(decoder_layers(model_or_config))
+    return num_layers_from_config(load_config(model_or_config))
+
+
+def build_plan(
+    model_or_config: Any = None, config: MidBlockConfig | None = None, *, num_layers: int | None = None
+) -> MidBlockPlan:
+    """Resolve ``config`` against a model (loaded, a transformers config, a model directory
+    or hub id, or a :class:`~midblock_plugin.architecture.ModelLayout`), or against a bare
+    layer count (no parameter counts). The window is resolved, and so validated, before
+    anything heavy (the meta-device model) is built."""
     config = config or MidBlockConfig()
-    model = None
     if model_or_config is None:
         if num_layers is None:
             raise WindowError("build_plan needs a model, a model config, or num_layers.")
-        L = num_layers
-        arch, model_type, path = "unknown", "unknown", "model.layers"
-        layers = resolve_layers(L, **config.window_kwargs())
+        layers = resolve_layers(num_layers, **config.window_kwargs())
+        layout = ModelLayout.bare(num_layers)
     else:
-        if isinstance(model_or_config, nn.Module):
-            model = model_or_config
-            hf_config = getattr(model, "config", None)
-            if hasattr(model, "peft_config") or any("lora_" in n for n, _ in model.named_parameters()):
-                model = None  # shapes are read from a clean meta-device copy, not the wrapped model
-        else:
-            hf_config = load_config(model_or_config)
-        L = num_layers or num_layers_from_config(hf_config)
-        arch = (getattr(hf_config, "architectures", None) or [None])[0] or (
-            type(_unwrap(model)).__name__ if model is not None else None
-        )
-        model_type = getattr(hf_config, "model_type", "unknown")
-        # the window is resolved (and validated) before anything heavy (the meta model) is built
-        layers = resolve_layers(L, **config.window_kwargs())
-        if model is None:
-            model = _meta_model(hf_config)
-        if arch is None:
-            arch = type(model).__name__
-        path, _ = find_decoder_layers(model)
+        if not isinstance(model_or_config, ModelLayout) and not hasattr(model_or_config, "named_parameters"):
+            model_or_config = load_config(model_or_config)  # a path is read once
+        layers = resolve_layers(num_layers or _layer_count(model_or_config), **config.window_kwargs())
+        layout = layout_of(model_or_config)
+    return plan_for_layout(layout, config, layers)
 
+
+def plan_for_layout(layout: ModelLayout, config: MidBlockConfig, layers: list[int] | None = None) -> MidBlockPlan:
+    """The plan of ``config`` on ``layout`` (``layers`` if already resolved)."""
+    layers = layers if layers is not None else resolve_layers(layout.num_layers, **config.window_kwargs())
     if config.mode == "lora":
-        r_active = matched_rank(config.rank, L, len(layers)) if config.budget == "match" else config.rank
+        r = matched_rank(config.rank, layout.num_layers, len(layers)) if config.budget == "match" else config.rank
+        alpha = config.base_alpha
+        if config.alpha_policy == "ratio":
+            alpha *= math.sqrt(r / config.rank) if config.use_rslora else r / config.rank
     else:
-        r_active = 0
-    alpha = config.base_alpha
-    if config.mode == "lora" and config.alpha_policy == "ratio":
-        factor = math.sqrt(r_active / config.rank) if config.use_rslora else r_active / config.rank
-        alpha = alpha * factor
-    alpha = float(round(alpha, 6))
-
-    plan = MidBlockPlan(
-        architecture=arch,
-        model_type=model_type,
-        num_layers=L,
-        layers=layers,
-        layers_path=path,
-        layers_pattern=layers_pattern_of(path),
-        mode=config.mode,
-        rank=config.rank,
-        ranks={i: r_active for i in layers} if config.mode == "lora" else {},
-        base_alpha=config.base_alpha,
-        lora_alpha=alpha,
-        use_rslora=config.use_rslora,
-        target_modules=[],
-        lora_dropout=config.lora_dropout,
-        config=config,
-    )
-    if model is not None:
-        _fill_counts(plan, model, config)
+        r, alpha = 0, config.base_alpha
+    plan = MidBlockPlan(config=config, layout=layout, layers=layers, layer_rank=r, lora_alpha=float(round(alpha, 6)))
+    if layout.has_shapes:
+        plan.target_modules = layout.target_modules(config.target_modules)
+        plan.uniform_lora_params = sum(
+            layout.lora_params(i, config.rank, plan.target_modules) for i in range(layout.num_layers)
+        )
+        if plan.mode == "lora":
+            plan.trainable_params = sum(layout.lora_params(i, r, plan.target_modules) for i in layers)
+        else:
+            plan.trainable_params = sum(layout.layer_params[i] for i in layers)
+            if config.train_final_norm:
+                if layout.final_norm_name is None:
+                    raise WindowError(
+                        f"train_final_norm=True but no final norm was found in {layout.architecture}; turn it off."
+                    )
+                plan.trainable_params += layout.final_norm_params
+                plan.extra_trainable.append("final norm")
+            if config.train_embeddings:
+                plan.trainable_params += layout.embedding_params
+                plan.extra_trainable.append("input embeddings")
     return plan
-
-
-def _fill_counts(plan: MidBlockPlan, model: Any, config: MidBlockConfig) -> None:
-    base = _unwrap(model)
-    _, layer_list = find_decoder_layers(base)
-    plan.target_modules = resolve_target_modules(layer_list[0], config.target_modules)
-    first = linear_modules_of_layer(layer_list[0])
-    plan.fan_in_fan_out = any(type(first[n]).__name__ == "Conv1D" for n in plan.target_modules)
-    frozen_base = [p for n, p in base.named_parameters() if "lora_" not in n]
-    plan.full_params = _count(dict.fromkeys(frozen_base))
-    # the largest single module's own parameters: what ZeRO-3 gathers at once (DeepSpeed's rule)
-    plan.largest_module_params = max(
-        (_count(m.parameters(recurse=False)) for m in base.modules()), default=0
-    )
-
-    def lora_params(index: int, rank: int) -> int:
-        mods = linear_modules_of_layer(layer_list[index])
-        return sum(rank * sum(_in_out(mods[name])) for name in plan.target_modules if name in mods)
-
-    plan.uniform_lora_params = sum(lora_params(i, config.rank) for i in range(plan.num_layers))
-    if plan.mode == "lora":
-        plan.trainable_params = sum(lora_params(i, plan.ranks[i]) for i in plan.layers)
-    else:
-        names = full_mode_trainable_names(base, plan, config)
-        plan.trainable_params = _count(p for n, p in base.named_parameters() if n in names)
-
-
-def full_mode_trainable_names(model: Any, plan: MidBlockPlan, config: MidBlockConfig) -> set[str]:
-    """Names of the parameters full mode trains: the window's layers (+ opted-in extras)."""
-    prefixes = tuple(plan.layer_prefix(i) for i in plan.layers)
-    names = {n for n, _ in model.named_parameters() if n.startswith(prefixes)}
-    extras: list[str] = []
-    if config.train_final_norm:
-        norm = _final_norm_names(model, plan)
-        if not norm:
-            raise WindowError(
-                f"train_final_norm=True but no final norm was found in {type(model).__name__}; turn it off."
-            )
-        names |= norm
-        extras.append("final norm")
-    if config.train_embeddings:
-        emb = model.get_input_embeddings()
-        ids = {id(p) for p in emb.parameters()}
-        names |= {n for n, p in model.named_parameters() if id(p) in ids}
-        extras.append("input embeddings")
-    plan.extra_trainable = extras
-    return names
-
-
-def _final_norm_names(model: Any, plan: MidBlockPlan) -> set[str]:
-    stack = plan.layers_path.rsplit(".", 1)[0] if "." in plan.layers_path else ""
-    prefix = f"{stack}." if stack else ""
-    out = set()
-    for cand in ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f"):
-        out |= {n for n, _ in model.named_parameters() if n.startswith(prefix + cand + ".")}
-    return out

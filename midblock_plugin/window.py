@@ -1,8 +1,9 @@
 """Depth-window arithmetic: the single source of truth for *which layers* are tuned.
 
-Everything that needs to know the window (the plan, the PEFT config, the freezing
-logic, the Axolotl plugin, the CLI) calls :func:`resolve_layers`. Nothing else in
-the package computes layer indices.
+Pure arithmetic on a layer count (no torch, no model): everything that needs to know
+the window (the plan, the PEFT config, the freezing logic, the Axolotl plugin, the CLI)
+gets it from :func:`resolve_layers` through the plan. Where the layers are in a model
+is :mod:`midblock_plugin.architecture`'s business.
 
 Three ways to say the window (Zhao et al., "A Layer-wise Analysis of Supervised
 Fine-Tuning", ACL 2026):
@@ -32,113 +33,8 @@ from typing import Any, Iterable, Sequence
 
 DEFAULT_WINDOW = "0.2:0.8"
 
-#: Attribute names of the layer count, in the order they are tried.
-_NUM_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
-#: Nested configs of multimodal / composite models that hold the text decoder.
-_NESTED_CONFIG_KEYS = ("text_config", "language_config", "llm_config", "decoder")
-
-
 class WindowError(ValueError):
     """A window, mask, layer list or model that cannot be resolved to layers."""
-
-
-# --------------------------------------------------------------------------- config
-
-
-def _get(config: Any, key: str) -> Any:
-    if isinstance(config, dict):
-        return config.get(key)
-    return getattr(config, key, None)
-
-
-def num_layers_from_config(config: Any) -> int:
-    """Number of decoder layers of a Hugging Face config (object or dict).
-
-    Tries ``num_hidden_layers``, ``n_layer``, ``num_layers``, ``n_layers`` on the config
-    and then on a nested ``text_config`` (multimodal models) and similar.
-    """
-    for key in _NUM_LAYER_KEYS:
-        value = _get(config, key)
-        if isinstance(value, int) and value > 0:
-            return value
-    for nested in _NESTED_CONFIG_KEYS:
-        sub = _get(config, nested)
-        if sub is not None:
-            try:
-                return num_layers_from_config(sub)
-            except WindowError:
-                pass
-    name = _get(config, "model_type") or type(config).__name__
-    raise WindowError(
-        f"cannot find the number of decoder layers in the config of {name!r}: none of "
-        f"{', '.join(_NUM_LAYER_KEYS)} is set (also looked in {', '.join(_NESTED_CONFIG_KEYS)}). "
-        "Pass the layer count explicitly (num_layers=N / --num-layers N)."
-    )
-
-
-# --------------------------------------------------------------------------- model
-
-#: Dotted paths of the decoder layer list, tried in order. The last component is the
-#: ``layers_pattern`` PEFT needs.
-DECODER_LAYER_PATHS = (
-    "model.layers",  # Llama, Qwen2/3, Mistral, Gemma, OLMo2, Phi3 (CausalLM wrapper)
-    "layers",  # the bare base model
-    "model.language_model.layers",  # multimodal (Gemma3, Llava, ...)
-    "language_model.model.layers",
-    "language_model.layers",
-    "transformer.h",  # GPT-2, GPT-J, Falcon, Bloom
-    "h",
-    "gpt_neox.layers",  # GPT-NeoX, Pythia
-    "model.decoder.layers",  # OPT
-    "decoder.layers",
-    "transformer.blocks",  # MPT
-    "blocks",
-)
-
-
-def _unwrap(model: Any) -> Any:
-    """Peel PEFT / DeepSpeed / DDP wrappers down to the transformers model."""
-    seen = 0
-    while seen < 8:
-        seen += 1
-        if hasattr(model, "get_base_model") and callable(model.get_base_model):
-            model = model.get_base_model()
-        elif hasattr(model, "module") and not hasattr(model, "config"):
-            model = model.module
-        else:
-            break
-    return model
-
-
-def _walk(obj: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
-
-
-def find_decoder_layers(model: Any) -> tuple[str, Any]:
-    """Return ``(dotted_path, module_list)`` of the decoder layer stack of ``model``.
-
-    PEFT's ``layers_pattern`` is ``dotted_path.rsplit('.', 1)[-1]``.
-    """
-    import torch.nn as nn
-
-    base = _unwrap(model)
-    for path in DECODER_LAYER_PATHS:
-        layers = _walk(base, path)
-        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
-            return path, layers
-    raise WindowError(
-        f"cannot locate the decoder layers of {type(base).__name__}: none of "
-        f"{', '.join(DECODER_LAYER_PATHS)} is an nn.ModuleList. Supported are decoder-only "
-        "Hugging Face models; for another layout pass explicit target modules or open an issue."
-    )
-
-
-def layers_pattern_of(path: str) -> str:
-    return path.rsplit(".", 1)[-1]
 
 
 # --------------------------------------------------------------------------- window
@@ -296,6 +192,32 @@ def read_window_file(path: str | os.PathLike) -> dict[str, Any]:
     return rec
 
 
+#: The four ways to say the window, in the order they are documented.
+WINDOW_FORMS = ("window", "segments", "layers", "window_from")
+
+
+def is_given(value: Any) -> bool:
+    """Whether a window form counts as given (``None`` and ``""`` mean "not given")."""
+    return value is not None and not (isinstance(value, str) and value == "")
+
+
+def check_one_window_form(names: dict[str, str] | None = None, **forms: Any) -> list[str]:
+    """The window forms given in ``forms`` (see :data:`WINDOW_FORMS`); raise if more than one.
+
+    ``names`` maps a form to the spelling the user wrote (e.g. ``midblock_segments`` in
+    Axolotl YAML, ``--segments`` on the command line) for the message.
+    """
+    given = [k for k in WINDOW_FORMS if is_given(forms.get(k))]
+    if len(given) > 1:
+        names = names or {}
+        spell = [names.get(k, k) for k in WINDOW_FORMS]
+        raise WindowError(
+            f"give only one of {' / '.join(spell)} (got {', '.join(sorted(names.get(k, k) for k in given))}); "
+            "remove all but one."
+        )
+    return given
+
+
 def resolve_layers(
     num_layers: int,
     *,
@@ -308,12 +230,7 @@ def resolve_layers(
     with none, the paper's ``"0.2:0.8"`` window is used."""
     if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
         raise WindowError(f"num_layers={num_layers!r}: need a positive integer layer count.")
-    given = {k: v for k, v in (("window", window), ("segments", segments), ("layers", layers), ("window_from", window_from)) if v not in (None, "")}
-    if len(given) > 1:
-        raise WindowError(
-            f"give only one of window / segments / layers / window_from (got {', '.join(sorted(given))}); "
-            "remove all but one."
-        )
+    given = check_one_window_form(window=window, segments=segments, layers=layers, window_from=window_from)
     if "segments" in given:
         return segments_to_layers(str(segments), num_layers)
     if "layers" in given:

@@ -12,7 +12,8 @@ import torch
 
 from midblock_plugin.cli import main
 from midblock_plugin.testing import save_tiny, tiny_model
-from midblock_plugin.window import find_decoder_layers, resolve_layers
+from midblock_plugin.architecture import find_decoder_layers
+from midblock_plugin.window import resolve_layers
 
 L = 10
 FAST = ["--num-prompts", "10", "--max-length", "24", "--batch-size", "4"]
@@ -155,7 +156,7 @@ def test_mismatched_tuned_model_is_refused_before_loading(dirs, tmp_path, capsys
 
 def test_registering_the_subcommand_does_not_import_torch():
     code = ("import sys, midblock_plugin.cli as c; p = c.build_parser(); "
-            "a = p.parse_args(['analyze', 'x', '--json']); assert a.func.__module__ == 'midblock_plugin.analysis.cli'; "
+            "a = p.parse_args(['analyze', 'x', '--json']); assert a.func.__module__ == 'midblock_plugin.cli.analyze'; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -22,7 +22,7 @@ class Recorder(TrainerCallback):
 def test_lora_drift_equals_direct_computation_and_reaches_reporters(tmp_path):
     rec = Recorder()
     trainer, cb, before = train("llama", "lora", tmp_path, steps=3, extra_callbacks=[rec])
-    # a callback listed before ours still received the metrics (we move ourselves to the front)
+    # a callback listed before ours still received the metrics (bind() moves ours to the front)
     step_logs = [l for l in rec.logs if "loss" in l]
     assert len(step_logs) == 3
     assert all("midblock/weight_change/layer_02" in l and "midblock/grad_norm/layer_02" in l for l in step_logs)
@@ -60,7 +60,7 @@ def test_grad_norms_match_autograd():
     from peft import get_peft_model
 
     from midblock_plugin.adapters import lora_config
-    from midblock_plugin.hooks import DriftMonitor
+    from midblock_plugin.training import DriftMonitor
     from midblock_plugin.plan import build_plan
     from midblock_plugin.testing import tiny_model
 
@@ -78,3 +78,20 @@ def test_grad_norms_match_autograd():
         assert math.isclose(norms[i], math.sqrt(sum(float(g.pow(2).sum()) for g in grads)), rel_tol=1e-6)
     # init_lora_weights=False: the adapter starts non-zero, so the change is already positive
     assert all(v > 0 for v in mon.weight_change().values())
+
+
+def test_unbound_callback_says_once_that_reporters_miss_the_metrics(tmp_path, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    rec = Recorder()
+    trainer, cb, _ = train("llama", "lora", tmp_path, steps=1, extra_callbacks=[rec], bind=False)
+    # not bound: the recorder (standing for a reporter) ran before us and missed the metrics ...
+    assert not any("midblock/weight_change/layer_02" in l for l in rec.logs)
+    # ... while the log history has them
+    assert any("midblock/weight_change/layer_02" in e for e in trainer.state.log_history)
+    with caplog.at_level(logging.WARNING, logger="midblock_plugin"):
+        cb._check_reporters(SimpleNamespace(report_to=["wandb"]))
+        cb._check_reporters(SimpleNamespace(report_to=["wandb"]))
+    warnings = [r for r in caplog.records if "callback.bind(trainer)" in r.getMessage()]
+    assert len(warnings) == 1 and "wandb" in warnings[0].getMessage()

@@ -330,7 +330,7 @@ def test_cli_rejects_a_directory_that_is_not_a_model(tmp_path, capsys):
 
 def test_registering_the_cli_is_cheap():
     code = (
-        "import argparse, sys; from midblock_plugin.evaluation import cli; "
+        "import argparse, sys; from midblock_plugin.cli import eval as cli; "
         "p = argparse.ArgumentParser(); cli.register(p.add_subparsers()); "
         "heavy = [m for m in ('torch', 'lm_eval', 'transformers') if m in sys.modules]; "
         "assert not heavy, heavy"

@@ -26,7 +26,7 @@ def _dataset(n=8):
     return Dataset.from_list([{"text": f"Question: {r['question']}\nAnswer: {r['answer']}"} for r in gsm8k_rows("train", n)])
 
 
-def train(arch, mode, out, mb=None, gradient_checkpointing=False, steps=2, extra_callbacks=(), seed=0, **sft_kwargs):
+def train(arch, mode, out, mb=None, gradient_checkpointing=False, steps=2, extra_callbacks=(), seed=0, bind=True, **sft_kwargs):
     from trl import SFTConfig, SFTTrainer
 
     mb = mb or MidBlockConfig(mode=mode, rank=4)
@@ -43,6 +43,8 @@ def train(arch, mode, out, mb=None, gradient_checkpointing=False, steps=2, extra
         peft_config=midblock_lora_config(model, mb) if mb.mode == "lora" else None,
         callbacks=[*extra_callbacks, cb],
     )
+    if bind:
+        cb.bind(trainer)
     trainer.train()
     return trainer, cb, before
 

@@ -7,10 +7,8 @@ from hypothesis import strategies as st
 from midblock_plugin.window import (
     WindowError,
     explicit_layers,
-    find_decoder_layers,
     fraction_to_layers,
     matched_rank,
-    num_layers_from_config,
     resolve_layers,
     segment_bounds,
     segments_to_layers,
@@ -152,33 +150,3 @@ def test_window_from_file(tmp_path):
         resolve_layers(8, window_from=str(tmp_path / "bad.json"))
     with pytest.raises(WindowError, match="no such file"):
         resolve_layers(8, window_from=str(tmp_path / "missing.json"))
-
-
-# --- configs and models -------------------------------------------------------------------
-
-
-def test_num_layers_from_many_config_shapes():
-    assert num_layers_from_config({"num_hidden_layers": 30}) == 30
-    assert num_layers_from_config({"n_layer": 12}) == 12
-    assert num_layers_from_config({"num_layers": 7}) == 7
-    assert num_layers_from_config({"model_type": "x", "text_config": {"num_hidden_layers": 26}}) == 26
-    with pytest.raises(WindowError, match="cannot find the number of decoder layers.*--num-layers"):
-        num_layers_from_config({"model_type": "mystery"})
-
-
-def test_num_layers_from_real_multimodal_config():
-    from transformers import Gemma3Config
-
-    cfg = Gemma3Config(text_config={"num_hidden_layers": 6})
-    assert num_layers_from_config(cfg) == 6
-
-
-def test_find_decoder_layers_names_and_errors():
-    import torch.nn as nn
-
-    from midblock_plugin.testing import tiny_model
-
-    assert find_decoder_layers(tiny_model("gpt2", num_layers=3))[0] == "transformer.h"
-    assert find_decoder_layers(tiny_model("gpt_neox", num_layers=3))[0] == "gpt_neox.layers"
-    with pytest.raises(WindowError, match="cannot locate the decoder layers of Sequential"):
-        find_decoder_layers(nn.Sequential(nn.Linear(2, 2)))

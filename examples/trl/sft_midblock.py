@@ -17,7 +17,8 @@ import json
 import os
 import sys
 
-from midblock_plugin.plan_cli import add_window_arguments, config_from_args
+from midblock_plugin.data import gsm8k
+from midblock_plugin.cli.options import add_config_arguments, config_from_args
 
 
 def parse_args(argv=None):
@@ -46,7 +47,7 @@ def parse_args(argv=None):
     g.add_argument("--eval-data-dir", help="local GSM8K dir (train.jsonl/test.jsonl); default: ../shared/data/gsm8k, else the hub")
     g.add_argument("--eval-baseline", action="store_true", help="also evaluate the untrained model at train start")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)  # the deepspeed launcher adds it
-    add_window_arguments(p)
+    add_config_arguments(p)
     return p.parse_args(argv)
 
 
@@ -62,7 +63,7 @@ def load_rows(path: str, n: int | None) -> list[dict]:
             if "messages" in row:
                 rows.append({"messages": row["messages"]})
             elif "question" in row and "answer" in row:
-                rows.append({"text": f"Question: {row['question']}\nAnswer: {row['answer']}"})
+                rows.append({"text": gsm8k.training_text(row)})
             elif "text" in row:
                 rows.append({"text": row["text"]})
             else:
@@ -94,12 +95,10 @@ def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from midblock_plugin.integrations.trl import MidBlockCallback, midblock_lora_config
+    from midblock_plugin.integrations.trl import MidBlockCallback, build_plan
 
-    if args.model != "tiny":
-        from midblock_plugin.plan import build_plan
-
-        build_plan(args.model, mb)  # config only: the window is checked before the weights load
+    # The plan is built once, from config.json only: the window is checked before the weights load.
+    plan = build_plan(args.model, mb) if args.model != "tiny" else None
     cpu = not torch.cuda.is_available()
     extra = {}
     if args.deepspeed:
@@ -146,15 +145,19 @@ def main(argv=None) -> int:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
 
-    peft_config = midblock_lora_config(model, mb) if mb.mode == "lora" else None
+    if plan is None:
+        plan = build_plan(model, mb)
+    peft_config = plan.lora_config() if plan.mode == "lora" else None
+    callback = MidBlockCallback(plan=plan)
     trainer = SFTTrainer(
         model=model,
         args=sft,
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
         peft_config=peft_config,
-        callbacks=[MidBlockCallback(mb)],
+        callbacks=[callback],
     )
+    callback.bind(trainer)
     if eval_settings is not None:
         from midblock_plugin.evaluation import EvalCallback
 

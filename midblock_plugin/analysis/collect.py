@@ -237,7 +237,7 @@ def backbone_and_readout(model: Any) -> tuple[Any, Any, Any, str]:
     final norm (None if not found) and the output embedding (None for a bare model)."""
     import torch.nn as nn
 
-    from midblock_plugin.window import find_decoder_layers
+    from midblock_plugin.architecture import find_decoder_layers
 
     path, _ = find_decoder_layers(model)
     inner = _inner(model)
@@ -581,7 +581,7 @@ def _check_pair_configs(config: AnalysisConfig) -> None:
     """Compare layer count and width of BASE and a full TUNED model before loading weights."""
     from transformers import AutoConfig
 
-    from midblock_plugin.window import num_layers_from_config
+    from midblock_plugin.architecture import num_layers_from_config
 
     cb = AutoConfig.from_pretrained(config.base)
     ct = AutoConfig.from_pretrained(config.tuned)
@@ -653,7 +653,7 @@ def run_analysis(config: AnalysisConfig) -> AnalysisResult:
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from midblock_plugin.window import find_decoder_layers, num_layers_from_config
+    from midblock_plugin.architecture import find_decoder_layers, num_layers_from_config
 
     t0 = time.perf_counter()
     rows_in = load_prompt_rows(config.prompts, config.num_prompts, config.data_dir, config.split)

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any, Union
 
+from midblock_plugin.data import gsm8k
+
 #: A prompt row: plain text, or a list of chat messages ``[{"role": ..., "content": ...}]``.
 PromptRow = Union[str, list]
 
@@ -66,9 +68,7 @@ BUILTIN_PROMPTS: tuple[str, ...] = (
 NAMED_SOURCES = ("builtin", "gsm8k")
 
 
-def gsm8k_prompt(row: dict) -> str:
-    """The lm-eval style GSM8K prompt ``"Question: ...\\nAnswer:"`` of a GSM8K row."""
-    return f"Question: {row['question'].strip()}\nAnswer:"
+gsm8k_prompt = gsm8k.prompt
 
 
 def check_prompt_source(source: str, data_dir: str | os.PathLike | None = None, split: str = "test") -> None:
@@ -76,13 +76,10 @@ def check_prompt_source(source: str, data_dir: str | os.PathLike | None = None, 
     if source == "builtin":
         return
     if source == "gsm8k":
-        from midblock_plugin.testing import GSM8K_DIR
-
-        path = Path(data_dir or GSM8K_DIR) / f"{split}.jsonl"
-        if not path.is_file():
+        if gsm8k.locate(data_dir, option="--data-dir") is None:
             raise FileNotFoundError(
-                f"--prompts gsm8k: no GSM8K {split} split at {path}; pass --data-dir DIR holding "
-                f"{split}.jsonl (rows with 'question'/'answer'), or set MIDBLOCK_GSM8K_DIR."
+                f"--prompts gsm8k: no local GSM8K; pass --data-dir DIR holding {split}.jsonl "
+                f"(rows with 'question'/'answer'), or set {gsm8k.ENV}."
             )
         return
     path = Path(source)
@@ -144,9 +141,7 @@ def load_prompt_rows(
     if source == "builtin":
         return list(BUILTIN_PROMPTS[:num_prompts])
     if source == "gsm8k":
-        from midblock_plugin.testing import gsm8k_rows
-
-        return [gsm8k_prompt(r) for r in gsm8k_rows(split, n=num_prompts, data_dir=data_dir)]
+        return [gsm8k.prompt(r) for r in gsm8k.read_rows(split, n=num_prompts, data_dir=data_dir)]
     return _read_jsonl(Path(source), num_prompts)
 
 

@@ -23,60 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: ``data_dir`` value that forces lm-eval's hub dataset even when a local copy exists.
-HUB = "hub"
+from midblock_plugin.data import gsm8k
+
+HUB = gsm8k.HUB
 
 _BATCH_RE = re.compile(r"^auto(:\d+(\.\d+)?)?$")
 
 
 def default_gsm8k_dir() -> Path | None:
-    """The GSM8K directory used when ``data_dir`` is not given: ``MIDBLOCK_GSM8K_DIR``
-    or ``../shared/data/gsm8k`` next to the checkout, if it holds ``train.jsonl`` and
-    ``test.jsonl``; otherwise ``None`` (lm-eval's hub dataset is used)."""
-    from midblock_plugin.testing.tiny import GSM8K_DIR
-
-    env = os.environ.get("MIDBLOCK_GSM8K_DIR")
-    path = Path(env) if env else GSM8K_DIR
-    if (path / "train.jsonl").is_file() and (path / "test.jsonl").is_file():
-        return path.resolve()
-    return None
+    """The GSM8K directory used when ``data_dir`` is not given: ``$MIDBLOCK_GSM8K_DIR`` if
+    set, otherwise ``None`` (lm-eval's hub dataset is used)."""
+    return gsm8k.locate()
 
 
 def check_gsm8k_dir(data_dir: str | os.PathLike, option: str = "data_dir") -> Path:
-    """Return ``data_dir`` resolved, or raise ``FileNotFoundError`` / ``ValueError``
-    explaining what a GSM8K directory must contain."""
-    path = Path(data_dir).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"{option}={str(data_dir)!r} is not a directory. Give a directory holding GSM8K's "
-            "train.jsonl (few-shot examples) and test.jsonl (scored rows), one JSON object per line "
-            f"with 'question' and 'answer' keys; or {option}='{HUB}' to download openai/gsm8k."
-        )
-    missing = [name for name in ("train.jsonl", "test.jsonl") if not (path / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{option}={str(data_dir)!r} lacks {' and '.join(missing)}. A GSM8K directory needs "
-            "train.jsonl (few-shot examples) and test.jsonl (scored rows), one JSON object per line "
-            "with 'question' and 'answer' keys (the layout of openai/gsm8k 'main')."
-        )
-    import json
-
-    for name in ("train.jsonl", "test.jsonl"):
-        with open(path / name, encoding="utf-8") as fh:
-            first = next((line for line in fh if line.strip()), None)
-        if first is None:
-            raise ValueError(f"{option}: {path / name} is empty; it needs GSM8K rows with 'question' and 'answer'.")
-        try:
-            row = json.loads(first)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{option}: the first line of {path / name} is not JSON ({exc}); expected JSON Lines.") from None
-        if not isinstance(row, dict) or not {"question", "answer"} <= set(row):
-            keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise ValueError(
-                f"{option}: rows of {path / name} need 'question' and 'answer' keys (GSM8K 'main' layout); "
-                f"the first row has {keys}."
-            )
-    return path.resolve()
+    """``data_dir`` resolved, or an error saying what a GSM8K directory must contain."""
+    return gsm8k.check_dir(data_dir, option)
 
 
 @dataclass
@@ -100,8 +62,8 @@ class EvalSettings:
             ``None`` follows ``apply_chat_template`` (lm-eval's CLI default).
         system_instruction: optional system prompt.
         baseline: also evaluate the untrained model at train start; the final report shows the change.
-        data_dir: a local GSM8K directory (``train.jsonl``/``test.jsonl``); ``None`` = the shared copy
-            if present (``MIDBLOCK_GSM8K_DIR`` or ``../shared/data/gsm8k``) else the hub; ``"hub"`` forces the hub.
+        data_dir: a local GSM8K directory (``train.jsonl``/``test.jsonl``); ``None`` = ``$MIDBLOCK_GSM8K_DIR``
+            if set, else the hub; ``"hub"`` forces the hub.
         output_subdir: results go to ``<output_dir>/<output_subdir>/<task>.json``.
         save_samples: also write every scored sample (prompt, generation, filtered answers) as JSON Lines.
         bootstrap_iters: lm-eval's bootstrap iterations for stderrs of non-mean metrics (exact_match's

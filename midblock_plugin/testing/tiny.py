@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-#: ../shared/data/gsm8k relative to a checkout; overridable with MIDBLOCK_GSM8K_DIR.
-GSM8K_DIR = Path(
-    os.environ.get(
-        "MIDBLOCK_GSM8K_DIR",
-        str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k"),
-    )
-)
+from midblock_plugin.data import gsm8k
+
+#: The GSM8K directory the tests and benchmarks use: ``$MIDBLOCK_GSM8K_DIR`` (set by
+#: ``tests/conftest.py`` and ``scripts/test.sh``); a path that does not exist when unset.
+GSM8K_DIR = Path(os.environ.get(gsm8k.ENV) or "MIDBLOCK_GSM8K_DIR-is-unset")
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -130,18 +127,5 @@ def save_tiny(path: str | os.PathLike, arch: str = "llama", num_layers: int = 5,
 
 
 def gsm8k_rows(split: str = "train", n: int | None = None, data_dir: str | os.PathLike | None = None) -> list[dict]:
-    """The first ``n`` rows of the real GSM8K JSONL in ``../shared/data/gsm8k``."""
-    path = Path(data_dir or GSM8K_DIR) / f"{split}.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"GSM8K {split} split not found at {path}; set MIDBLOCK_GSM8K_DIR to a directory "
-            "holding train.jsonl / test.jsonl"
-        )
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                rows.append(json.loads(line))
-                if n is not None and len(rows) >= n:
-                    break
-    return rows
+    """The first ``n`` rows of a local GSM8K split (``data_dir``, else :data:`GSM8K_DIR`)."""
+    return gsm8k.read_rows(split, n=n, data_dir=data_dir or GSM8K_DIR)

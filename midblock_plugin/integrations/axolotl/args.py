@@ -334,7 +334,8 @@ def _check_window_fits_model(data: Mapping[str, Any], config: MidBlockConfig) ->
     path = data.get("base_model_config") or data.get("base_model")
     if not isinstance(path, str) or not os.path.isfile(os.path.join(path, "config.json")):
         return  # a hub id: checked in pre_model_load, still before the weights are read
-    from midblock_plugin.window import num_layers_from_config, resolve_layers
+    from midblock_plugin.architecture import num_layers_from_config
+    from midblock_plugin.window import resolve_layers
 
     try:
         import json

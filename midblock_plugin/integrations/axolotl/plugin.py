@@ -165,7 +165,7 @@ class MidBlockPlugin(BasePlugin):
     def add_callbacks_pre_trainer(self, cfg, model) -> list:
         if not is_midblock(cfg):
             return []
-        from midblock_plugin.callbacks import MidBlockCallback
+        from midblock_plugin.training import MidBlockCallback
 
         config = midblock_config_from_cfg(cfg)
         return [MidBlockCallback(config, plan=self.plan)]

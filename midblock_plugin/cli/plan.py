@@ -5,55 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from midblock_plugin.config import ALPHA_POLICIES, BUDGETS, MODES, TARGET_PRESETS
-
-
-def add_window_arguments(p: argparse.ArgumentParser) -> None:
-    """The window / mode / budget options shared by ``plan`` and the examples."""
-    g = p.add_argument_group("window (give at most one; default --window 0.2:0.8)")
-    g.add_argument("--window", help="fraction window 'a:b' = layers [floor(a*L), floor(b*L))")
-    g.add_argument("--segments", help="segment mask, bottom first, e.g. 01110")
-    g.add_argument("--layers", help="explicit layers, e.g. 3-11 or 3,4,9-12 (negative = from the top)")
-    g.add_argument("--window-from", help="analysis.json written by 'midblock analyze'")
-    g = p.add_argument_group("method")
-    g.add_argument("--mode", choices=MODES, default="lora")
-    g.add_argument("--rank", type=int, default=16, help="uniform-LoRA rank r the budget is matched to (default 16)")
-    g.add_argument("--budget", choices=BUDGETS, default="match")
-    g.add_argument("--lora-alpha", type=float, default=None, help="baseline alpha (default 2*rank)")
-    g.add_argument("--alpha-policy", choices=ALPHA_POLICIES, default="ratio")
-    g.add_argument("--use-rslora", action="store_true")
-    g.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default 0.05, as in the paper)")
-    g.add_argument(
-        "--target-modules",
-        default="attention",
-        help=f"one of {', '.join(TARGET_PRESETS)} or a comma-separated list of module names",
-    )
-    g.add_argument("--train-final-norm", action="store_true", help="full mode: also train the final norm")
-    g.add_argument("--train-embeddings", action="store_true", help="full mode: also train the embeddings")
-
-
-def config_from_args(args: argparse.Namespace):
-    from midblock_plugin.config import MidBlockConfig
-
-    tm = args.target_modules
-    if "," in tm or tm not in TARGET_PRESETS:
-        tm = [t.strip() for t in tm.split(",") if t.strip()]
-    return MidBlockConfig(
-        window=args.window,
-        segments=args.segments,
-        layers=args.layers,
-        window_from=args.window_from,
-        mode=args.mode,
-        rank=args.rank,
-        budget=args.budget,
-        lora_alpha=args.lora_alpha,
-        alpha_policy=args.alpha_policy,
-        use_rslora=args.use_rslora,
-        lora_dropout=args.lora_dropout,
-        target_modules=tm,
-        train_final_norm=args.train_final_norm,
-        train_embeddings=args.train_embeddings,
-    )
+from midblock_plugin.cli.options import add_config_arguments, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--gpus-per-node", type=int, default=8)
     g.add_argument("--nodes", type=int, default=1)
     g.add_argument("--offload", action="store_true", help="optimizer and parameters offloaded to CPU (zero3_offload)")
-    add_window_arguments(p)
+    add_config_arguments(p, skip=("truncate_backward", "drift_monitor"))
     p.set_defaults(func=run)
 
 

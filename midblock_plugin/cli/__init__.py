@@ -1,8 +1,9 @@
-"""The ``midblock`` command line: ``plan``, ``eval``, ``analyze``.
+"""The ``midblock`` command line: ``plan``, ``eval``, ``analyze``, ``run``, ``compare``.
 
-Each subcommand lives next to the code it drives and exposes ``register(subparsers)``,
-which adds its parser and sets ``func``; this file only assembles them. Registering
-must stay cheap (no torch import) so ``midblock --help`` is instant.
+One module per command in this package, each exposing ``register(subparsers)``, which adds
+its parser and sets ``func``; shared flags are generated once in :mod:`.options`. This
+file only assembles them. Registering must stay cheap (no torch import) so
+``midblock --help`` is instant.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import sys
 
 #: Modules that contribute a subcommand through ``register(subparsers)``.
 SUBCOMMAND_MODULES = (
-    "midblock_plugin.plan_cli",
-    "midblock_plugin.evaluation.cli",
-    "midblock_plugin.analysis.cli",
-    "midblock_plugin.pipeline_cli",
+    "midblock_plugin.cli.plan",
+    "midblock_plugin.cli.eval",
+    "midblock_plugin.cli.analyze",
+    "midblock_plugin.cli.run",
 )
 
 
@@ -38,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from midblock_plugin.cli.options import join_dash_values
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_dash_values(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -13,18 +13,15 @@ from typing import Any
 
 import torch
 
-from midblock_plugin.window import find_decoder_layers
-
-
-def _zero3_params(params: list[Any]) -> bool:
-    return any(hasattr(p, "ds_id") for p in params)
+from midblock_plugin.architecture import decoder_layers
+from midblock_plugin.compat import zero3_partitioned
 
 
 def _gathered(params: list[Any]):
     """Context that gathers ZeRO-3 partitioned parameters (collective: all ranks call it)."""
     import contextlib
 
-    if _zero3_params(params):
+    if zero3_partitioned(params):
         import deepspeed
 
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
@@ -43,7 +40,7 @@ class DriftMonitor:
     def __init__(self, model: Any, layers: list[int], mode: str):
         self.layers = list(layers)
         self.mode = mode
-        _, layer_list = find_decoder_layers(model)
+        layer_list = decoder_layers(model)
         self._layer_modules = {i: layer_list[i] for i in self.layers}
         self._base_sq: dict[int, float] = {}
         self._initial: dict[int, list[tuple[Any, torch.Tensor]]] = {}
@@ -60,7 +57,7 @@ class DriftMonitor:
     def snapshot(self) -> None:
         for i, layer in self._layer_modules.items():
             params = self._trainable(layer)
-            self._zero3 = self._zero3 or _zero3_params(params)
+            self._zero3 = self._zero3 or zero3_partitioned(params)
             if self.mode == "lora":
                 sq = 0.0
                 for m in self._lora_modules(layer):

@@ -10,27 +10,30 @@ trainers, the plain HF ``Trainer``):
   truncation and the drift monitor's snapshot;
 * logging steps: per-layer relative weight change and gradient norm into the logs;
 * ``on_train_end``: ``<output_dir>/midblock/drift.json`` (and ``drift.png``).
+
+Build the plan once and hand it over (``MidBlockCallback(plan=plan)``, with
+``peft_config=plan.lora_config()``); given only a config, the callback builds the plan
+from the model at ``on_init_end``. Call :meth:`MidBlockCallback.bind` with the trainer so
+the drift metrics reach W&B / TensorBoard in the step they are logged.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
 from typing import Any
 
 from transformers import TrainerCallback
 
+from midblock_plugin import io
 from midblock_plugin.adapters import apply_full_mode, verify_trainable
+from midblock_plugin.compat import checkpointing_on, is_reentrant, move_callback_to_front
 from midblock_plugin.config import MidBlockConfig
-from midblock_plugin.hooks import BackwardTruncation, DriftMonitor
-from midblock_plugin.hooks.truncation import checkpointing_on, is_reentrant
 from midblock_plugin.plan import MidBlockPlan, build_plan
+from midblock_plugin.training.drift import DriftMonitor
+from midblock_plugin.training.truncation import BackwardTruncation
 
 logger = logging.getLogger("midblock_plugin")
-
-OUTPUT_SUBDIR = "midblock"
 
 
 class MidBlockCallback(TrainerCallback):
@@ -41,19 +44,35 @@ class MidBlockCallback(TrainerCallback):
     """
 
     def __init__(self, config: MidBlockConfig | None = None, plan: MidBlockPlan | None = None, verbose: bool = True):
-        self.config = config or (plan.config if plan is not None else MidBlockConfig())
+        if config is not None and plan is not None and config != plan.config:
+            raise ValueError(
+                "MidBlockCallback got a config and a plan built from a different config; pass only "
+                "plan=build_plan(model, config) (or only the config)."
+            )
+        self.config = plan.config if plan is not None else (config or MidBlockConfig())
         self.plan = plan
         self.verbose = verbose
         self.truncation: BackwardTruncation | None = None
         self.monitor: DriftMonitor | None = None
         self.trainable_params: int | None = None
         self._pending_grads: dict[int, float] | None = None
+        self._bound = False
+        self._warned_reporters = False
+
+    def bind(self, trainer: Any) -> "MidBlockCallback":
+        """Run first among ``trainer``'s callbacks, so the drift metrics this callback adds
+        to the logs reach the reporters (W&B, TensorBoard), which run before user callbacks.
+        Returns ``self``. The integrations (Axolotl, ``midblock run``, the TRL example) call it."""
+        self._bound = move_callback_to_front(trainer, self)
+        if not self._bound:
+            raise ValueError("MidBlockCallback.bind: this callback is not among the trainer's callbacks; "
+                             "pass it in callbacks=[...] (or trainer.add_callback) first.")
+        return self
 
     # ------------------------------------------------------------------ setup
     def on_init_end(self, args, state, control, model=None, **kwargs):
         if model is None:
             raise RuntimeError("MidBlockCallback needs the model; the Trainer passes it to callbacks.")
-        self._move_to_front()
         if self.plan is None:
             self.plan = build_plan(model, self.config)
         if self.plan.mode == "full":
@@ -65,20 +84,18 @@ class MidBlockCallback(TrainerCallback):
                 partitioned = any(hasattr(p, "ds_id") for p in model.parameters())
                 extra = "\n  deepspeed      ZeRO-3, parameters partitioned" if partitioned else ""
                 print(self.plan.summary() + extra, file=sys.stderr, flush=True)
-            self._write_json(args, "plan.json", {**self.plan.to_json_dict(), "trainable_params_on_model": self.trainable_params})
+            self._write_json(args, io.PLAN_JSON, {**self.plan.to_json_dict(), "trainable_params_on_model": self.trainable_params})
         return control
 
-    def _move_to_front(self) -> None:
-        # Reporters (wandb, tensorboard) are default callbacks that run before user callbacks,
-        # so metrics added to `logs` in our on_log would reach them one step late or never.
-        # Transformers has no hook to order callbacks, so we move ourselves to the front of the
-        # CallbackHandler that is calling us (its `call_event` frame); a no-op if not found.
-        frame = sys._getframe(2)
-        handler = frame.f_locals.get("self") if frame is not None else None
-        callbacks = getattr(handler, "callbacks", None)
-        if isinstance(callbacks, list) and self in callbacks:
-            callbacks.remove(self)
-            callbacks.insert(0, self)
+    def _check_reporters(self, args) -> None:
+        reporters = [r for r in (getattr(args, "report_to", None) or []) if r not in ("none", None)]
+        if reporters and not self._bound and not self._warned_reporters and self.monitor is not None:
+            self._warned_reporters = True
+            logger.warning(
+                "midblock: the drift metrics go to the trainer's log history and %s, but not to %s: those "
+                "reporters run before user callbacks. Call callback.bind(trainer) after building the trainer.",
+                io.DRIFT_JSON, ", ".join(map(str, reporters)),
+            )
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         plan = self.plan
@@ -87,7 +104,7 @@ class MidBlockCallback(TrainerCallback):
         # Re-check: nothing between init and now may have unfrozen layers outside the window.
         verify_trainable(model, plan)
         if self.config.truncate_backward and checkpointing_on(args) and self.truncation is None:
-            self.truncation = BackwardTruncation(plan.first_layer, reentrant=is_reentrant(args, model))
+            self.truncation = BackwardTruncation(plan.first_layer, reentrant=is_reentrant(args))
             if self.truncation.install(model):
                 logger.info(
                     "midblock: backward truncated below layer %d (removed %d input-grad hooks, reentrant=%s)",
@@ -96,6 +113,7 @@ class MidBlockCallback(TrainerCallback):
         if self.config.drift_monitor and self.monitor is None:
             self.monitor = DriftMonitor(model, plan.layers, plan.mode)
             self.monitor.snapshot()
+        self._check_reporters(args)
         return control
 
     # ------------------------------------------------------------------ drift
@@ -130,9 +148,9 @@ class MidBlockCallback(TrainerCallback):
         if state.is_world_process_zero:
             data = self.monitor.to_json_dict()
             data["num_layers"] = self.plan.num_layers if self.plan else None
-            path = self._write_json(args, "drift.json", data)
+            path = self._write_json(args, io.DRIFT_JSON, data)
             if path:
-                _plot_drift(data, path.replace(".json", ".png"))
+                _plot_drift(data, str(io.artifact(args.output_dir, io.DRIFT_PNG)))
         return control
 
     # ------------------------------------------------------------------ io
@@ -140,14 +158,7 @@ class MidBlockCallback(TrainerCallback):
         out = getattr(args, "output_dir", None)
         if not out:
             return None
-        d = os.path.join(out, OUTPUT_SUBDIR)
-        os.makedirs(d, exist_ok=True)
-        path = os.path.join(d, name)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=float)
-        os.replace(tmp, path)
-        return path
+        return str(io.write_json(io.artifact(out, name), data))
 
 
 def _plot_drift(data: dict, path: str) -> None:

@@ -19,18 +19,10 @@ from typing import Any
 
 import torch
 
-from midblock_plugin.window import find_decoder_layers
+from midblock_plugin.architecture import decoder_layers
+from midblock_plugin.compat import checkpointing_on, is_reentrant, remove_input_grad_hooks, wrap_checkpoint_function
 
-
-#: Names of the forward-hook functions that ``enable_input_require_grads`` (transformers)
-#: and PEFT's gradient-checkpointing preparation register on the input embeddings.
-_INPUT_GRAD_HOOK_NAMES = frozenset({"make_inputs_require_grads", "make_inputs_require_grad"})
-
-
-def _pretrained_modules(model: Any) -> list[Any]:
-    from transformers import PreTrainedModel
-
-    return [m for m in model.modules() if isinstance(m, PreTrainedModel)]
+__all__ = ["BackwardTruncation", "checkpointing_on", "is_reentrant"]
 
 
 class BackwardTruncation:
@@ -40,7 +32,7 @@ class BackwardTruncation:
         self.first_layer = first_layer
         self.reentrant = reentrant
         self.handle = None
-        self._wrapped = None
+        self._undo = None
         self.removed_input_hooks = 0
 
     def applicable(self, model: Any) -> bool:
@@ -48,8 +40,7 @@ class BackwardTruncation:
         below the window (e.g. embeddings) is trainable."""
         if self.first_layer <= 0:
             return False
-        path, layers = find_decoder_layers(model)
-        for layer in list(layers)[: self.first_layer]:
+        for layer in list(decoder_layers(model))[: self.first_layer]:
             if any(p.requires_grad for p in layer.parameters()):
                 return False
         base_emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
@@ -60,33 +51,21 @@ class BackwardTruncation:
     def install(self, model: Any) -> bool:
         if not self.applicable(model):
             return False
-        for module in _pretrained_modules(model):
-            if getattr(module, "_require_grads_hooks", None):
-                module.disable_input_require_grads()
-        # enable_input_require_grads() replaces its hook list without removing the old hooks, so
-        # after Trainer + TRL both call it one hook is orphaned; no API can reach it, so we remove
-        # the forward hooks whose function is that helper (transformers' or PEFT's) by name.
-        for module in model.modules():
-            for key, fn in list(module._forward_hooks.items()):
-                if getattr(fn, "__name__", "") in _INPUT_GRAD_HOOK_NAMES:
-                    del module._forward_hooks[key]
-                    self.removed_input_hooks += 1
+        self.removed_input_hooks = remove_input_grad_hooks(model)
         if self.reentrant:
-            _, layers = find_decoder_layers(model)
-            layer = layers[self.first_layer]
-            original = getattr(layer, "_gradient_checkpointing_func", None)
-            if original is not None:
-                # Wrap the layer's checkpoint function: it runs where the hidden states enter the
-                # checkpoint whether transformers checkpoints `forward` (5.24) or `__call__` (5.16,
-                # where a forward pre-hook would run inside the checkpoint with gradients off).
+            layer = decoder_layers(model)[self.first_layer]
+
+            def marking(original):
+                # mark the hidden states entering the window (detached: nothing below trains)
                 def marked(function, *args, **kwargs):
                     if args and _needs_mark(args[0]):
                         args = (args[0].detach().requires_grad_(True), *args[1:])
                     return original(function, *args, **kwargs)
 
-                layer._gradient_checkpointing_func = marked
-                self._wrapped = (layer, original)
-            else:
+                return marked
+
+            self._undo = wrap_checkpoint_function(layer, marking)
+            if self._undo is None:
                 self.handle = layer.register_forward_pre_hook(_mark_hidden_states, with_kwargs=True)
         return True
 
@@ -94,10 +73,9 @@ class BackwardTruncation:
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
-        if self._wrapped is not None:
-            layer, original = self._wrapped
-            layer._gradient_checkpointing_func = original
-            self._wrapped = None
+        if self._undo is not None:
+            self._undo()
+            self._undo = None
 
 
 def _needs_mark(x: Any) -> bool:
@@ -114,15 +92,3 @@ def _mark_hidden_states(module: Any, args: tuple, kwargs: dict):
         kwargs = dict(kwargs, hidden_states=hs.detach().requires_grad_(True))
         return args, kwargs
     return None
-
-
-def is_reentrant(args: Any, model: Any = None) -> bool:
-    """Whether the Trainer's checkpointing is reentrant (transformers 5 defaults to non-reentrant)."""
-    kwargs = getattr(args, "activation_checkpointing_kwargs", None)
-    if kwargs is None:
-        kwargs = getattr(args, "gradient_checkpointing_kwargs", None)
-    return bool((kwargs or {}).get("use_reentrant", False))
-
-
-def checkpointing_on(args: Any) -> bool:
-    return bool(getattr(args, "activation_checkpointing", None) or getattr(args, "gradient_checkpointing", None))

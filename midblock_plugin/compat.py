@@ -1,0 +1,185 @@
+"""Every touch of a private or version-dependent API of transformers, DeepSpeed or accelerate.
+
+Each function says what it reaches into, why no public API serves, and the versions it
+was verified on; ``tests/test_compat.py`` exercises each one against the installed
+libraries, so an upgrade that breaks one fails there, not silently in a training run.
+Nothing else in the package touches these internals.
+
+Verified on: transformers 5.16.1 (Axolotl 0.19 environment) and 5.24; DeepSpeed 0.18.9
+and 0.19.8; accelerate 1.13 and 1.15; PEFT 0.20 and 0.21.2.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+logger = logging.getLogger("midblock_plugin")
+
+#: Names of the forward-hook functions that ``enable_input_require_grads`` (transformers)
+#: and PEFT's gradient-checkpointing preparation register on the input embeddings.
+INPUT_GRAD_HOOK_NAMES = frozenset({"make_inputs_require_grads", "make_inputs_require_grad"})
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+def causal_lm_class(config: Any) -> Any:
+    """The ``AutoModelForCausalLM`` class registered for ``config``'s type, or ``None``
+    (custom-code models, which only ``from_config`` knows).
+
+    Private: ``AutoModelForCausalLM._model_mapping``. Public ``from_config`` would do, but
+    under an active ZeRO-3 config it partitions the model it builds; constructing the
+    class directly keeps a shape-only meta copy whole.
+    """
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM._model_mapping[type(config)]
+    except KeyError:
+        return None
+
+
+def checkpointing_on(args: Any) -> bool:
+    """Whether the training arguments enable gradient checkpointing (transformers 5.24
+    renamed ``gradient_checkpointing`` to ``activation_checkpointing``)."""
+    return bool(getattr(args, "activation_checkpointing", None) or getattr(args, "gradient_checkpointing", None))
+
+
+def is_reentrant(args: Any) -> bool:
+    """Whether the Trainer's checkpointing is reentrant (transformers 5 defaults to
+    non-reentrant; the kwargs moved to ``activation_checkpointing_kwargs`` in 5.24)."""
+    kwargs = getattr(args, "activation_checkpointing_kwargs", None)
+    if kwargs is None:
+        kwargs = getattr(args, "gradient_checkpointing_kwargs", None)
+    return bool((kwargs or {}).get("use_reentrant", False))
+
+
+def remove_input_grad_hooks(model: Any) -> int:
+    """Undo every ``enable_input_require_grads()`` on ``model``; return how many forward
+    hooks were removed.
+
+    Public part: ``disable_input_require_grads()``. Private part: transformers' and TRL's
+    calls each register a hook, and the second call replaces ``_require_grads_hooks``
+    without removing the first, so one hook is orphaned where no API reaches it; it is
+    removed from ``module._forward_hooks`` by its function's name.
+    """
+    from transformers import PreTrainedModel
+
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel) and getattr(module, "_require_grads_hooks", None):
+            module.disable_input_require_grads()
+    removed = 0
+    for module in model.modules():
+        for key, fn in list(module._forward_hooks.items()):
+            if getattr(fn, "__name__", "") in INPUT_GRAD_HOOK_NAMES:
+                del module._forward_hooks[key]
+                removed += 1
+    return removed
+
+
+def has_input_grad_hooks(model: Any) -> bool:
+    """Whether any ``enable_input_require_grads`` hook is still registered on ``model``."""
+    return any(
+        getattr(fn, "__name__", "") in INPUT_GRAD_HOOK_NAMES
+        for module in model.modules()
+        for fn in module._forward_hooks.values()
+    )
+
+
+def wrap_checkpoint_function(layer: Any, wrapper: Callable[[Callable], Callable]) -> Callable[[], None] | None:
+    """Wrap the gradient-checkpointing function of one decoder layer; return an undo
+    function, or ``None`` if the layer has none (checkpointing off).
+
+    Private: ``GradientCheckpointingLayer._gradient_checkpointing_func``. It is where the
+    hidden states enter the checkpoint, whether transformers checkpoints ``forward``
+    (5.24) or ``__call__`` (5.16, where a forward pre-hook would run inside the
+    checkpoint with gradients off); there is no public hook at that point.
+    """
+    original = getattr(layer, "_gradient_checkpointing_func", None)
+    if original is None:
+        return None
+    layer._gradient_checkpointing_func = wrapper(original)
+
+    def undo() -> None:
+        layer._gradient_checkpointing_func = original
+
+    return undo
+
+
+def move_callback_to_front(trainer: Any, callback: Any) -> bool:
+    """Make ``callback`` the first of ``trainer``'s callbacks; ``False`` if it is not there.
+
+    Private: the order of ``trainer.callback_handler.callbacks``. Reporters (W&B,
+    TensorBoard) are default callbacks placed before user callbacks, so metrics a user
+    callback adds to ``logs`` in ``on_log`` would never reach them; transformers has no
+    API to order callbacks.
+    """
+    callbacks = getattr(getattr(trainer, "callback_handler", None), "callbacks", None)
+    if not isinstance(callbacks, list) or callback not in callbacks:
+        return False
+    callbacks.remove(callback)
+    callbacks.insert(0, callback)
+    return True
+
+
+# --------------------------------------------------------------------------- DeepSpeed
+
+
+def zero3_partitioned(params: Any) -> bool:
+    """Whether any of ``params`` is a ZeRO-3 partitioned parameter (``ds_id`` is set)."""
+    return any(hasattr(p, "ds_id") for p in params)
+
+
+def zero3_parameter_offload(model: Any, engine: Any = None) -> Any:
+    """DeepSpeed's ZeRO-3 parameter-offload object for ``model`` (it owns the parameter
+    coordinator), or ``None``.
+
+    Public route: ``engine.optimizer.parameter_offload``. Without the engine (an
+    evaluation handed only the module), the object is found in the closure of the forward
+    pre-hook DeepSpeed registers on the top module: private, and checked by duck typing.
+    """
+    optimizer = getattr(engine, "optimizer", None)
+    offload = getattr(optimizer, "parameter_offload", None)
+    if offload is not None:
+        return offload
+    for hook in list(getattr(model, "_forward_pre_hooks", {}).values()):
+        for cell in getattr(hook, "__closure__", None) or ():
+            try:
+                obj = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if hasattr(obj, "get_param_coordinator") and hasattr(obj, "empty_partition_cache"):
+                return obj
+    return None
+
+
+def release_partitioned_parameters(model: Any, engine: Any = None) -> bool:
+    """Return a ZeRO-3 model to its training state after inference.
+
+    Forwards outside the training step (``generate`` on the module) leave DeepSpeed's
+    parameter coordinator with an inference-only trace, which breaks the next backward
+    ("size of tensor a (0) must match ..."), and leave parameters gathered. As TRL does
+    after generation, the trace is invalidated (private ``_invalidate_trace``; re-recorded
+    on the next training step) and all parameters are re-partitioned. Returns ``False``
+    if the offload object was not found: parameters are then re-partitioned one by one
+    (private ``ds_active_sub_modules``) and the trace is left as is.
+    """
+    offload = zero3_parameter_offload(model, engine)
+    if offload is not None:
+        coordinator = offload.get_param_coordinator()
+        if hasattr(coordinator, "is_invalid_trace") and not coordinator.is_invalid_trace():
+            coordinator._invalidate_trace()
+        offload.empty_partition_cache()
+        return True
+    logger.warning(
+        "ZeRO-3: DeepSpeed's parameter coordinator was not found; re-partitioning parameters one by one. "
+        "Bind the EvalCallback to its trainer (EvalCallback(settings, trainer=trainer)) to release them through the engine."
+    )
+    params = getattr(model, "parameters", None)
+    for param in params() if callable(params) else ():
+        status = getattr(param, "ds_status", None)
+        if status is not None and status.name == "AVAILABLE" and not getattr(param, "ds_persist", False):
+            param.ds_active_sub_modules.clear()  # no forward is running any more
+            param.partition()
+    return False
