@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from midblock_plugin.evaluation import EvalSettings  # noqa: E402
 from midblock_plugin.testing import GSM8K_DIR, gsm8k_rows  # noqa: E402
+
 
 pytestmark = pytest.mark.skipif(
     not (GSM8K_DIR / "test.jsonl").is_file(), reason=f"GSM8K not found at {GSM8K_DIR} (set MIDBLOCK_GSM8K_DIR)"
@@ -268,7 +270,7 @@ def test_report_schema_chat_template_and_side_effects(tmp_path):
 
 
 def test_baseline_change_and_table():
-    from midblock_plugin.evaluation.runner import add_baseline, flat_metrics, format_table
+    from midblock_plugin.evaluation.results import add_baseline, flat_metrics, format_table
 
     def rep(label, strict, flex):
         return {

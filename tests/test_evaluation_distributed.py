@@ -21,11 +21,13 @@ from pathlib import Path
 
 import pytest
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from midblock_plugin.evaluation import EvalSettings  # noqa: E402
 from midblock_plugin.testing import GSM8K_DIR  # noqa: E402
+
 
 pytestmark = [
     pytest.mark.slow,

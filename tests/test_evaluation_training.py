@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from midblock_plugin.evaluation import EvalSettings  # noqa: E402
 from midblock_plugin.testing import GSM8K_DIR, gsm8k_rows  # noqa: E402
+
 
 pytestmark = pytest.mark.skipif(
     not (GSM8K_DIR / "test.jsonl").is_file(), reason=f"GSM8K not found at {GSM8K_DIR} (set MIDBLOCK_GSM8K_DIR)"

@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from midblock_plugin.evaluation.settings import HUB, EvalSettings
+from midblock_plugin.data import gsm8k
+from midblock_plugin.evaluation.settings import EvalSettings
+from midblock_plugin.io import to_json, write_jsonl, write_text_atomic
 
 
 def _limit(text: str) -> int | float:
@@ -153,8 +155,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if settings.data_dir is None and settings.resolved_data_dir() is None:
         print(
-            "midblock eval: no local GSM8K found (MIDBLOCK_GSM8K_DIR / ../shared/data/gsm8k); using the hub. "
-            f"Offline, pass --data-dir DIR (or --data-dir {HUB} to silence this).",
+            f"midblock eval: no local GSM8K given (--data-dir DIR, or ${gsm8k.ENV}); using the hub "
+            f"({gsm8k.HUB_DATASET[0]}). Offline, pass --data-dir DIR (or --data-dir {gsm8k.HUB} to silence this).",
             file=sys.stderr,
         )
     model_dir, adapter = _check_dirs(args)
@@ -164,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
         plan_tasks(settings)  # unknown task names fail here, before the model is loaded
     except (ValueError, FileNotFoundError) as exc:
         raise _as_flags(exc) from None
-    from midblock_plugin.evaluation.runner import EvaluationError, evaluate_model, format_table, task_report
+    from midblock_plugin.evaluation.results import format_table, task_report
+    from midblock_plugin.evaluation.runner import EvaluationError, evaluate_model
 
     model, tokenizer = load_model(model_dir, adapter, args.device, args.dtype, args.trust_remote_code)
     try:
@@ -177,17 +180,13 @@ def run(args: argparse.Namespace) -> int:
         document = task_report(report, report["tasks"][0])
     else:
         document = {k: v for k, v in report.items() if k not in ("samples", "files")}
-    text = json.dumps(document, indent=2, ensure_ascii=False)
+    text = to_json(document)
     table = format_table(report)
     if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n", encoding="utf-8")
+        out = write_text_atomic(args.output, text + "\n")
         for task, rows in (report.get("samples") or {}).items():
             name = f"{out.stem}.samples.jsonl" if len(report["tasks"]) == 1 else f"{out.stem}.{task}.samples.jsonl"
-            with open(out.with_name(name), "w", encoding="utf-8") as fh:
-                for row in rows:
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            write_jsonl(out.with_name(name), rows)
         print(table)
         print(f"wrote {out}")
     else:

@@ -1,11 +1,17 @@
 """End-of-training evaluation with lm-eval's own tasks (GSM8K by default).
 
-* :class:`EvalSettings` (``settings.py``): the options, validated on construction.
-* :func:`evaluate_model` (``runner.py``): evaluate a model in memory, write ``<task>.json``.
-* :class:`EvalCallback` (``callback.py``): a ``TrainerCallback`` running it at train end
+One module per concern:
+
+* ``settings.py``: :class:`EvalSettings`, the options, validated on construction.
+* ``tasks.py``: which lm-eval tasks run and where their data comes from (offline task
+  YAMLs reading a local GSM8K directory, cached ``TaskManager``).
+* ``runner.py``: :func:`evaluate_model`, evaluate a model in memory with lm-eval.
+* ``distributed.py``: how DDP / ZeRO-3 / FSDP ranks share an evaluation.
+* ``results.py``: the report, its table, its log metrics and its files (``<task>.json``).
+* ``callback.py``: :class:`EvalCallback`, a ``TrainerCallback`` running it at train end
   (and optionally at train start as a baseline), for TRL, the HF Trainer and Axolotl.
-* ``midblock eval`` (``cli.py``): the same evaluation of a saved model.
-* ``tasks.py``: lm-eval tasks reading a local GSM8K directory (offline clusters).
+
+``midblock eval`` (:mod:`midblock_plugin.cli.eval`) runs the same evaluation on a saved model.
 
 Importing this package is cheap; torch, transformers and lm-eval load on first use.
 
@@ -15,6 +21,7 @@ Importing this package is cheap; torch, transformers and lm-eval load on first u
 """
 
 from midblock_plugin.evaluation.settings import EvalSettings  # noqa: F401
+
 
 __all__ = ["EvalSettings", "EvalCallback", "evaluate_model", "EvaluationError", "write_offline_tasks"]
 

@@ -11,7 +11,7 @@ A failing evaluation never fails the training run: the exception is logged with 
 traceback, written to ``<output_dir>/eval/error.json`` and added to the log history
 (``lm_eval/error``); training continues to its end and the model is saved as usual.
 
-Distributed: see :mod:`midblock_plugin.evaluation.runner` (DDP ranks score disjoint
+Distributed: see :mod:`midblock_plugin.evaluation.distributed` (DDP ranks score disjoint
 shards; ZeRO-3 / FSDP ranks run in lockstep; rank 0 writes).
 
 >>> from trl import SFTTrainer, SFTConfig  # doctest: +SKIP
@@ -29,9 +29,11 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from midblock_plugin.evaluation.runner import evaluate_model, flat_metrics, write_error
+from midblock_plugin.evaluation.results import error_file_name, flat_metrics, log_prefix, write_error
+from midblock_plugin.evaluation.runner import evaluate_model
 from midblock_plugin.evaluation.settings import EvalSettings
 from midblock_plugin.evaluation.tasks import plan_tasks
+
 
 logger = logging.getLogger(__name__)
 
@@ -146,12 +148,12 @@ class EvalCallback(TrainerCallback):
             )
             if main:
                 print(f"lm-eval {label} evaluation FAILED: {message}{where}", flush=True)
-            self._log({f"{_prefix(label)}/error": message}, state)
+            self._log({f"{log_prefix(label)}/error": message}, state)
             return None
         self.reports[label] = report
         self.errors.pop(label, None)
         if main and out_dir:
-            stale = Path(out_dir) / self.settings.output_subdir / ("error.json" if label == "final" else f"error.{label}.json")
+            stale = Path(out_dir) / self.settings.output_subdir / error_file_name(label)
             stale.unlink(missing_ok=True)
         self._log(flat_metrics(report), state)
         return report
@@ -162,10 +164,6 @@ class EvalCallback(TrainerCallback):
         else:
             state.log_history.append({**logs, "step": state.global_step})
         logger.info("lm-eval: %s", logs)
-
-
-def _prefix(label: str) -> str:
-    return "lm_eval" if label == "final" else f"lm_eval_{label}"
 
 
 def _deepspeed_engine(trainer: Any) -> Any:

@@ -24,21 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from midblock_plugin.data import gsm8k
+from midblock_plugin.io import EVAL_SUBDIR
 
-HUB = gsm8k.HUB
 
 _BATCH_RE = re.compile(r"^auto(:\d+(\.\d+)?)?$")
-
-
-def default_gsm8k_dir() -> Path | None:
-    """The GSM8K directory used when ``data_dir`` is not given: ``$MIDBLOCK_GSM8K_DIR`` if
-    set, otherwise ``None`` (lm-eval's hub dataset is used)."""
-    return gsm8k.locate()
-
-
-def check_gsm8k_dir(data_dir: str | os.PathLike, option: str = "data_dir") -> Path:
-    """``data_dir`` resolved, or an error saying what a GSM8K directory must contain."""
-    return gsm8k.check_dir(data_dir, option)
 
 
 @dataclass
@@ -84,8 +73,8 @@ class EvalSettings:
     fewshot_as_multiturn: bool | None = field(default=None, metadata={"help": "With a chat template, give few-shot examples as a multi-turn chat; None follows apply_chat_template."})
     system_instruction: str | None = field(default=None, metadata={"help": "Optional system instruction prepended to every prompt."})
     baseline: bool = field(default=False, metadata={"help": "Also evaluate the untrained model at train start; the final report shows the change."})
-    data_dir: str | None = field(default=None, metadata={"help": "Local GSM8K directory with train.jsonl / test.jsonl (offline). None: the shared copy if present, else the hub; 'hub' forces openai/gsm8k from the hub."})
-    output_subdir: str = field(default="eval", metadata={"help": "Results are written to <output_dir>/<output_subdir>/<task>.json (main process only)."})
+    data_dir: str | None = field(default=None, metadata={"help": "Local GSM8K directory with train.jsonl / test.jsonl (offline). None: $MIDBLOCK_GSM8K_DIR if set, else the hub; 'hub' forces openai/gsm8k from the hub."})
+    output_subdir: str = field(default=EVAL_SUBDIR, metadata={"help": "Results are written to <output_dir>/<output_subdir>/<task>.json (main process only)."})
     save_samples: bool = field(default=False, metadata={"help": "Also write every scored sample (prompt, generation, filtered answers) to <task>.samples.jsonl."})
     bootstrap_iters: int = field(default=100000, metadata={"help": "lm-eval bootstrap iterations for stderrs of non-mean metrics (exact_match's stderr is analytic); 0 skips stderrs."})
 
@@ -141,8 +130,8 @@ class EvalSettings:
             )
         if self.data_dir is not None:
             self.data_dir = os.fspath(self.data_dir)
-            if self.data_dir != HUB:
-                check_gsm8k_dir(self.data_dir)
+            if self.data_dir != gsm8k.HUB:
+                gsm8k.check_dir(self.data_dir)
         sub = self.output_subdir
         if not isinstance(sub, str) or not sub.strip() or Path(sub).is_absolute() or ".." in Path(sub).parts:
             raise ValueError(f"output_subdir={sub!r} must be a non-empty relative path inside output_dir, e.g. 'eval'.")
@@ -158,12 +147,9 @@ class EvalSettings:
         return self.fewshot_as_multiturn
 
     def resolved_data_dir(self) -> Path | None:
-        """The local GSM8K directory to use, or ``None`` for lm-eval's hub dataset."""
-        if self.data_dir == HUB:
-            return None
-        if self.data_dir is not None:
-            return Path(self.data_dir).expanduser().resolve()
-        return default_gsm8k_dir()
+        """The local GSM8K directory to use, or ``None`` for lm-eval's hub dataset
+        (``data_dir``, else ``$MIDBLOCK_GSM8K_DIR``, else the hub: :func:`gsm8k.locate`)."""
+        return gsm8k.locate(self.data_dir)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict of every field."""
