@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 
+
 NUM_LAYERS, HIDDEN, NUM_PROMPTS, MAX_LENGTH, BATCH = 12, 256, 200, 128, 8
 SCALING_N = (200, 1000, 4000)
 REPEATS = 2  # end-to-end CKA variants: the best of two runs is reported (shared CPUs are noisy)

@@ -10,10 +10,11 @@ import sys
 import pytest
 import torch
 
+from midblock_plugin.architecture import find_decoder_layers
 from midblock_plugin.cli import main
 from midblock_plugin.testing import save_tiny, tiny_model
-from midblock_plugin.architecture import find_decoder_layers
 from midblock_plugin.window import resolve_layers
+
 
 L = 10
 FAST = ["--num-prompts", "10", "--max-length", "24", "--batch-size", "4"]

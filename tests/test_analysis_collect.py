@@ -11,9 +11,10 @@ from midblock_plugin.analysis import AnalysisConfig, LayerCollector, run_analysi
 from midblock_plugin.analysis.collect import Readout, backbone_and_readout
 from midblock_plugin.analysis.metrics import curvature, dataset_entropy, effective_rank, linear_cka, prompt_entropy
 from midblock_plugin.analysis.prompts import BUILTIN_PROMPTS
-from midblock_plugin.testing import GSM8K_DIR, save_tiny, tiny_model, tiny_tokenizer
 from midblock_plugin.architecture import find_decoder_layers
+from midblock_plugin.testing import GSM8K_DIR, save_tiny, tiny_model, tiny_tokenizer
 from midblock_plugin.window import resolve_layers
+
 
 L = 6
 N = 12

@@ -1,11 +1,13 @@
 """Layer-wise analysis of base vs. tuned models (``midblock analyze``) and the window rule.
 
-Modules: ``metrics`` (pure tensor math), ``prompts`` (prompt sets), ``collect`` (hooks,
-streaming collection, weight statistics), ``recommend`` (the window rule), ``report``
-(JSON / CSV / PNG), ``cli`` (the subcommand). See ``docs/analysis.md``.
+Modules: ``metrics`` (pure tensor math), ``prompts`` (prompt sets), ``collect`` (forward
+hooks and streamed per-layer statistics), ``weights`` (weight change and spectral SNR),
+``run`` (configuration, model loading, :func:`run_analysis`), ``recommend`` (the window
+rule), ``report`` (JSON / CSV / PNG). The subcommand is :mod:`midblock_plugin.cli.analyze`;
+model layouts come from :mod:`midblock_plugin.architecture`. See ``docs/analysis.md``.
 
-Names are re-exported lazily, so ``import midblock_plugin.analysis.cli`` (done by
-``midblock --help``) does not import torch.
+Names are re-exported lazily, so ``midblock --help`` (which imports
+:mod:`midblock_plugin.cli.analyze`) does not import torch.
 
 >>> from midblock_plugin.analysis import recommend_window
 >>> recommend_window([0.0] * 16).fallback is not None  # a flat curve gives the paper default
@@ -17,14 +19,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+
 _EXPORTS = {
-    "collect": ("AnalysisConfig", "AnalysisResult", "LayerCollector", "load_analysis", "run_analysis",
-                "weight_change_adapter", "weight_change_models", "weight_snr"),
+    "collect": ("LayerCollector", "Readout", "backbone_and_readout"),
+    "run": ("AnalysisConfig", "AnalysisResult", "result_columns", "run_analysis"),
+    "weights": ("weight_change_adapter", "weight_change_models", "weight_snr"),
     "metrics": ("CrossStats", "MomentStats", "cka_from_stats", "curvature", "dataset_entropy", "effective_rank",
                 "linear_cka", "linear_cka_gram", "mean_pool", "mean_shift", "prompt_entropy", "spectral_snr"),
     "prompts": ("BUILTIN_PROMPTS", "load_prompt_rows"),
     "recommend": ("Recommendation", "best_segment_mask", "recommend_window"),
-    "report": ("summary_table", "to_json", "write_reports"),
+    "report": ("load_analysis", "summary_table", "to_json", "write_reports"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -31,6 +31,7 @@ from typing import Optional
 
 import torch
 
+
 _EPS = 1e-12
 
 

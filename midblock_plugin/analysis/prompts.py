@@ -17,6 +17,7 @@ from typing import Any, Union
 
 from midblock_plugin.data import gsm8k
 
+
 #: A prompt row: plain text, or a list of chat messages ``[{"role": ..., "content": ...}]``.
 PromptRow = Union[str, list]
 

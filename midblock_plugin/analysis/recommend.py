@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 
 from midblock_plugin.window import WindowError, describe_window, resolve_layers, segment_bounds
 
+
 LOWER_FRACTION = 0.2
 UPPER_FRACTION_SINGLE = 0.8
 MIN_RATIO = 1.5

@@ -1,5 +1,8 @@
 """Write an analysis as JSON, CSV and a PNG figure of the metrics over relative depth.
 
+File names and the JSON encoding (strict, NaN / infinity as ``null``, atomic writes) are
+:mod:`midblock_plugin.io`'s; :func:`to_json` is :func:`midblock_plugin.io.to_json`.
+
 >>> from midblock_plugin.analysis import write_reports  # doctest: +SKIP
 >>> write_reports(result.to_dict(), "out/")  # doctest: +SKIP
 {'json': 'out/analysis.json', 'csv': 'out/analysis.csv', 'png': 'out/analysis.png'}
@@ -8,13 +11,15 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
-JSON_NAME, CSV_NAME, PNG_NAME = "analysis.json", "analysis.csv", "analysis.png"
+from midblock_plugin.io import ANALYSIS_CSV, ANALYSIS_JSON, ANALYSIS_PNG, read_json, to_json, write_json
+
+
+__all__ = ["load_analysis", "summary_table", "to_json", "write_csv", "write_png", "write_reports"]
 
 #: Figure panels: (title, [(column, label), ...]); columns missing from the data are skipped.
 PAIR_PANELS = (
@@ -38,26 +43,9 @@ SINGLE_PANELS = (
 )
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def to_json(doc: dict) -> str:
-    """Strict JSON text of an analysis document (NaN/inf written as null)."""
-    return json.dumps(_json_safe(doc), indent=2, allow_nan=False)
-
-
-def write_json(doc: dict, path: str | os.PathLike) -> Path:
-    """Write the analysis JSON."""
-    path = Path(path)
-    path.write_text(to_json(doc) + "\n", encoding="utf-8")
-    return path
+def load_analysis(path: str | os.PathLike) -> dict:
+    """Read an analysis JSON written by ``midblock analyze``."""
+    return read_json(path)
 
 
 def write_csv(doc: dict, path: str | os.PathLike) -> Path:
@@ -130,12 +118,13 @@ def write_png(doc: dict, path: str | os.PathLike, title: Optional[str] = None) -
 
 
 def write_reports(doc: dict, output_dir: str | os.PathLike, figure: bool = True) -> dict[str, str]:
-    """Write ``analysis.json``, ``analysis.csv`` and (with ``figure``) ``analysis.png``."""
+    """Write ``analysis.json`` (strict JSON, atomically; see :func:`midblock_plugin.io.write_json`),
+    ``analysis.csv`` and (with ``figure``) ``analysis.png``."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": str(write_json(doc, out / JSON_NAME)), "csv": str(write_csv(doc, out / CSV_NAME))}
+    paths = {"json": str(write_json(out / ANALYSIS_JSON, doc)), "csv": str(write_csv(doc, out / ANALYSIS_CSV))}
     if figure:
-        paths["png"] = str(write_png(doc, out / PNG_NAME))
+        paths["png"] = str(write_png(doc, out / ANALYSIS_PNG))
     return paths
 
 

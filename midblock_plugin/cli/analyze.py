@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+
 DESCRIPTION = """\
 Layer-wise analysis of a base model (and a tuned model or LoRA adapter): per-layer linear
 CKA, cosine similarity, mean shift, effective rank, prompt/dataset entropy, curvature,
@@ -35,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--prompts", default="builtin",
                    help="'builtin' (40 varied sentences), 'gsm8k', or a JSONL file with 'text' or chat 'messages' rows "
                         "(default: builtin)")
-    g.add_argument("--data-dir", default=None, help="directory with GSM8K train.jsonl/test.jsonl (default: the shared copy)")
+    g.add_argument("--data-dir", default=None, help="directory with GSM8K train.jsonl/test.jsonl (default: $MIDBLOCK_GSM8K_DIR)")
     g.add_argument("--split", default="test", choices=("train", "test"), help="GSM8K split (default: test)")
     g.add_argument("--num-prompts", type=int, default=200, help="at most this many prompts (default: 200)")
     g.add_argument("--max-length", type=int, default=128, help="tokens per prompt, longer ones truncated (default: 128)")
@@ -64,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace):
     """Build and validate an :class:`AnalysisConfig` from parsed arguments (no model is loaded)."""
-    from midblock_plugin.analysis.collect import AnalysisConfig
+    from midblock_plugin.analysis.run import AnalysisConfig
 
     return AnalysisConfig(
         base=args.base, tuned=args.tuned, prompts=args.prompts, data_dir=args.data_dir, split=args.split,
@@ -77,10 +78,10 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """Run the analysis, write the reports, print a summary (or the JSON). Returns 0."""
     config = config_from_args(args)
-    from midblock_plugin.analysis.collect import run_analysis
-    from midblock_plugin.analysis.report import summary_table, to_json, write_reports
-
     from transformers.utils import logging as hf_logging
+
+    from midblock_plugin.analysis.report import summary_table, to_json, write_reports
+    from midblock_plugin.analysis.run import run_analysis
 
     bars_were_on = hf_logging.is_progress_bar_enabled()
     if args.quiet:
