@@ -13,6 +13,7 @@ import os
 
 import pytest
 
+
 HAVE_AXOLOTL = importlib.util.find_spec("axolotl") is not None
 SKIP_REASON = (
     "Axolotl is not installed in this environment; these tests run in .venv-axolotl "
@@ -55,14 +56,16 @@ def workspace(tmp_path_factory):
 # modules assert on the same run.
 
 
-def _recorded_run(workspace, name, **overrides):
-    """A training run with the hook recorder (tests/axolotl/hook_recorder.py) listed after our plugin."""
+def _recorded_run(workspace, name, plugin=None, **overrides):
+    """A training run with the hook recorder (tests/axolotl/hook_recorder.py) listed after our
+    plugin (``plugin``: the name under ``plugins:``, default the full path)."""
     import json
 
     from tests.axolotl.helpers import PLUGIN, RECORDER
 
     log = workspace.root / f"{name}-hooks.jsonl"
-    run = workspace.train(name, env={"MIDBLOCK_HOOK_LOG": str(log)}, plugins=[PLUGIN, RECORDER], **overrides).check()
+    plugins = [plugin or PLUGIN, RECORDER]
+    run = workspace.train(name, env={"MIDBLOCK_HOOK_LOG": str(log)}, plugins=plugins, **overrides).check()
     run.hooks = [json.loads(line) for line in log.read_text().splitlines()]
     return run
 
@@ -75,8 +78,11 @@ def lora_run(workspace):
 
 @pytest.fixture(scope="session")
 def lora_gc_run(workspace):
-    """LoRA mode with gradient checkpointing (the plugin's non-reentrant default)."""
-    return _recorded_run(workspace, "lora-gc", gradient_checkpointing=True)
+    """LoRA mode with gradient checkpointing (the plugin's non-reentrant default); the plugin is
+    listed by its short path, ``midblock_plugin.axolotl.MidBlockPlugin`` (test_entry_point.py)."""
+    from tests.axolotl.helpers import SHORT_PLUGIN
+
+    return _recorded_run(workspace, "lora-gc", plugin=SHORT_PLUGIN, gradient_checkpointing=True)
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,11 @@ from typing import Any
 
 import yaml
 
+
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = "midblock_plugin.integrations.axolotl.MidBlockPlugin"
+#: The short path (the same class), promised to users: ``plugins: [midblock_plugin.axolotl.MidBlockPlugin]``.
+SHORT_PLUGIN = "midblock_plugin.axolotl.MidBlockPlugin"
 RECORDER = "tests.axolotl.hook_recorder.HookRecorderPlugin"
 NUM_LAYERS = 5
 #: 01110 on 5 layers: segments [0,1) [1,2) [2,3) [3,4) [4,5) -> layers 1, 2, 3

@@ -73,7 +73,7 @@ class HookRecorderPlugin(BasePlugin):
 
     def post_trainer_create(self, cfg, trainer):
         self.trainer = trainer
-        _record("post_trainer_create")
+        _record("post_trainer_create", callbacks=[type(cb).__name__ for cb in trainer.callback_handler.callbacks])
 
     def create_optimizer(self, cfg, trainer):
         _record("create_optimizer")

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.axolotl.helpers import ENV, ROOT, args_error as _error, validate_args as _validate
+from tests.axolotl.helpers import ENV, ROOT
+from tests.axolotl.helpers import args_error as _error
+from tests.axolotl.helpers import validate_args as _validate
+
 
 pytestmark = pytest.mark.axolotl
 

@@ -10,6 +10,7 @@ import yaml
 
 from tests.axolotl.helpers import ROOT, WINDOW
 
+
 pytestmark = pytest.mark.axolotl
 
 EXAMPLES = ROOT / "examples" / "axolotl"
@@ -64,7 +65,7 @@ def test_every_example_passes_axolotl_validation(validated):
 
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_paper_configs_resolve_to_the_paper_window_rank_and_lr(validated, name):
-    from midblock_plugin.integrations.axolotl.args import midblock_config_from_cfg
+    from midblock_plugin.integrations.axolotl.keys import midblock_config_from_cfg
     from midblock_plugin.plan import build_plan
     from midblock_plugin.testing import tiny_config
 

@@ -10,6 +10,7 @@ import pytest
 
 from tests.axolotl.helpers import MATCHED_RANK, NUM_LAYERS, RANK, WINDOW, changed_tensors, layer_of, load_state
 
+
 pytestmark = pytest.mark.axolotl
 
 
@@ -44,6 +45,13 @@ def test_plan_and_drift_written_by_the_shared_callback(lora_run):
     assert {int(k) for k in drift["history"][-1]["weight_change"]} == set(WINDOW)
     assert "midblock plan: LlamaForCausalLM" in lora_run.output  # the summary, printed at trainer init
     assert "'midblock/weight_change/layer_02'" in lora_run.output  # drift metrics in the training logs
+
+
+def test_midblock_callback_is_bound_first_so_the_reporters_get_the_drift_metrics(lora_run):
+    by_hook = {h["hook"]: h for h in lora_run.hooks}
+    assert by_hook["add_callbacks_post_trainer"]["callbacks"][0] != "MidBlockCallback"  # as the trainer built it
+    assert by_hook["post_trainer_create"]["callbacks"][0] == "MidBlockCallback"  # after callback.bind(trainer)
+    assert "Call callback.bind(trainer)" not in lora_run.output
 
 
 def test_checkpoints_hold_the_windowed_adapter(lora_run):

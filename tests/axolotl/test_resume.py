@@ -10,6 +10,7 @@ import pytest
 
 from tests.axolotl.helpers import WINDOW, changed_tensors, layer_of, load_state
 
+
 pytestmark = pytest.mark.axolotl
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.axolotl.helpers import args_error as _error, validate_args as _validate
+from tests.axolotl.helpers import args_error as _error
+
 
 pytestmark = pytest.mark.axolotl
 
@@ -88,7 +89,7 @@ def test_midblock_keys_without_the_midblock_adapter_are_rejected():
 
 
 def test_axolotl_lora_keys_keep_their_meaning():
-    from midblock_plugin.integrations.axolotl.args import midblock_config_from_cfg
+    from midblock_plugin.integrations.axolotl.keys import midblock_config_from_cfg
 
     cfg = midblock_config_from_cfg({"adapter": "midblock", "lora_r": 32, "lora_alpha": 16, "lora_dropout": 0.1,
                                     "peft_use_rslora": True, "lora_target_modules": ["q_proj", "k_proj"]})
@@ -101,7 +102,8 @@ def test_axolotl_lora_keys_keep_their_meaning():
 
 def test_every_key_has_help_text_from_the_core():
     from midblock_plugin.config import MidBlockConfig
-    from midblock_plugin.integrations.axolotl.args import EXTRA_KEYS, MIDBLOCK_KEYS, MidBlockArgs
+    from midblock_plugin.integrations.axolotl.args import MidBlockArgs
+    from midblock_plugin.integrations.axolotl.keys import EXTRA_KEYS, MIDBLOCK_KEYS
 
     help_text = MidBlockConfig.field_help()
     for key, field_name in MIDBLOCK_KEYS.items():

@@ -30,6 +30,7 @@ import torch
 
 from tests.axolotl.helpers import ENV, NUM_LAYERS, ROOT, WINDOW, Run, changed_tensors, layer_of, load_state
 
+
 pytestmark = [pytest.mark.axolotl, pytest.mark.slow]
 
 SHIM = ROOT / "tests" / "axolotl" / "zero3_shim"

@@ -1,10 +1,16 @@
 """Axolotl integration: ``adapter: midblock``. See README.md in this folder.
 
-Only re-exports :class:`MidBlockPlugin`, lazily, so that ``...axolotl.args`` (pydantic and
-the midblock core only) imports without Axolotl installed.
+* ``plugin.py``: :class:`MidBlockPlugin`, the Axolotl hooks (imports Axolotl);
+* ``args.py``: :class:`MidBlockArgs`, the YAML keys as a pydantic model;
+* ``keys.py``: the YAML key <-> ``MidBlockConfig`` mapping and the config checks.
+
+Only re-exports :class:`MidBlockPlugin`, lazily, so that ``.args`` and ``.keys`` (pydantic
+and the midblock core only) import without Axolotl installed. The short plugin path
+``midblock_plugin.axolotl.MidBlockPlugin`` names the same class.
 """
 
 from typing import Any
+
 
 __all__ = ["MidBlockPlugin"]
 

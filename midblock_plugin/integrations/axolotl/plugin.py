@@ -3,18 +3,21 @@
 Hooks used (Axolotl calls them in this order; every hook is a no-op unless the config
 says ``adapter: midblock``, because Axolotl 0.21+ loads installed plugins for every run):
 
-* ``get_input_args``: the YAML keys (:class:`~.args.MidBlockArgs`), validated with the
-  rest of the config, before anything is loaded;
+* ``get_input_args``: the YAML keys (:class:`~.args.MidBlockArgs`, checked by :mod:`.keys`),
+  validated with the rest of the config, before anything is loaded;
 * ``get_adapter_capabilities``: registers the adapter name ``midblock``, so Axolotl's
   ``adapter:`` validator accepts it;
 * ``pre_model_load``: resolves the plan from the model *config* (no weights), prints it,
   and refuses to resume from a checkpoint that was trained with another window;
-* ``load_adapter``: Axolotl hands ``adapter: midblock`` to the plugin. LoRA mode wraps the
-  model in a plain PEFT LoRA restricted to the window (or loads ``lora_model_dir``); full
-  mode freezes everything but the window (before the optimizer and DeepSpeed exist);
-* ``add_callbacks_pre_trainer``: the shared :class:`~midblock_plugin.callbacks.MidBlockCallback`
-  (plan summary and ``plan.json``, backward truncation, drift monitor), the same code as
-  the TRL path;
+* ``load_adapter``: Axolotl hands ``adapter: midblock`` to the plugin. The plan of the run is
+  built here, once, from the loaded model; LoRA mode wraps the model in the plan's plain PEFT
+  LoRA (``plan.lora_config()``, or loads ``lora_model_dir``); full mode freezes everything but
+  the window (before the optimizer and DeepSpeed exist);
+* ``add_callbacks_pre_trainer``: the shared :class:`~midblock_plugin.training.MidBlockCallback`
+  with that plan (plan summary and ``plan.json``, backward truncation, drift monitor), the same
+  code as the TRL path;
+* ``post_trainer_create``: ``callback.bind(trainer)``, so the drift metrics reach the
+  reporters (W&B, TensorBoard);
 * ``add_callbacks_post_trainer`` / ``post_train`` / ``post_train_unload`` (``midblock_eval``,
   any adapter): an :class:`~midblock_plugin.evaluation.EvalCallback` (baseline at train start
   if asked) and the final lm-eval evaluation of the model in memory. Axolotl calls
@@ -39,7 +42,8 @@ from pathlib import Path
 from axolotl.integrations.base import AdapterCapabilities, BasePlugin
 from axolotl.utils.logging import get_logger
 
-from midblock_plugin.integrations.axolotl.args import (
+from midblock_plugin import io
+from midblock_plugin.integrations.axolotl.keys import (
     ADAPTER_NAME,
     EVAL_KEY,
     eval_settings_from,
@@ -47,6 +51,7 @@ from midblock_plugin.integrations.axolotl.args import (
     midblock_config_from_cfg,
     yaml_names,
 )
+
 
 # Axolotl prints INFO only for loggers under "axolotl"; ours would show warnings only.
 LOG = get_logger("axolotl.integrations.midblock")
@@ -63,16 +68,32 @@ _RESUME_FIELDS = ("mode", "num_layers", "layers", "ranks", "lora_alpha", "target
 class MidBlockPlugin(BasePlugin):
     """Axolotl plugin for Mid-Block Efficient Tuning (Zhao et al., ACL 2026).
 
-    ``plugins: [midblock_plugin.integrations.axolotl.MidBlockPlugin]`` plus
-    ``adapter: midblock`` in an Axolotl YAML; see this package's README.md.
+    ``plugins: [midblock_plugin.axolotl.MidBlockPlugin]`` (or the full path,
+    ``midblock_plugin.integrations.axolotl.MidBlockPlugin``) plus ``adapter: midblock`` in an
+    Axolotl YAML; see this package's README.md.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.plan = None
+        self.plan = None  # the plan of this run, built once in load_adapter
+        self.callback = None  # the MidBlockCallback of this run, bound to the trainer in post_trainer_create
         self.eval_callback = None  # the EvalCallback of this run (midblock_eval)
         self._eval_trainer = None
         self._eval_state = "off"  # off | armed (post_train not yet seen) | pending (after the save) | done
+
+    # ------------------------------------------------------------------ one instance per run
+    def _shadowed(self) -> bool:
+        """Whether Axolotl holds another MidBlockPlugin registered before this one: the plugin
+        listed twice, e.g. by its short and its full path (or, in Axolotl 0.21+, under
+        ``plugins:`` and through the entry point). The first instance does the work; the
+        others stay inert, so nothing is applied or registered twice."""
+        from axolotl.integrations.base import PluginManager
+
+        ours = [p for p in PluginManager.get_instance().plugins.values() if isinstance(p, MidBlockPlugin)]
+        return any(p is self for p in ours) and ours[0] is not self
+
+    def _ours(self, cfg) -> bool:
+        return is_midblock(cfg) and not self._shadowed()
 
     # ------------------------------------------------------------------ config
     def register(self, cfg) -> None:
@@ -85,7 +106,7 @@ class MidBlockPlugin(BasePlugin):
         * ``deepspeed: midblock:zero3`` (or ``midblock:zero3_offload``) is replaced by the
           path of that JSON inside this package.
         """
-        if not is_midblock(cfg):
+        if not is_midblock(cfg):  # idempotent: harmless if the plugin is listed twice
             return
         if cfg.get("gradient_checkpointing") is True and cfg.get("gradient_checkpointing_kwargs") is None:
             cfg["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
@@ -94,8 +115,9 @@ class MidBlockPlugin(BasePlugin):
         if isinstance(deepspeed, str) and deepspeed.startswith(DEEPSPEED_PREFIX):
             cfg["deepspeed"] = shipped_deepspeed_config(deepspeed)
 
-    def get_input_args(self) -> str:
-        return ARGS_PATH
+    def get_input_args(self) -> str | None:
+        # Listed twice, MidBlockArgs would be a base class of Axolotl's config schema twice (a TypeError).
+        return None if self._shadowed() else ARGS_PATH
 
     def get_adapter_capabilities(self) -> list[AdapterCapabilities]:
         # Not lora_like: Axolotl must not build its own uniform LoraConfig for this adapter;
@@ -104,7 +126,7 @@ class MidBlockPlugin(BasePlugin):
 
     # ------------------------------------------------------------------ model
     def pre_model_load(self, cfg) -> None:
-        if not is_midblock(cfg):
+        if not self._ours(cfg):
             return
         config = midblock_config_from_cfg(cfg)
         _warn_ignored_lora_keys(cfg, config)
@@ -113,13 +135,13 @@ class MidBlockPlugin(BasePlugin):
             return  # e.g. a hub id offline: the plan is built from the loaded model instead
         from midblock_plugin.plan import build_plan
 
-        try:
+        try:  # a preview from the config (no weights): the window is checked, and a resume too
             plan = build_plan(hf_config, config)
         except ValueError as exc:
             raise ValueError(f"adapter: midblock: {yaml_names(str(exc))}") from None
         LOG.info(
             f"midblock: {plan.mode} mode on layers {plan.window} of {plan.num_layers}"
-            + (f", rank {sorted(set(plan.ranks.values()))[0]} per layer" if plan.ranks else "")
+            + (f", rank {plan.layer_rank} per layer" if plan.mode == "lora" else "")
             + " (the full plan is printed when the trainer is built)"
         )
         checkpoint = _resume_checkpoint(cfg)
@@ -127,14 +149,12 @@ class MidBlockPlugin(BasePlugin):
             check_resume_compatible(checkpoint, plan)
 
     def load_adapter(self, model, cfg, inference: bool = False, config_only: bool = False):
-        if not is_midblock(cfg):
+        if not self._ours(cfg):
             return None
-        from midblock_plugin.adapters import apply_full_mode, lora_config, verify_trainable
+        from midblock_plugin.adapters import apply_full_mode, verify_trainable
         from midblock_plugin.plan import build_plan
 
-        config = midblock_config_from_cfg(cfg)
-        plan = build_plan(model, config)
-        self.plan = plan
+        plan = self.plan = build_plan(model, midblock_config_from_cfg(cfg))
 
         if plan.mode == "full":
             if not inference:
@@ -142,7 +162,7 @@ class MidBlockPlugin(BasePlugin):
                 LOG.info(f"midblock full mode: {trainable:,} trainable parameters in layers {plan.window}")
             return (None if config_only else model), None
 
-        peft_config = lora_config(plan)
+        peft_config = plan.lora_config()
         if config_only:
             return None, peft_config
         from peft import PeftModel, get_peft_model
@@ -163,19 +183,32 @@ class MidBlockPlugin(BasePlugin):
 
     # ------------------------------------------------------------------ training
     def add_callbacks_pre_trainer(self, cfg, model) -> list:
-        if not is_midblock(cfg):
+        if not self._ours(cfg):
             return []
         from midblock_plugin.training import MidBlockCallback
 
-        config = midblock_config_from_cfg(cfg)
-        return [MidBlockCallback(config, plan=self.plan)]
+        # Without load_adapter (no plan yet), the callback builds the plan from the model at trainer init.
+        self.callback = (
+            MidBlockCallback(plan=self.plan) if self.plan is not None else MidBlockCallback(midblock_config_from_cfg(cfg))
+        )
+        return [self.callback]
+
+    def post_trainer_create(self, cfg, trainer) -> None:
+        """Move the MidBlockCallback to the front of the trainer's callbacks, so the drift metrics
+        it adds to the logs reach the reporters (W&B, TensorBoard), which run before plugin callbacks."""
+        if not self._ours(cfg) or self.callback is None:
+            return
+        try:
+            self.callback.bind(trainer)
+        except ValueError as exc:  # the trainer was built without our pre-trainer callbacks
+            LOG.warning(f"midblock: {exc} The drift metrics reach {io.DRIFT_JSON} and the trainer's logs only.")
 
     # ------------------------------------------------------------------ evaluation (midblock_eval)
     def add_callbacks_post_trainer(self, cfg, trainer) -> list:
         """``midblock_eval``: an EvalCallback bound to the trainer (any adapter). Task names are
         checked against lm-eval here, before training starts."""
         values = cfg.get(EVAL_KEY)
-        if values is None or values is False:
+        if values is None or values is False or self._shadowed():
             return []
         settings = eval_settings_from({} if values is True else values)
         if not settings.enabled:
@@ -221,7 +254,7 @@ class MidBlockPlugin(BasePlugin):
             report = None
             callback.errors["final"] = f"{type(exc).__name__}: {exc}"
             if getattr(trainer.state, "is_world_process_zero", True):
-                from midblock_plugin.evaluation.runner import write_error
+                from midblock_plugin.evaluation.results import write_error
 
                 with contextlib.suppress(OSError):
                     write_error(out, "final", exc, traceback.format_exc())
@@ -317,7 +350,7 @@ def _resume_checkpoint(cfg) -> str | None:
 
 def _saved_plan(checkpoint: str) -> tuple[dict | None, str | None]:
     """The plan.json that describes a checkpoint: inside it, or its run's ``midblock/plan.json``."""
-    for candidate in (Path(checkpoint) / "midblock" / "plan.json", Path(checkpoint).parent / "midblock" / "plan.json"):
+    for candidate in (io.artifact(checkpoint, io.PLAN_JSON), io.artifact(Path(checkpoint).parent, io.PLAN_JSON)):
         if candidate.is_file():
             with open(candidate, encoding="utf-8") as fh:
                 return json.load(fh), str(candidate)
@@ -368,9 +401,8 @@ def _adapter_mismatches(adapter_config: Path, plan) -> list[str]:
     layers = saved.get("layers_to_transform")
     if layers is not None and sorted(layers) != list(plan.layers):
         out.append(f"layers_to_transform: adapter {sorted(layers)} vs now {plan.layers}")
-    rank = set(plan.ranks.values()).pop() if plan.ranks else None
-    if rank is not None and saved.get("r") not in (None, rank):
-        out.append(f"r: adapter {saved.get('r')} vs now {rank}")
+    if plan.mode == "lora" and saved.get("r") not in (None, plan.layer_rank):
+        out.append(f"r: adapter {saved.get('r')} vs now {plan.layer_rank}")
     return out
 
 

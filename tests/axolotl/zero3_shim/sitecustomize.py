@@ -17,6 +17,7 @@ Nothing here is needed on GPUs, where NCCL exists and accelerate picks it itself
 
 import os
 
+
 if os.environ.get("MIDBLOCK_CPU_GLOO_SHIM") == "1":
     import torch
     import torch.distributed as _dist
