@@ -26,9 +26,9 @@ def build(variant: str, rank: int, window: str, checkpointing: bool, reentrant: 
 
     from midblock_plugin import MidBlockConfig
     from midblock_plugin.adapters import lora_config
-    from midblock_plugin.training import BackwardTruncation
     from midblock_plugin.plan import build_plan
     from midblock_plugin.testing import tiny_model
+    from midblock_plugin.training import BackwardTruncation
 
     model = tiny_model("llama", num_layers=12, hidden=256, seed=0, intermediate_size=1024)
     if variant == "uniform":

@@ -23,6 +23,7 @@ from typing import Any, Iterable
 
 from midblock_plugin.window import WindowError
 
+
 #: Attribute names of the layer count, in the order they are tried.
 NUM_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 #: Nested configs of multimodal / composite models that hold the text decoder.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+
 logger = logging.getLogger("midblock_plugin")
 
 #: Names of the forward-hook functions that ``enable_input_require_grads`` (transformers)

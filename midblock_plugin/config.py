@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from midblock_plugin.window import WindowError, parse_fraction_window, validate_mask
 
+
 MODES = ("lora", "full")
 BUDGETS = ("match", "none")
 ALPHA_POLICIES = ("ratio", "fixed")

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+
 #: The subdirectory of a run directory that holds midblock's own training artifacts.
 RUN_SUBDIR = "midblock"
 PLAN_JSON = f"{RUN_SUBDIR}/plan.json"

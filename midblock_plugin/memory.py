@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 from midblock_plugin.plan import MidBlockPlan
 
+
 WEIGHT_BYTES = 2
 GRAD_BYTES = 4
 OPTIM_BYTES = 12

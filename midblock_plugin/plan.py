@@ -63,7 +63,7 @@ class MidBlockPlan:
     @property
     def ranks(self) -> dict[int, int]:
         """Layer -> rank for every window layer (``{}`` in full mode)."""
-        return {i: self.layer_rank for i in self.layers} if self.mode == "lora" else {}
+        return dict.fromkeys(self.layers, self.layer_rank) if self.mode == "lora" else {}
 
     @property
     def use_rslora(self) -> bool:

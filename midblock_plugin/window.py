@@ -31,6 +31,7 @@ import re
 from fractions import Fraction
 from typing import Any, Iterable, Sequence
 
+
 DEFAULT_WINDOW = "0.2:0.8"
 
 class WindowError(ValueError):

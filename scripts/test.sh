@@ -5,7 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 AXOLOTL_DO_NOT_TRACK=1 DO_NOT_TRACK=1 WANDB_DISABLED=true
+# the real GSM8K beside the checkout (tests/conftest.py does the same when run directly)
+if [ -z "${MIDBLOCK_GSM8K_DIR:-}" ] && [ -f ../shared/data/gsm8k/test.jsonl ]; then
+  export MIDBLOCK_GSM8K_DIR="$(cd ../shared/data/gsm8k && pwd)"
+fi
 bash scripts/setup.sh
+.venv/bin/ruff check .
 .venv/bin/python -m pytest tests --ignore=tests/axolotl -q "$@"
 if [ -f .ci/axolotl-setup.sh ] && [ -d tests/axolotl ]; then
   bash .ci/axolotl-setup.sh

@@ -1,6 +1,7 @@
 import os
 import sys
 
+
 # Nothing may reach a model or data hub during tests.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -2,8 +2,9 @@
 
 import pytest
 
-from midblock_plugin.architecture import ModelLayout, find_decoder_layers, final_norm, num_layers_from_config
+from midblock_plugin.architecture import ModelLayout, final_norm, find_decoder_layers, num_layers_from_config
 from midblock_plugin.window import WindowError
+
 
 def test_num_layers_from_many_config_shapes():
     assert num_layers_from_config({"num_hidden_layers": 30}) == 30

@@ -60,9 +60,9 @@ def test_grad_norms_match_autograd():
     from peft import get_peft_model
 
     from midblock_plugin.adapters import lora_config
-    from midblock_plugin.training import DriftMonitor
     from midblock_plugin.plan import build_plan
     from midblock_plugin.testing import tiny_model
+    from midblock_plugin.training import DriftMonitor
 
     model = tiny_model("mistral", num_layers=L)
     plan = build_plan(model, MidBlockConfig(rank=4))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from midblock_plugin.testing import GSM8K_DIR
 
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "trl" / "sft_midblock.py"
 

@@ -12,6 +12,7 @@ from midblock_plugin.memory import zero3_estimates
 from midblock_plugin.plan import build_plan
 from midblock_plugin.testing import tiny_config, tiny_model
 
+
 GB = 1024**3
 
 

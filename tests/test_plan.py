@@ -21,7 +21,7 @@ def test_plan_counts_are_exact(arch):
     cfg = MidBlockConfig(rank=8)
     plan = build_plan(tiny_config(arch, num_layers=10), cfg)  # from the config alone (meta device)
     assert plan.layers == list(range(2, 8))
-    assert plan.ranks == {i: 13 for i in range(2, 8)}  # floor(8 * 10 / 6)
+    assert plan.ranks == dict.fromkeys(range(2, 8), 13)  # floor(8 * 10 / 6)
     assert plan.full_params == sum(p.numel() for p in model.parameters())
     peft_model = get_peft_model(model, lora_config(plan))
     assert plan.trainable_params == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)

@@ -17,6 +17,7 @@ from midblock_plugin import MidBlockConfig
 from midblock_plugin.integrations.trl import MidBlockCallback, midblock_lora_config
 from midblock_plugin.testing import ARCHITECTURES, gsm8k_rows, tiny_model, tiny_tokenizer
 
+
 L = 6  # window 0.2:0.8 -> layers 1..3
 
 

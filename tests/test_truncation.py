@@ -5,10 +5,10 @@ import torch
 
 from midblock_plugin import MidBlockConfig
 from midblock_plugin.adapters import lora_config
-from midblock_plugin.training import BackwardTruncation
+from midblock_plugin.architecture import find_decoder_layers
 from midblock_plugin.plan import build_plan
 from midblock_plugin.testing import tiny_model
-from midblock_plugin.architecture import find_decoder_layers
+from midblock_plugin.training import BackwardTruncation
 
 
 def _peft_model(window_first_layer_check=True, mode="lora"):

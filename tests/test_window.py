@@ -14,6 +14,7 @@ from midblock_plugin.window import (
     segments_to_layers,
 )
 
+
 # --- the paper (paper-notes.md) ------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from midblock_plugin.testing import GSM8K_DIR, save_tiny
 
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "trl" / "sft_midblock.py"
 COMMON = ["--data", str(GSM8K_DIR / "train.jsonl"), "--num-examples", "16", "--max-steps", "2", "--optim", "sgd", "--lr", "0.5", "--seed", "7", "--lora-dropout", "0", "--sequential"]
@@ -95,7 +96,8 @@ def test_zero3_evaluation_equals_single_process(runs):
     b = json.loads((single_dir / "eval" / "gsm8k.json").read_text())
     assert a["distributed"]["world_size"] == 2 and a["n_samples"] == b["n_samples"] == 3
     assert a["metrics"] == b["metrics"]
-    responses = lambda d: [json.loads(l)["response"] for l in (d / "eval" / "gsm8k.samples.jsonl").read_text().splitlines()]
+    def responses(d):
+        return [json.loads(l)["response"] for l in (d / "eval" / "gsm8k.samples.jsonl").read_text().splitlines()]
     assert responses(ds_dir) == responses(single_dir)  # generation for generation
 
 

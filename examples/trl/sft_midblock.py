@@ -17,8 +17,8 @@ import json
 import os
 import sys
 
-from midblock_plugin.data import gsm8k
 from midblock_plugin.cli.options import add_config_arguments, config_from_args
+from midblock_plugin.data import gsm8k
 
 
 def parse_args(argv=None):

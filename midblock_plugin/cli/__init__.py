@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+
 #: Modules that contribute a subcommand through ``register(subparsers)``.
 SUBCOMMAND_MODULES = (
     "midblock_plugin.cli.plan",

@@ -4,4 +4,5 @@ import sys
 
 from midblock_plugin.cli import main
 
+
 sys.exit(main())

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+
 #: The environment variable naming a local GSM8K directory.
 ENV = "MIDBLOCK_GSM8K_DIR"
 #: ``data_dir`` value that forces the hub dataset even when a local copy is configured.

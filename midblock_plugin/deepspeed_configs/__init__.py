@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 NAMES = ("zero3", "zero3_offload")
 

@@ -20,6 +20,7 @@ from midblock_plugin.config import MidBlockConfig
 from midblock_plugin.plan import MidBlockPlan, build_plan
 from midblock_plugin.training.callback import MidBlockCallback
 
+
 __all__ = ["MidBlockCallback", "MidBlockConfig", "MidBlockPlan", "build_plan", "midblock_lora_config"]
 
 

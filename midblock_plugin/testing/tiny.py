@@ -9,6 +9,7 @@ from typing import Any
 
 from midblock_plugin.data import gsm8k
 
+
 #: The GSM8K directory the tests and benchmarks use: ``$MIDBLOCK_GSM8K_DIR`` (set by
 #: ``tests/conftest.py`` and ``scripts/test.sh``); a path that does not exist when unset.
 GSM8K_DIR = Path(os.environ.get(gsm8k.ENV) or "MIDBLOCK_GSM8K_DIR-is-unset")

@@ -33,6 +33,7 @@ from midblock_plugin.plan import MidBlockPlan, build_plan
 from midblock_plugin.training.drift import DriftMonitor
 from midblock_plugin.training.truncation import BackwardTruncation
 
+
 logger = logging.getLogger("midblock_plugin")
 
 

@@ -22,6 +22,7 @@ import torch
 from midblock_plugin.architecture import decoder_layers
 from midblock_plugin.compat import checkpointing_on, is_reentrant, remove_input_grad_hooks, wrap_checkpoint_function
 
+
 __all__ = ["BackwardTruncation", "checkpointing_on", "is_reentrant"]
 
 

@@ -1,0 +1,117 @@
+"""Every private or version-dependent touch in ``midblock_plugin.compat``, against the
+installed transformers / PEFT / DeepSpeed: an upgrade that breaks one fails here.
+
+The ZeRO-3 release path with a real engine is exercised end to end by the ZeRO-3
+evaluation tests (``tests/test_evaluation_distributed.py``, 2 gloo processes).
+"""
+
+import logging
+
+import pytest
+import torch
+
+from midblock_plugin import compat
+from midblock_plugin.testing import tiny_config, tiny_model, tiny_tokenizer
+
+
+def test_causal_lm_class_is_the_registered_class_and_builds_no_weights():
+    from transformers import LlamaForCausalLM, PretrainedConfig
+
+    assert compat.causal_lm_class(tiny_config("llama")) is LlamaForCausalLM
+    assert compat.causal_lm_class(PretrainedConfig()) is None
+
+
+def test_checkpointing_flags_of_real_training_arguments(tmp_path):
+    from transformers import TrainingArguments
+
+    off = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    on = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], gradient_checkpointing=True,
+                           gradient_checkpointing_kwargs={"use_reentrant": True})
+    assert not compat.checkpointing_on(off) and compat.checkpointing_on(on)
+    assert compat.is_reentrant(on) and not compat.is_reentrant(off)
+
+
+def test_remove_input_grad_hooks_removes_the_orphaned_hook_too():
+    from peft import get_peft_model
+
+    from midblock_plugin.plan import build_plan
+
+    model = tiny_model("llama", num_layers=4)
+    model.enable_input_require_grads()  # the Trainer's call ...
+    model = get_peft_model(model, build_plan(model).lora_config())
+    model.enable_input_require_grads()  # ... and TRL's, which orphans the first hook
+    ids = torch.arange(4, 12).unsqueeze(0)
+    emb = model.get_input_embeddings()
+    assert compat.has_input_grad_hooks(model) and emb(ids).requires_grad
+    assert compat.remove_input_grad_hooks(model) >= 1
+    assert not compat.has_input_grad_hooks(model)
+    assert not emb(ids).requires_grad
+
+
+def test_wrap_checkpoint_function_wraps_and_undoes():
+    model = tiny_model("llama", num_layers=2)
+    layer = model.model.layers[1]
+    assert compat.wrap_checkpoint_function(layer, lambda f: f) is None  # checkpointing off: nothing to wrap
+    model.train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    original = layer._gradient_checkpointing_func
+    calls = []
+
+    def wrapper(fn):
+        def wrapped(*args, **kwargs):
+            calls.append(1)
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    undo = compat.wrap_checkpoint_function(layer, wrapper)
+    ids = torch.arange(4, 12).unsqueeze(0)
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert calls, "the wrapped checkpoint function was not called by transformers"
+    undo()
+    assert layer._gradient_checkpointing_func is original
+
+
+def test_move_callback_to_front_of_a_real_trainer(tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    class Mine(TrainerCallback):
+        pass
+
+    mine = Mine()
+    trainer = Trainer(
+        model=tiny_model("llama", num_layers=2), processing_class=tiny_tokenizer(),
+        args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]),
+        train_dataset=Dataset.from_list([{"input_ids": [1, 2, 3]}]), callbacks=[mine],
+    )
+    assert trainer.callback_handler.callbacks[0] is not mine
+    assert compat.move_callback_to_front(trainer, mine)
+    assert trainer.callback_handler.callbacks[0] is mine
+    assert not compat.move_callback_to_front(trainer, Mine())
+
+
+def test_zero3_helpers_on_a_plain_model(caplog):
+    model = tiny_model("llama", num_layers=2)
+    assert not compat.zero3_partitioned(model.parameters())
+    assert compat.zero3_parameter_offload(model) is None
+
+    class Engine:  # the public route: engine.optimizer.parameter_offload
+        class optimizer:  # noqa: N801
+            parameter_offload = object()
+
+    assert compat.zero3_parameter_offload(model, Engine()) is Engine.optimizer.parameter_offload
+    with caplog.at_level(logging.WARNING, logger="midblock_plugin"):
+        assert compat.release_partitioned_parameters(model) is False
+    assert "parameter coordinator was not found" in caplog.text
+
+
+@pytest.mark.parametrize("name", sorted(compat.INPUT_GRAD_HOOK_NAMES))
+def test_input_grad_hook_names_exist_in_the_installed_libraries(name):
+    import inspect
+
+    import peft.utils.other
+    import transformers.modeling_utils
+
+    sources = inspect.getsource(transformers.modeling_utils) + inspect.getsource(peft.utils.other)
+    assert f"def {name}(" in sources
