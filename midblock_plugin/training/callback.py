@@ -31,10 +31,22 @@ from midblock_plugin.compat import checkpointing_on, is_reentrant, move_callback
 from midblock_plugin.config import MidBlockConfig
 from midblock_plugin.plan import MidBlockPlan, build_plan
 from midblock_plugin.training.drift import DriftMonitor
+from midblock_plugin.training.resume import (
+    check_model_matches_plan,
+    check_resume,
+    last_checkpoint,
+    write_checkpoint_plan,
+)
 from midblock_plugin.training.truncation import BackwardTruncation
 
 
 logger = logging.getLogger("midblock_plugin")
+
+#: What to do about a checkpoint trained with another window (TRL / HF Trainer).
+RESUME_FIX = (
+    "Resume with the MidBlockConfig that checkpoint was trained with (its midblock/plan.json holds it), or "
+    "train into a fresh output_dir without resume_from_checkpoint."
+)
 
 
 class MidBlockCallback(TrainerCallback):
@@ -77,9 +89,14 @@ class MidBlockCallback(TrainerCallback):
         if self.plan is None:
             self.plan = build_plan(model, self.config)
         if self.plan.mode == "full":
+            check_model_matches_plan(model, self.plan)  # a LoRA adapter in full mode would lose the training at save
             self.trainable_params = apply_full_mode(model, self.plan)
         else:
             self.trainable_params = verify_trainable(model, self.plan)
+            check_model_matches_plan(model, self.plan)  # the peft_config: same layers, rank, alpha, targets
+        checkpoint = self._resume_checkpoint(args)
+        if checkpoint is not None:
+            check_resume(checkpoint, self.plan, fix=RESUME_FIX)
         if state.is_world_process_zero:
             if self.verbose:
                 partitioned = any(hasattr(p, "ds_id") for p in model.parameters())
@@ -87,6 +104,19 @@ class MidBlockCallback(TrainerCallback):
                 print(self.plan.summary() + extra, file=sys.stderr, flush=True)
             self._write_json(args, io.PLAN_JSON, {**self.plan.to_json_dict(), "trainable_params_on_model": self.trainable_params})
         return control
+
+    @staticmethod
+    def _resume_checkpoint(args) -> str | None:
+        """The checkpoint named by ``TrainingArguments.resume_from_checkpoint`` (a path, or
+        ``True`` / ``"true"`` for the last one in ``output_dir``), as scripts pass it on to
+        ``trainer.train``."""
+        value = getattr(args, "resume_from_checkpoint", None)
+        if value is None or value is False:
+            return None
+        if value is True or str(value).lower() == "true":
+            found = last_checkpoint(args.output_dir)
+            return str(found) if found is not None else None
+        return str(value)
 
     def _check_reporters(self, args) -> None:
         reporters = [r for r in (getattr(args, "report_to", None) or []) if r not in ("none", None)]
@@ -104,6 +134,9 @@ class MidBlockCallback(TrainerCallback):
             return control
         # Re-check: nothing between init and now may have unfrozen layers outside the window.
         verify_trainable(model, plan)
+        if state.global_step > 0:  # resumed (trainer.train(resume_from_checkpoint=...)): before any step
+            checkpoint = io.artifact(args.output_dir, f"checkpoint-{state.global_step}")
+            check_resume(checkpoint, plan, fix=RESUME_FIX)
         if self.config.truncate_backward and checkpointing_on(args) and self.truncation is None:
             self.truncation = BackwardTruncation(plan.first_layer, reentrant=is_reentrant(args))
             if self.truncation.install(model):
@@ -137,6 +170,14 @@ class MidBlockCallback(TrainerCallback):
         logs.update(metrics)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(metrics)
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        """Each checkpoint carries its plan, so a resume is checked against what it was trained with."""
+        if self.plan is not None and state.is_world_process_zero and getattr(args, "output_dir", None):
+            checkpoint = io.artifact(args.output_dir, f"checkpoint-{state.global_step}")
+            if checkpoint.is_dir():
+                write_checkpoint_plan(checkpoint, {**self.plan.to_json_dict(), "trainable_params_on_model": self.trainable_params})
         return control
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
