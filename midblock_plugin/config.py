@@ -11,10 +11,17 @@ concrete layers and ranks for a given model is :mod:`midblock_plugin.plan`'s job
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from midblock_plugin.window import WindowError, parse_fraction_window, validate_mask
+from midblock_plugin.window import (
+    WindowError,
+    check_one_window_form,
+    parse_fraction_window,
+    read_window_file,
+    validate_mask,
+)
 
 
 MODES = ("lora", "full")
@@ -23,8 +30,18 @@ ALPHA_POLICIES = ("ratio", "fixed")
 TARGET_PRESETS = ("attention", "mlp", "all-linear")
 
 
+def _number(value: Any) -> bool:
+    """A real, finite number (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _string(name: str, value: Any, example: str) -> None:
+    if not isinstance(value, str):
+        raise WindowError(f"{name}={value!r} must be a string, {example}.")
+
+
 def _choice(name: str, value: Any, allowed: Sequence[str]) -> None:
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}.")
 
 
@@ -54,24 +71,34 @@ class MidBlockConfig:
     drift_monitor: bool = field(default=True, metadata={"help": "Log per-layer relative weight change and gradient norm at logging steps."})
 
     def __post_init__(self) -> None:
-        given = [k for k in ("window", "segments", "layers", "window_from") if getattr(self, k) not in (None, "")]
-        if len(given) > 1:
-            raise WindowError(
-                f"give only one of window / segments / layers / window_from (got {', '.join(given)}); remove all but one."
-            )
-        if self.window not in (None, ""):
+        check_one_window_form(**self.window_kwargs())
+        if self.window is not None:
+            _string("window", self.window, "e.g. '0.2:0.8'")
             parse_fraction_window(self.window)  # raises a WindowError naming the value
-        if self.segments not in (None, ""):
+        if self.segments is not None:
+            _string("segments", self.segments, "e.g. '01110' (quote it in YAML)")
             validate_mask(self.segments)
+        if self.layers is not None:
+            if isinstance(self.layers, bool) or not isinstance(self.layers, (str, int, list, tuple)):
+                raise ValueError(f"layers={self.layers!r} must be a layer list such as '3-11', '3,4,9-12' or [3, 4, 5].")
+            if isinstance(self.layers, (str, list, tuple)) and len(self.layers) == 0:
+                raise WindowError(f"layers={self.layers!r} names no layer; use e.g. '3-11' or [3, 4, 5].")
+        if self.window_from is not None:
+            _string("window_from", self.window_from, "the path of an analysis.json written by 'midblock analyze'")
+            read_window_file(self.window_from)  # exists and holds a recommendation
         _choice("mode", self.mode, MODES)
         _choice("budget", self.budget, BUDGETS)
         _choice("alpha_policy", self.alpha_policy, ALPHA_POLICIES)
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"rank={self.rank!r} must be a positive integer (the uniform-LoRA rank r), e.g. 16.")
-        if self.lora_alpha is not None and not (isinstance(self.lora_alpha, (int, float)) and self.lora_alpha > 0):
-            raise ValueError(f"lora_alpha={self.lora_alpha!r} must be a positive number (default 2*rank).")
-        if not 0.0 <= float(self.lora_dropout) < 1.0:
-            raise ValueError(f"lora_dropout={self.lora_dropout!r} must be in [0, 1).")
+        if self.lora_alpha is not None and not (_number(self.lora_alpha) and self.lora_alpha > 0):
+            raise ValueError(f"lora_alpha={self.lora_alpha!r} must be a positive finite number (default 2*rank), e.g. 32.")
+        if not (_number(self.lora_dropout) and 0.0 <= self.lora_dropout < 1.0):
+            raise ValueError(f"lora_dropout={self.lora_dropout!r} must be a number in [0, 1), e.g. 0.05.")
+        for name in ("use_rslora", "train_final_norm", "train_embeddings", "truncate_backward", "drift_monitor"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}={value!r} must be True or False (a bool, not {type(value).__name__}).")
         tm = self.target_modules
         if isinstance(tm, str):
             if tm not in TARGET_PRESETS:
@@ -79,7 +106,7 @@ class MidBlockConfig:
                     f"target_modules={tm!r} is not a preset; choose one of {', '.join(map(repr, TARGET_PRESETS))} "
                     "or give a list of module names such as ['q_proj', 'v_proj']."
                 )
-        elif not (isinstance(tm, (list, tuple)) and tm and all(isinstance(x, str) and x for x in tm)):
+        elif not (isinstance(tm, (list, tuple)) and tm and all(isinstance(x, str) and x.strip() for x in tm)):
             raise ValueError(f"target_modules={tm!r} must be a preset name or a non-empty list of module names.")
         if self.mode == "lora" and (self.train_final_norm or self.train_embeddings):
             raise ValueError(

@@ -44,6 +44,8 @@ class MidBlockPlan:
     trainable_params: int | None = None
     uniform_lora_params: int | None = None
     extra_trainable: list[str] = field(default_factory=list)
+    #: things the user should know about this plan (printed in the summary, kept in plan.json)
+    warnings: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ derived views
     @property
@@ -166,6 +168,7 @@ class MidBlockPlan:
             "full_params": self.full_params,
             "largest_module_params": self.largest_module_params,
             "extra_trainable": list(self.extra_trainable),
+            "warnings": list(self.warnings),
             "midblock_config": self.config.to_dict(),
         }
 
@@ -199,6 +202,7 @@ class MidBlockPlan:
                     f"  vs uniform     LoRA r={self.baseline_rank} on all layers: {self.uniform_lora_params:,} params "
                     f"(ratio {self.trainable_params / self.uniform_lora_params:.3f})"
                 )
+        lines += [f"  warning        {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -257,6 +261,13 @@ def plan_for_layout(layout: ModelLayout, config: MidBlockConfig, layers: list[in
         )
         if plan.mode == "lora":
             plan.trainable_params = sum(layout.lora_params(i, r, plan.target_modules) for i in layers)
+            width, name = min((min(m.in_features, m.out_features), n) for n, m in layout.linears[layers[0]].items()
+                              if n in plan.target_modules)
+            if r > width:
+                plan.warnings.append(
+                    f"rank {r} per layer exceeds the width {width} of {name}: a LoRA update of it has rank at most "
+                    f"{width}, so part of the budget is wasted; lower rank, widen the window or use budget='none'."
+                )
         else:
             plan.trainable_params = sum(layout.layer_params[i] for i in layers)
             if config.train_final_norm:

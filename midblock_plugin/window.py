@@ -198,8 +198,9 @@ WINDOW_FORMS = ("window", "segments", "layers", "window_from")
 
 
 def is_given(value: Any) -> bool:
-    """Whether a window form counts as given (``None`` and ``""`` mean "not given")."""
-    return value is not None and not (isinstance(value, str) and value == "")
+    """Whether a window form counts as given: anything but ``None`` (an empty string is given,
+    and then refused as naming no layer, never taken to mean the default)."""
+    return value is not None
 
 
 def check_one_window_form(names: dict[str, str] | None = None, **forms: Any) -> list[str]:
@@ -245,7 +246,7 @@ def resolve_layers(
                 f"but this model has {num_layers} layers; rerun 'midblock analyze' on this model."
             )
         return explicit_layers(rec["layers"], num_layers)
-    a, b = parse_fraction_window(window or DEFAULT_WINDOW)
+    a, b = parse_fraction_window(DEFAULT_WINDOW if window is None else window)
     return fraction_to_layers(a, b, num_layers)
 
 

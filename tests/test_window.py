@@ -122,7 +122,9 @@ def test_explicit_layer_syntax():
         ({"window": "0.0:0.01"}, r"selects no layer"),
         ({"segments": "00000"}, r"activates no segment.*'1'"),
         ({"segments": "01x10"}, r"stray 'x'"),
-        ({"segments": ""}, None),  # empty string = not given: default window
+        ({"segments": ""}, r"segments=''.*it is empty"),  # issue 11: empty is an error, never "the default"
+        ({"layers": ""}, r"names no layer"),
+        ({"window": ""}, r"window='' is not of the form"),
         ({"layers": "3-40"}, r"layer 40 is out of range.*0\.\.15"),
         ({"layers": "11-3"}, r"runs backwards"),
         ({"layers": "a-b"}, r"cannot read 'a-b'"),
