@@ -126,6 +126,59 @@ def move_callback_to_front(trainer: Any, callback: Any) -> bool:
 
 # --------------------------------------------------------------------------- DeepSpeed
 
+#: The first DeepSpeed release whose ZeRO-3 keeps frozen parameters whole during a non-reentrant
+#: checkpoint recompute (deepspeedai/DeepSpeed PR 8148, transformers issue 47254). Before it,
+#: PEFT / frozen layers + ZeRO-3 + non-reentrant checkpointing fail on the first backward with
+#: "CheckpointError: Recomputed values ... saved shape [64] vs recomputed shape [0]".
+ZERO3_NONREENTRANT_MIN = (0, 19, 3)
+
+
+def deepspeed_version() -> tuple[int, ...] | None:
+    """The installed DeepSpeed version as a tuple, or ``None`` when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        text = version("deepspeed")
+    except PackageNotFoundError:
+        return None
+    parts = []
+    for piece in text.split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def zero3_nonreentrant_ok(version: tuple[int, ...] | None = None) -> bool:
+    """Whether non-reentrant checkpointing works with frozen parameters under ZeRO-3 on this DeepSpeed."""
+    version = deepspeed_version() if version is None else version
+    return version is not None and tuple(version) >= ZERO3_NONREENTRANT_MIN
+
+
+def checkpointing_mode(zero3: bool, requested: bool | None, version: tuple[int, ...] | None = None) -> tuple[bool, str]:
+    """``(use_reentrant, reason)`` for gradient checkpointing of a run with frozen parameters.
+
+    ``requested`` is the user's ``use_reentrant`` (``None``: not set). Non-reentrant is the
+    default (backward truncation then needs no marker at the window's entry); under ZeRO-3 on
+    a DeepSpeed older than :data:`ZERO3_NONREENTRANT_MIN` it crashes, so the default becomes
+    reentrant there, and an explicit non-reentrant request is refused before any work.
+    """
+    version = deepspeed_version() if version is None else version
+    shown = ".".join(map(str, version)) if version else "not installed"
+    need = ".".join(map(str, ZERO3_NONREENTRANT_MIN))
+    broken = zero3 and not zero3_nonreentrant_ok(version)
+    if requested is None:
+        if broken:
+            return True, (f"reentrant: DeepSpeed {shown} < {need} cannot recompute frozen parameters under ZeRO-3 "
+                          "with non-reentrant checkpointing")
+        return False, "non-reentrant (the default)"
+    if requested is False and broken:
+        raise ValueError(
+            f"use_reentrant: false with DeepSpeed ZeRO-3 needs deepspeed>={need} (installed: {shown}); it fails on "
+            "the first backward with 'CheckpointError: Recomputed values ... different metadata'. Upgrade DeepSpeed "
+            "(pip install 'deepspeed>=" + need + "'), or set use_reentrant: true, or leave it unset."
+        )
+    return bool(requested), "as configured"
+
 
 def zero3_partitioned(params: Any) -> bool:
     """Whether any of ``params`` is a ZeRO-3 partitioned parameter (``ds_id`` is set)."""

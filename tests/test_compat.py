@@ -115,3 +115,17 @@ def test_input_grad_hook_names_exist_in_the_installed_libraries(name):
 
     sources = inspect.getsource(transformers.modeling_utils) + inspect.getsource(peft.utils.other)
     assert f"def {name}(" in sources
+
+
+def test_checkpointing_mode_follows_the_deepspeed_version():
+    old, new = (0, 18, 9), (0, 19, 8)
+    assert compat.checkpointing_mode(zero3=True, requested=None, version=old)[0] is True
+    assert compat.checkpointing_mode(zero3=True, requested=None, version=new) == (False, "non-reentrant (the default)")
+    assert compat.checkpointing_mode(zero3=False, requested=None, version=old)[0] is False
+    assert compat.checkpointing_mode(zero3=True, requested=True, version=old) == (True, "as configured")
+    with pytest.raises(ValueError, match=r"use_reentrant: false with DeepSpeed ZeRO-3 needs deepspeed>=0\.19\.3 \(installed: 0\.18\.9\)"):
+        compat.checkpointing_mode(zero3=True, requested=False, version=old)
+    # the installed DeepSpeed is read from its metadata
+    import deepspeed
+
+    assert compat.deepspeed_version()[:2] == tuple(int(x) for x in deepspeed.__version__.split(".")[:2])
