@@ -100,6 +100,36 @@ def load_config(model_or_path: Any, **kwargs: Any) -> Any:
     return getattr(model_or_path, "config", model_or_path)
 
 
+def check_decoder(config: Any, shown: str = "the model", *, trust_remote_code: bool = False) -> None:
+    """``config`` is a decoder-only causal LM that transformers can build and midblock can count layers of."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    from midblock_plugin.compat import causal_lm_class
+
+    model_type = getattr(config, "model_type", None) or type(config).__name__
+    arch = ", ".join(getattr(config, "architectures", None) or []) or type(config).__name__
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(
+            f"{shown} is an encoder-decoder model ({model_type}: {arch}); midblock tunes decoder-only causal "
+            "language models (Llama, Qwen, OLMo, Mistral, Gemma, Phi, GPT-2, ...)."
+        )
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        raise ValueError(
+            f"{shown} is an encoder ({model_type}: {arch}, a masked language model), not a decoder; midblock tunes "
+            "decoder-only causal language models. (A config with \"is_decoder\": true is accepted.)"
+        )
+    custom = bool((getattr(config, "auto_map", None) or {}).get("AutoModelForCausalLM")) and trust_remote_code
+    if causal_lm_class(config) is None and not custom:
+        raise ValueError(
+            f"{shown} ({model_type}: {arch}) has no causal-LM class in transformers (AutoModelForCausalLM does not "
+            "support it); midblock tunes decoder-only causal language models."
+        )
+    try:
+        num_layers_from_config(config)
+    except WindowError as exc:
+        raise ValueError(f"{shown}: {exc}") from None
+
+
 def meta_model(config: Any) -> Any:
     """A shape-only (meta-device) causal LM of ``config``: no weights, no memory."""
     import torch
@@ -271,7 +301,10 @@ class ModelLayout:
 
     @classmethod
     def from_config(cls, config: Any) -> "ModelLayout":
-        """From a transformers config: a meta-device model is built to read shapes."""
+        """From a transformers config: a meta-device model is built to read shapes (after
+        :func:`check_decoder` refused encoder-decoder and encoder models with a clear message)."""
+        check_decoder(config, f"the model {getattr(config, '_name_or_path', '') or getattr(config, 'model_type', '')!r}",
+                      trust_remote_code=True)
         return cls._from_module(meta_model(config), config)
 
     @classmethod

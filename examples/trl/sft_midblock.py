@@ -14,11 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
 
-from midblock_plugin.cli.options import add_config_arguments, config_from_args
+from midblock_plugin import checks
+from midblock_plugin.cli.options import add_config_arguments, config_from_args, join_dash_values
 from midblock_plugin.data import gsm8k
+
+
+TINY_LAYERS = 8  # --model tiny: a random 8-layer Llama
 
 
 def parse_args(argv=None):
@@ -48,45 +54,149 @@ def parse_args(argv=None):
     g.add_argument("--eval-baseline", action="store_true", help="also evaluate the untrained model at train start")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)  # the deepspeed launcher adds it
     add_config_arguments(p)
-    return p.parse_args(argv)
+    # "--layers -4--1": a value that starts with "-" is joined to its flag, as in the midblock CLI
+    return p.parse_args(join_dash_values(list(sys.argv[1:] if argv is None else argv)))
+
+
+def check_numbers(args) -> None:
+    """Degenerate training values (zero, negative, infinite, NaN) are errors naming the flag."""
+    def bad(flag, value, allowed):
+        raise ValueError(f"{flag} {value}: {allowed}.")
+
+    if args.num_examples is not None and args.num_examples < 1:
+        bad("--num-examples", args.num_examples, "give a positive number of rows, or omit it for all rows")
+    if args.max_steps == 0 or args.max_steps < -1:
+        bad("--max-steps", args.max_steps, "give a positive number of steps, or -1 to train for --epochs")
+    if args.max_steps == -1 and not (math.isfinite(args.epochs) and args.epochs > 0):
+        bad("--epochs", args.epochs, "give a positive, finite number of epochs (or --max-steps N)")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        bad("--lr", args.lr, "give a positive, finite learning rate, e.g. 1e-4")
+    for flag, value in (("--batch-size", args.batch_size), ("--grad-accum", args.grad_accum),
+                        ("--logging-steps", args.logging_steps)):
+        if value < 1:
+            bad(flag, value, "must be an integer >= 1")
+    if args.max_length < 2:
+        bad("--max-length", args.max_length, "must be an integer >= 2 (tokens per training sequence)")
+    if not 0 <= args.seed < 2**32:
+        bad("--seed", args.seed, "must be an integer in [0, 2**32)")
+
+
+def check_setup(args) -> None:
+    """Packages, the output directory, the DeepSpeed config, the optimizer and the model
+    directory: everything else that can be checked before any weights load."""
+    for module in ("torch", "transformers", "trl", "datasets", "accelerate"):
+        checks.check_dependency(module, "examples/trl/sft_midblock.py")
+    if args.mode == "lora":
+        checks.check_dependency("peft", "--mode lora")
+    if args.eval_limit is not None:
+        checks.check_dependency("lm_eval", "--eval-limit")
+    checks.check_output_dir(args.output_dir, "--output-dir")
+    if args.deepspeed:
+        from midblock_plugin.deepspeed_configs import NAMES, config_path
+
+        checks.check_dependency("deepspeed", "--deepspeed")
+        if args.deepspeed not in NAMES:
+            if not os.path.isfile(args.deepspeed):
+                raise FileNotFoundError(
+                    f"--deepspeed {args.deepspeed!r}: not a shipped config ({', '.join(NAMES)}) and no such JSON file."
+                )
+            checks.read_json_object(args.deepspeed, "--deepspeed")
+        config_path(args.deepspeed)
+    if args.optim != "adamw_torch":
+        from transformers.training_args import OptimizerNames
+
+        names = [o.value for o in OptimizerNames]
+        if args.optim not in names:
+            raise ValueError(f"--optim {args.optim!r} is not an optimizer the HF Trainer knows; choose one of {', '.join(names)}.")
+    if args.model != "tiny":
+        checks.check_model_dir(args.model, "--model", weights=True)
+
+
+_EVAL_FLAGS = {"limit": "--eval-limit", "num_fewshot": "--eval-fewshot", "max_gen_toks": "--eval-max-gen-toks",
+               "data_dir": "--eval-data-dir"}
+
+
+def eval_settings_from_args(args):
+    """The end-of-training evaluation (``None`` without --eval-limit); errors name the flags."""
+    if args.eval_limit is None:
+        return None
+    from midblock_plugin.evaluation import EvalSettings
+
+    try:
+        return EvalSettings(limit=args.eval_limit, num_fewshot=args.eval_fewshot, max_gen_toks=args.eval_max_gen_toks,
+                            data_dir=args.eval_data_dir, baseline=args.eval_baseline, save_samples=True)
+    except (ValueError, FileNotFoundError) as exc:
+        text = re.sub(r"\b(limit|num_fewshot|max_gen_toks|data_dir)(=|:)",
+                      lambda m: _EVAL_FLAGS[m.group(1)] + (" " if m.group(2) == "=" else ":"), str(exc))
+        raise type(exc)(text) from None
 
 
 def load_rows(path: str, n: int | None) -> list[dict]:
+    """The first ``n`` training rows of a JSONL file; every line is parsed and checked, and an
+    error names the file and the line."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"--data {path!r} does not exist; give a JSONL of question/answer or messages rows.")
+    if not os.path.isfile(path):
+        raise ValueError(f"--data {path!r} is a directory, not a JSONL file of question/answer or messages rows.")
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if "messages" in row:
-                rows.append({"messages": row["messages"]})
-            elif "question" in row and "answer" in row:
-                rows.append({"text": gsm8k.training_text(row)})
-            elif "text" in row:
-                rows.append({"text": row["text"]})
-            else:
-                raise ValueError(f"--data {path}:{lineno}: a row needs 'question'+'answer', 'messages' or 'text' (got {sorted(row)}).")
-            if n is not None and len(rows) >= n:
-                break
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                row = _parse_row(line, f"--data {path}:{lineno}")
+                if n is None or len(rows) < n:
+                    rows.append(row)
+    except UnicodeDecodeError:
+        raise ValueError(f"--data {path!r} is not UTF-8 text; give a JSONL file.") from None
     if not rows:
         raise ValueError(f"--data {path!r} holds no rows.")
     return rows
 
 
+def _parse_row(line: str, where: str) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno}); write one JSON object per line.") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: a row must be a JSON object with 'question'+'answer', 'messages' or 'text' "
+                         f"(got a JSON {type(row).__name__}).")
+    if "messages" in row:
+        msgs = row["messages"]
+        if not (isinstance(msgs, list) and msgs and all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)):
+            raise ValueError(f"{where}: 'messages' must be a non-empty list of {{\"role\": ..., \"content\": ...}} objects.")
+        return {"messages": msgs}
+    if "question" in row and "answer" in row:
+        if not (isinstance(row["question"], str) and isinstance(row["answer"], str)):
+            raise ValueError(f"{where}: 'question' and 'answer' must be strings.")
+        return {"text": gsm8k.training_text(row)}
+    if "text" in row:
+        if not isinstance(row["text"], str) or not row["text"].strip():
+            raise ValueError(f"{where}: 'text' must be a non-empty string.")
+        return {"text": row["text"]}
+    raise ValueError(f"{where}: a row needs 'question'+'answer', 'messages' or 'text' (got {sorted(row)}).")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        mb = config_from_args(args)  # bad windows / options fail here, before any weights load
+        # Everything that needs only the arguments, files and config.json, before any weights load.
+        mb = config_from_args(args)
+        check_numbers(args)
         rows = load_rows(args.data, args.num_examples)
-        eval_settings = None
-        if args.eval_limit is not None:
-            from midblock_plugin.evaluation import EvalSettings
+        eval_settings = eval_settings_from_args(args)
+        check_setup(args)
+        from midblock_plugin.integrations.trl import build_plan
 
-            eval_settings = EvalSettings(limit=args.eval_limit, num_fewshot=args.eval_fewshot, max_gen_toks=args.eval_max_gen_toks,
-                                         data_dir=args.eval_data_dir, baseline=args.eval_baseline, save_samples=True)
-    except (ValueError, FileNotFoundError) as exc:
+        # The plan is built once, from config.json only: the window is checked against the model here.
+        if args.model == "tiny":
+            from midblock_plugin.testing import tiny_config
+
+            plan = build_plan(tiny_config("llama", num_layers=TINY_LAYERS), mb)
+        else:
+            plan = build_plan(args.model, mb)
+    except (ValueError, OSError, ImportError) as exc:
         print(f"sft_midblock.py: error: {exc}", file=sys.stderr)
         return 2
 
@@ -95,10 +205,8 @@ def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from midblock_plugin.integrations.trl import MidBlockCallback, build_plan
+    from midblock_plugin.integrations.trl import MidBlockCallback
 
-    # The plan is built once, from config.json only: the window is checked before the weights load.
-    plan = build_plan(args.model, mb) if args.model != "tiny" else None
     cpu = not torch.cuda.is_available()
     extra = {}
     if args.deepspeed:
@@ -138,15 +246,13 @@ def main(argv=None) -> int:
     if args.model == "tiny":
         from midblock_plugin.testing import tiny_model, tiny_tokenizer
 
-        model, tok = tiny_model("llama", num_layers=8, seed=args.seed), tiny_tokenizer()
+        model, tok = tiny_model("llama", num_layers=TINY_LAYERS, seed=args.seed), tiny_tokenizer()
     else:
         tok = AutoTokenizer.from_pretrained(args.model)
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if args.bf16 else torch.float32)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
 
-    if plan is None:
-        plan = build_plan(model, mb)
     peft_config = plan.lora_config() if plan.mode == "lora" else None
     callback = MidBlockCallback(plan=plan)
     trainer = SFTTrainer(

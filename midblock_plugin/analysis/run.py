@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from midblock_plugin import architecture
+from midblock_plugin import architecture, checks
 from midblock_plugin.analysis.collect import (
     LayerCollector,
     Readout,
@@ -142,6 +142,15 @@ class AnalysisConfig:
     tuned_kind: Optional[str] = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        for name, value in (("base", self.base), ("tuned", self.tuned), ("tokenizer", self.tokenizer)):
+            if value is None and name != "base":
+                continue
+            if not isinstance(value, (str, os.PathLike)):
+                raise ValueError(f"{name}={value!r} must be a model directory or hub id (a string).")
+        for name in ("early_exit", "weight_stats", "progress"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}={value!r} must be True or False (a bool, not {type(value).__name__}).")
         for name, low in (("num_prompts", 2), ("max_length", 2), ("batch_size", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -155,17 +164,39 @@ class AnalysisConfig:
         dev = str(self.device)
         if dev not in ("auto", "cpu", "cuda", "mps") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
             raise ValueError(f"--device={dev!r}: use auto, cpu, cuda, cuda:N or mps.")
+        checks.check_device(dev, "--device")
+        self.base, self.tuned = os.fspath(self.base), None if self.tuned is None else os.fspath(self.tuned)
         check_model_path(self.base, "BASE")
         if self.tokenizer:
             check_model_path(self.tokenizer, "--tokenizer")
         if self.tuned is not None:
             self.tuned_kind = detect_tuned_kind(self.tuned)
         check_prompt_source(self.prompts, self.data_dir, self.split)
+        check_pair(self)
 
     @property
     def mode(self) -> str:
         """``"pair"`` with a TUNED model, else ``"single"``."""
         return "single" if self.tuned is None else "pair"
+
+
+def check_pair(config: "AnalysisConfig") -> None:
+    """BASE (and TUNED) from ``config.json`` and the adapter files alone, before any weights
+    load: each is a decoder with weights; a TUNED model has BASE's architecture, depth and
+    width; a TUNED adapter fits BASE (layers, modules, widths)."""
+    cb = checks.check_model_dir(config.base, "BASE", weights=True)
+    if config.tuned_kind == "adapter":
+        checks.check_adapter(config.tuned, cb, "TUNED", base_flag="BASE")
+    elif config.tuned_kind == "model":
+        ct = checks.check_model_dir(config.tuned, "TUNED", weights=True)
+        arch_b = (getattr(cb, "architectures", None) or [type(cb).__name__])[0]
+        arch_t = (getattr(ct, "architectures", None) or [type(ct).__name__])[0]
+        if type(cb) is not type(ct):
+            raise ValueError(
+                f"BASE is a {arch_b} ({cb.model_type}) but TUNED is a {arch_t} ({ct.model_type}); give a TUNED "
+                "checkpoint fine-tuned from BASE (same architecture)."
+            )
+        _check_pair_configs(config, cb, ct)
 
 
 @dataclass
@@ -237,10 +268,10 @@ def _resolve_device_dtype(config: AnalysisConfig) -> tuple[Any, Any]:
     return device, dtype
 
 
-def _check_pair_configs(config: AnalysisConfig) -> None:
+def _check_pair_configs(config: AnalysisConfig, cb: Any = None, ct: Any = None) -> None:
     """Compare layer count and width of BASE and a full TUNED model before loading weights."""
-    cb = architecture.load_config(config.base)
-    ct = architecture.load_config(config.tuned)
+    cb = cb if cb is not None else architecture.load_config(config.base)
+    ct = ct if ct is not None else architecture.load_config(config.tuned)
     lb, lt = architecture.num_layers_from_config(cb), architecture.num_layers_from_config(ct)
     db = getattr(cb, "hidden_size", None) or getattr(cb, "n_embd", None)
     dt = getattr(ct, "hidden_size", None) or getattr(ct, "n_embd", None)

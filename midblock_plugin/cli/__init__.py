@@ -47,13 +47,29 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from midblock_plugin.window import WindowError
-
     try:
         return int(args.func(args) or 0)
-    except (WindowError, ValueError, FileNotFoundError) as exc:
-        print(f"midblock {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"midblock {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ImportError) as exc:  # WindowError, json and config errors are ValueErrors
+        print(f"midblock {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return 2
+
+
+def user_message(exc: BaseException) -> str:
+    """The one-line message of a user error (ValueError, OSError, ImportError): the path of an
+    OS error and the install command of a missing optional package are always named."""
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:  # raised by the OS, not by midblock
+        text = f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, ImportError):
+        from midblock_plugin.checks import INSTALL_HINTS, MissingDependency
+
+        top = (exc.name or "").split(".")[0]
+        if not isinstance(exc, MissingDependency) and top in INSTALL_HINTS:
+            text = f"{text}; the optional package {INSTALL_HINTS[top][0]!r} is missing: {INSTALL_HINTS[top][1]}."
+    return text
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -77,7 +77,14 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Run the analysis, write the reports, print a summary (or the JSON). Returns 0."""
-    config = config_from_args(args)
+    from midblock_plugin import checks
+
+    checks.check_output_dir(args.output_dir, "--output-dir")
+    if not args.no_figure:
+        checks.check_dependency("matplotlib", "the figure analysis.png (skip it with --no-figure)")
+    config = config_from_args(args)  # BASE / TUNED / prompts / device checked here, before any weights load
+    if config.tuned_kind == "adapter":
+        checks.check_dependency("peft", "an adapter TUNED")
     from transformers.utils import logging as hf_logging
 
     from midblock_plugin.analysis.report import summary_table, to_json, write_reports

