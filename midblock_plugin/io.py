@@ -8,10 +8,18 @@ A run directory (a trainer's ``output_dir``, or ``midblock run --output-dir``) h
 ``eval/<task>.json``            lm-eval results (:data:`EVAL_SUBDIR`); ``eval/error.json`` on failure
 ``analysis/analysis.json``      the layer-wise analysis (+ ``.csv``, ``.png``)
 ``report.md``, ``results.json`` the main job's report and its numbers
+``loss_curves.png``, ``drift.png`` the main job's figures (:data:`JOB_LOSS_PNG`, :data:`JOB_DRIFT_PNG`)
+``base/``, ``variant-<mask>/``  the job's untrained baseline and one trainer ``output_dir`` per variant
+``midblock-run.json``           the job's status: running / complete / incomplete (:data:`RUN_STATUS_JSON`)
+``.midblock.lock``              held (``flock``) while a job runs in the directory (:data:`RUN_LOCK`)
 ==============================  ==================================================
 
 Every JSON file is written atomically (a temporary file, then ``os.replace``), so a
 reader never sees half a file, and with NaN / infinity written as ``null``.
+
+A job's directory is guarded by :class:`RunDirectory`: one run at a time (a lock), never
+over a previous run's files unless asked (``overwrite``, which removes them first), and a
+status file that says ``complete`` only once the run's last file is written.
 
 >>> json_safe({"a": float("nan"), "b": (1, 2.5)})
 {'a': None, 'b': [1, 2.5]}
@@ -19,12 +27,18 @@ reader never sees half a file, and with NaN / infinity written as ``null``.
 
 from __future__ import annotations
 
+import datetime as _dt
+import errno
 import json
 import math
 import os
+import shlex
+import shutil
+import socket
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Optional
 
 
 #: The subdirectory of a run directory that holds midblock's own training artifacts.
@@ -39,6 +53,21 @@ ANALYSIS_CSV = "analysis.csv"
 ANALYSIS_PNG = "analysis.png"
 REPORT_MD = "report.md"
 RESULTS_JSON = "results.json"
+#: The main job's figures (``midblock run`` / ``compare``), at the top of its directory.
+JOB_LOSS_PNG = "loss_curves.png"
+JOB_DRIFT_PNG = "drift.png"
+#: The job's untrained baseline (its lm-eval results), its analysis, and one directory per variant.
+BASE_SUBDIR = "base"
+ANALYSIS_SUBDIR = "analysis"
+VARIANT_PREFIX = "variant-"
+#: The job's status file (``running`` / ``complete`` / ``incomplete``) and its lock file.
+RUN_STATUS_JSON = "midblock-run.json"
+RUN_LOCK = ".midblock.lock"
+#: Everything a job writes at the top of its directory (glob patterns): a previous run's
+#: files, which :class:`RunDirectory` refuses to mix with, and removes on ``overwrite``.
+#: (``.*.tmp``: what an atomic write leaves when its process is killed.) Other files are left alone.
+JOB_ARTIFACTS = (RUN_STATUS_JSON, REPORT_MD, RESULTS_JSON, JOB_LOSS_PNG, JOB_DRIFT_PNG, BASE_SUBDIR,
+                 ANALYSIS_SUBDIR, f"{VARIANT_PREFIX}*", RUN_SUBDIR, EVAL_SUBDIR, ".*.tmp")
 
 #: The one environment variable for midblock's cache (converted models, generated lm-eval tasks).
 CACHE_ENV = "MIDBLOCK_CACHE_DIR"
@@ -94,6 +123,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(fd, 0o666 & ~mask)  # mkstemp makes 0600 files; outputs are as readable as any other file
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -117,3 +149,243 @@ def write_jsonl(path: str | os.PathLike, rows: Any) -> Path:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+# ---------------------------------------------------------------------------- run directories
+RUNNING, COMPLETE, INCOMPLETE = "running", "complete", "incomplete"
+
+
+class RunDirectoryError(ValueError):
+    """A run directory that cannot be used now: another run holds it, or it holds a previous run."""
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def pid_alive(pid: Any) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def run_status(run_dir: str | os.PathLike) -> Optional[dict]:
+    """The job status of ``run_dir`` (:data:`RUN_STATUS_JSON`), ``None`` without a status file.
+
+    ``status`` is ``running``, ``complete`` or ``incomplete``; a ``running`` status whose
+    process is gone (same host, pid not alive) reads as ``incomplete`` (``"stale": true``),
+    and an unreadable status file as ``incomplete`` too."""
+    path = Path(run_dir) / RUN_STATUS_JSON
+    if not path.exists():
+        return None
+    try:
+        doc = read_json(path)
+        if not isinstance(doc, dict) or doc.get("status") not in (RUNNING, COMPLETE, INCOMPLETE):
+            raise ValueError("no status")
+    except (OSError, ValueError) as exc:
+        return {"status": INCOMPLETE, "error": f"unreadable {RUN_STATUS_JSON} ({type(exc).__name__})"}
+    if doc["status"] == RUNNING and doc.get("host") in (None, socket.gethostname()) and not pid_alive(doc.get("pid")):
+        doc = {**doc, "status": INCOMPLETE, "stale": True,
+               "error": doc.get("error") or f"the process (pid {doc.get('pid')}) ended without finishing the run"}
+    return doc
+
+
+def _lock(fd: int) -> None:
+    """Take an exclusive, non-blocking lock on ``fd``; ``BlockingIOError`` when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover  (Windows)
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError as exc:
+            raise BlockingIOError(errno.EWOULDBLOCK, str(exc)) from None
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise BlockingIOError(exc.errno, str(exc)) from None
+        raise
+
+
+class RunDirectory:
+    """The guard of one job's output directory; a context manager.
+
+    ``with RunDirectory(out, overwrite=False) as run:`` takes an exclusive lock on
+    ``<out>/.midblock.lock`` (non-blocking: a second concurrent run fails at once, naming
+    the directory and the other run's pid) and refuses a directory that holds a previous
+    run's files (any of ``artifacts``: a finished run, an incomplete one, or files of a run
+    without a status file) unless ``overwrite``. Nothing is written yet, so checks that
+    can still fail (e.g. the data) go here. ``run.start()`` then removes the previous
+    run's files (``overwrite``) and marks the run ``running`` (pid, host, start time,
+    command line). On leaving the block the status becomes ``complete`` (with what
+    :meth:`finish` recorded), or ``incomplete`` with the error (an exception, or
+    ``KeyboardInterrupt``) after a started run failed; the lock is released either way.
+    A run killed outright stays ``running`` with a dead pid, which :func:`run_status`
+    reads as ``incomplete``.
+
+    Files that are not a run's (not in ``artifacts``) are never removed and never block.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False, command: Optional[Iterable[str]] = None,
+                 artifacts: Iterable[str] = JOB_ARTIFACTS, overwrite_flag: str = "--overwrite",
+                 elsewhere: str = "another --output-dir", log: Optional[Callable[[str], None]] = None):
+        if not str(path).strip():
+            raise RunDirectoryError("the output directory is empty; give a directory, e.g. --output-dir runs/first.")
+        self.path = Path(path)
+        self.overwrite = bool(overwrite)
+        self.command = list(sys.argv if command is None else command)
+        self.artifacts = tuple(artifacts)
+        self.overwrite_flag = overwrite_flag
+        self.elsewhere = elsewhere
+        self.log = log
+        self.status_path = self.path / RUN_STATUS_JSON
+        self.lock_path = self.path / RUN_LOCK
+        self.previous: Optional[dict] = None
+        self.info: dict[str, Any] = {}
+        self._fd: Optional[int] = None
+        self._status: Optional[dict] = None
+
+    # ------------------------------------------------------------ the previous run
+    def previous_files(self) -> list[Path]:
+        """The entries of the directory that a previous run wrote (matches of ``artifacts``)."""
+        if not self.path.is_dir():
+            return []
+        found: dict[str, Path] = {}
+        for pattern in self.artifacts:
+            for p in self.path.glob(pattern):
+                if p.name != RUN_LOCK:
+                    found[p.name] = p
+        return [found[k] for k in sorted(found)]
+
+    def _refusal(self, files: list[Path]) -> str:
+        how = f"Pass {self.overwrite_flag} to remove its files and run again there, or choose {self.elsewhere}."
+        st = self.previous
+        if st is None:
+            names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in files[:6]) + (", ..." if len(files) > 6 else "")
+            return (f"{self.path} holds files of an earlier midblock run ({names}) and no {RUN_STATUS_JSON} saying "
+                    f"whether it finished. {how}")
+        if st["status"] == COMPLETE:
+            when = f" (finished {st['finished']})" if st.get("finished") else ""
+            return f"{self.path} already holds a finished midblock run{when}; a new run would replace its report. {how}"
+        why = st.get("error") or "it did not finish"
+        if st["status"] == RUNNING:  # a live pid that holds no lock: another host, or a reused pid
+            why = (f"it is marked running by pid {st.get('pid')} on {st.get('host')}, which holds no lock "
+                   "(killed, or running on another machine)")
+        when = f" (started {st['started']})" if st.get("started") else ""
+        return (f"{self.path} holds an incomplete midblock run{when}: {why}. Its files may not match each other. {how}")
+
+    # ------------------------------------------------------------ lock
+    def _holder(self) -> str:
+        try:
+            text = self.lock_path.read_text(encoding="utf-8").split()
+        except OSError:
+            text = []
+        pid = text[0] if text else None
+        if pid is None:
+            st = run_status(self.path)
+            pid = st.get("pid") if st and st.get("status") == RUNNING else None
+        return f"pid {pid}" if pid else "pid unknown"
+
+    def acquire(self) -> "RunDirectory":
+        """Lock the directory (creating it) and check it holds no previous run (unless ``overwrite``)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirectoryError(f"{self.path} is a file, not a directory; choose {self.elsewhere}.")
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _lock(fd)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunDirectoryError(
+                f"{self.path} is in use: another midblock run ({self._holder()}) holds its lock {self.lock_path}. "
+                f"Wait for it to finish, or choose {self.elsewhere}."
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+            self.previous = run_status(self.path)
+            files = self.previous_files()
+            if files and not self.overwrite:
+                raise RunDirectoryError(self._refusal(files))
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def release(self) -> None:
+        """Release the lock (the lock file stays: removing it would race with a new run's lock)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.ftruncate(fd, 0)
+            except OSError:
+                pass
+            os.close(fd)  # closing the descriptor drops the flock
+
+    # ------------------------------------------------------------ the run
+    @property
+    def started(self) -> bool:
+        return self._status is not None
+
+    def start(self, **info: Any) -> "RunDirectory":
+        """Remove the previous run's files (``overwrite``) and mark the run ``running``."""
+        if self._fd is None:
+            raise RuntimeError("RunDirectory.start() outside its 'with' block")
+        if self.started:
+            return self
+        removed = []
+        for p in self.previous_files():
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p.name)
+        if removed and self.log:
+            self.log(f"midblock: {self.overwrite_flag}: removed the previous run's files in {self.path}: {', '.join(removed)}")
+        self._status = {"status": RUNNING, "pid": os.getpid(), "host": socket.gethostname(), "started": _now(),
+                        "command": shlex.join(self.command), "cwd": os.getcwd(), **info}
+        if removed:
+            self._status["replaced"] = {"files": removed, "status": (self.previous or {}).get("status")}
+        write_json(self.status_path, self._status)
+        return self
+
+    def finish(self, **info: Any) -> None:
+        """Record ``info`` (e.g. the report's path) for the ``complete`` status written on leaving the block."""
+        self.info.update(info)
+
+    def __enter__(self) -> "RunDirectory":
+        return self.acquire()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if self.started:
+                if exc_type is None:
+                    status = {**self._status, **self.info, "status": COMPLETE, "finished": _now()}
+                else:
+                    error = exc_type.__name__ + (f": {exc}" if str(exc) else "")
+                    status = {**self._status, **self.info, "status": INCOMPLETE, "finished": _now(), "error": error}
+                self._status = status
+                write_json(self.status_path, status)
+        finally:
+            self.release()
+        return False

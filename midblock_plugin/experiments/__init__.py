@@ -12,8 +12,13 @@ One module per concern:
 :mod:`.measures`    peak memory, held-out answer loss, training step time
 :mod:`.train`       load the base model, train one variant, evaluate, analyse
 :mod:`.report`      figures, ``report.md`` and ``results.json``
-:mod:`.jobs`        :func:`run_job` and :func:`compare`
+:mod:`.jobs`        :func:`run_job` and :func:`compare`: every check before any model loads,
+                    the run directory guarded by :class:`midblock_plugin.io.RunDirectory`
 ==================  ==========================================================
+
+A directory that holds a previous run (finished or not) is refused unless ``overwrite``
+(``--overwrite``), which removes that run's files first; ``midblock-run.json`` says
+``running``, then ``complete`` or ``incomplete`` (with the error).
 """
 
 from midblock_plugin.experiments.jobs import compare, run_job  # noqa: F401

@@ -7,12 +7,15 @@ recipe sizes: bf16, batch 4 x grad-accum 8, 2,000 examples, 1 epoch, 128 tokens)
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Any, Optional
 
 from midblock_plugin.cli.options import DEFAULT_SEGMENTS
 from midblock_plugin.config import MidBlockConfig
 from midblock_plugin.models import DEFAULT_MODEL
+from midblock_plugin.window import WindowError, validate_mask
 
 
 PRESETS = {
@@ -22,6 +25,51 @@ PRESETS = {
 }
 #: The windows ``midblock compare`` trains by default: uniform, the mid block, and two single segments.
 DEFAULT_VARIANTS = ("11111", "01110", "01000", "00001")
+
+#: Integer options and their smallest allowed value (``max_steps`` also takes -1 = one epoch).
+_MIN_INT = {"rank": 1, "num_examples": 1, "max_steps": 1, "batch_size": 1, "grad_accum": 1, "max_length": 8,
+            "eval_limit": 1, "num_fewshot": 0, "max_gen_toks": 1, "eval_batch_size": 1, "heldout": 1,
+            "analysis_prompts": 2, "seed": 0}
+_MEANING = {
+    "rank": "the uniform-LoRA rank r", "num_examples": "GSM8K training examples", "max_steps": "optimizer steps",
+    "batch_size": "examples per device step", "grad_accum": "gradient-accumulation steps",
+    "max_length": "tokens per training example", "eval_limit": "GSM8K test questions scored",
+    "num_fewshot": "few-shot examples per prompt", "max_gen_toks": "generated tokens per answer",
+    "eval_batch_size": "generation batch size", "heldout": "held-out GSM8K test rows for the answer loss",
+    "analysis_prompts": "GSM8K prompts of the layer-wise analysis", "seed": "the random seed",
+}
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a :class:`JobOptions` field: ``heldout`` -> ``--heldout``."""
+    return "--" + name.replace("_", "-")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _masks(name: str, value: Any, single: bool = False) -> tuple[str, ...]:
+    """A comma-separated string or a sequence of segment masks (``single``: one mask), each checked;
+    no blank entry, no repeat."""
+    items = ([value] if single else value.split(",")) if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+        raise ValueError(f"{flag(name)} {value!r}: must be comma-separated segment masks, e.g. 11111,01110.")
+    masks = tuple(v.strip() for v in items)
+    if not masks or not any(masks):
+        example = "01110" if single else "11111,01110"
+        raise ValueError(f"{flag(name)} {value!r}: is empty; give {'a' if single else 'at least one'} segment mask, e.g. {example}.")
+    if "" in masks:
+        raise ValueError(f"{flag(name)} {value!r}: has an empty entry; give comma-separated segment masks, e.g. 11111,01110.")
+    for m in masks:
+        try:
+            validate_mask(m)
+        except WindowError as exc:
+            raise WindowError(f"{flag(name)} {value!r}: {exc}") from None
+    dup = sorted({m for m in masks if masks.count(m) > 1})
+    if dup:
+        raise ValueError(f"{flag(name)} {value!r}: names {', '.join(dup)} more than once; list each variant once.")
+    return masks
 
 
 @dataclass
@@ -53,6 +101,48 @@ class JobOptions:
     skip_eval: bool = False
     skip_analysis: bool = False
     variants: tuple = DEFAULT_VARIANTS
+    #: Replace a previous run in ``output_dir`` (its files are removed first); without it such a directory is refused.
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every option that is set (``None`` = from the preset); a ``ValueError`` naming the
+        flag, the value and the allowed range. Called on construction, so before any work."""
+        if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir).strip():
+            raise ValueError(f"--output-dir {self.output_dir!r}: give a directory, e.g. --output-dir runs/first.")
+        if not isinstance(self.model, (str, os.PathLike)) or not str(self.model).strip():
+            raise ValueError(f"--model {self.model!r}: give '{DEFAULT_MODEL}', a model directory or a hub id.")
+        if self.preset not in ("auto", *PRESETS):
+            raise ValueError(f"--preset {self.preset!r}: must be one of auto, {', '.join(PRESETS)}.")
+        for name, low in _MIN_INT.items():
+            v = getattr(self, name)
+            if v is None:
+                continue
+            ok = _is_int(v) and (v >= low or (name == "max_steps" and v == -1))
+            if name == "seed":
+                ok = ok and v < 2**32
+            if not ok:
+                allowed = {"max_steps": "an integer >= 1, or -1 for one epoch",
+                           "seed": "an integer in [0, 2**32 - 1]"}.get(name, f"an integer >= {low}")
+                raise ValueError(f"{flag(name)} {v!r}: must be {allowed} ({_MEANING[name]}).")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool)
+                                        and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr {self.lr!r}: must be a finite number > 0 (the learning rate), e.g. 1e-4.")
+        if self.lora_alpha is not None and not (isinstance(self.lora_alpha, (int, float)) and not isinstance(self.lora_alpha, bool)
+                                                and math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise ValueError(f"--lora-alpha {self.lora_alpha!r}: must be a finite number > 0 (default 2 * rank).")
+        for name in ("skip_eval", "skip_analysis", "overwrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False.")
+        if self.bf16 is not None and not isinstance(self.bf16, bool):
+            raise ValueError(f"bf16={self.bf16!r} must be True, False or None (from the preset).")
+        if self.segments is not None:
+            if not isinstance(self.segments, str):
+                raise ValueError(f"--segments {self.segments!r}: must be one segment mask, e.g. 01110.")
+            self.segments = _masks("segments", self.segments, single=True)[0]
+        self.variants = _masks("variants", self.variants)
 
     def resolved(self) -> "JobOptions":
         """A copy with the preset chosen (``auto`` -> ``paper`` / ``cpu``) and every ``None`` filled from it."""
@@ -61,8 +151,6 @@ class JobOptions:
             import torch
 
             preset = "paper" if torch.cuda.is_available() else "cpu"
-        if preset not in PRESETS:
-            raise ValueError(f"--preset {self.preset!r} is not one of auto, {', '.join(PRESETS)}.")
         values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in PRESETS[preset].items()}
         return replace(self, preset=preset, **values)
 

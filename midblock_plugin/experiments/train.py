@@ -122,12 +122,16 @@ def evaluate_base(opts: JobOptions, out: Path, heldout_rows: list[dict], log=pri
     return rec
 
 
-def analyse(opts: JobOptions, record: dict, out: Path) -> dict[str, Any]:
-    """The layer-wise analysis of base vs one trained variant, written under ``out``."""
+def analyse(opts: JobOptions, record: dict, out: Path, figure: bool = True) -> dict[str, Any]:
+    """The layer-wise analysis of base vs one trained variant, written under ``out``
+    (``analysis.png`` only with ``figure``)."""
     from midblock_plugin.analysis import AnalysisConfig, run_analysis, write_reports
 
     cfg = AnalysisConfig(base=record["base_dir"], tuned=record["adapter_dir"], prompts="gsm8k", data_dir=opts.data_dir,
                          num_prompts=opts.analysis_prompts, max_length=opts.max_length)
     doc = run_analysis(cfg).to_dict()
-    paths = write_reports(doc, out)
-    return {"paths": paths, "recommendation": doc["recommendation"]}
+    try:
+        paths = write_reports(doc, out, figure=figure)
+    except ImportError:  # matplotlib present but broken: keep the numbers, skip the figure
+        paths = write_reports(doc, out, figure=False)
+    return {"variant": record["variant"], "paths": paths, "recommendation": doc["recommendation"]}
