@@ -136,7 +136,14 @@ class MidBlockCallback(TrainerCallback):
         verify_trainable(model, plan)
         if state.global_step > 0:  # resumed (trainer.train(resume_from_checkpoint=...)): before any step
             checkpoint = io.artifact(args.output_dir, f"checkpoint-{state.global_step}")
-            check_resume(checkpoint, plan, fix=RESUME_FIX)
+            if checkpoint.is_dir():
+                check_resume(checkpoint, plan, fix=RESUME_FIX)
+            elif self._resume_checkpoint(args) is None:
+                logger.warning(
+                    "midblock: resumed at step %d from a checkpoint outside %s; its plan was not compared with this "
+                    "run's. Set TrainingArguments(resume_from_checkpoint=PATH) so the callback checks it at init.",
+                    state.global_step, args.output_dir,
+                )
         if self.config.truncate_backward and checkpointing_on(args) and self.truncation is None:
             self.truncation = BackwardTruncation(plan.first_layer, reentrant=is_reentrant(args))
             if self.truncation.install(model):

@@ -23,6 +23,8 @@ from midblock_plugin import io
 RESUME_FIELDS = ("mode", "num_layers", "layers", "layer_rank", "lora_alpha", "use_rslora", "target_modules", "extra_trainable")
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+#: adapter_config.json key -> the plan.json field it states
+_SAME_FIELD = {"layers_to_transform": "layers", "r": "layer_rank"}
 
 
 class PlanMismatch(ValueError):
@@ -142,7 +144,8 @@ def resume_mismatches(checkpoint: str | os.PathLike, plan: Any) -> tuple[list[st
     saved, where = checkpoint_plan(checkpoint)
     if saved is not None:
         sources.append(str(where))
-        problems += [p for p in plan_mismatches(saved, plan) if not any(p.split(":")[0] in q for q in problems)]
+        seen = {_SAME_FIELD.get(p.split(":")[0], p.split(":")[0]) for p in problems}
+        problems += [p for p in plan_mismatches(saved, plan) if p.split(":")[0] not in seen]
     return problems, sources
 
 

@@ -179,3 +179,43 @@ def args_error(**data) -> str:
     with pytest.raises(ValidationError) as info:
         validate_args(**data)
     return str(info.value)
+
+
+# --------------------------------------------------------------------------- YAML through Axolotl's loader
+
+
+def yaml_config(workspace: Workspace, name: str, snippet: str) -> Path:
+    """Write the complete CPU config of ``workspace`` with the raw YAML ``snippet`` appended, as a
+    user would type it (so YAML, not Python, decides that ``01110`` is a number); the keys the
+    snippet sets are removed from the base config first."""
+    import re
+
+    keys = re.findall(r"^([A-Za-z_][\w-]*)\s*:", snippet, flags=re.M)
+    cfg = workspace.config(name, midblock_segments=None)
+    for key in keys:
+        cfg.pop(key, None)
+    path = workspace.root / f"{name}.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False) + snippet.strip() + "\n", encoding="utf-8")
+    return path
+
+
+def axolotl_load_error(path: Path) -> str:
+    """The error text of ``axolotl.cli.config.load_cfg`` (the loader behind ``axolotl train``) for a
+    config file it must reject while validating, before any model or data is loaded."""
+    import pytest
+    from axolotl.cli.config import load_cfg
+
+    with pytest.raises(Exception) as info:  # noqa: PT011 - pydantic's ValidationError (a ValueError)
+        load_cfg(str(path))
+    return str(info.value)
+
+
+def axolotl_validate(path: Path):
+    """A config file through Axolotl's validation (plugins registered, the merged schema), as
+    ``load_cfg`` does before it sets up logging and output directories."""
+    from axolotl.utils.config import prepare_plugins, validate_config
+    from axolotl.utils.dict import DictDefault
+
+    cfg = DictDefault(yaml.safe_load(path.read_text(encoding="utf-8")))
+    prepare_plugins(cfg)
+    return validate_config(cfg)

@@ -1,5 +1,9 @@
 """A test-only Axolotl plugin, listed after ``MidBlockPlugin``, that appends every hook it
-receives (and what the model looks like at that moment) to ``$MIDBLOCK_HOOK_LOG``."""
+receives (and what the model looks like at that moment) to ``$MIDBLOCK_HOOK_LOG``.
+
+With ``$MIDBLOCK_BREAK_JSONL`` set to a JSON Lines file, ``post_train`` (after training, before
+the model is saved and evaluated) keeps its first line and appends an unterminated one: data that
+went bad after the config was checked, so the final evaluation fails (tests/axolotl/test_eval.py)."""
 
 from __future__ import annotations
 
@@ -83,6 +87,12 @@ class HookRecorderPlugin(BasePlugin):
         _record("create_lr_scheduler", optimizer_params=n)
 
     def post_train(self, cfg, model):
+        broken = os.environ.get("MIDBLOCK_BREAK_JSONL")
+        if broken:
+            with open(broken, encoding="utf-8") as fh:
+                first = fh.readline()
+            with open(broken, "w", encoding="utf-8") as fh:
+                fh.write(first + '{"question": "unterminated\n')
         plan = os.path.join(cfg.output_dir, "midblock", "plan.json")
         ours = [cb for cb in self.trainer.callback_handler.callbacks if type(cb).__name__ == "MidBlockCallback"]
         truncation = getattr(ours[0], "truncation", None) if ours else None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.axolotl.helpers import ENV, ROOT
+from tests.axolotl.helpers import ENV, PLUGIN, RECORDER, ROOT
 from tests.axolotl.helpers import args_error as _error
 from tests.axolotl.helpers import validate_args as _validate
 
@@ -88,18 +88,18 @@ def test_eval_equals_midblock_eval_of_the_saved_adapter(workspace, eval_run, tmp
 
 
 def test_failed_eval_is_recorded_and_the_run_still_succeeds(workspace, tmp_path):
-    """A GSM8K copy whose test.jsonl starts with a valid row (so the config passes) but has a
-    broken line further down: lm-eval fails while loading it, after training."""
+    """A GSM8K copy that is whole when the config is checked (every line is read then) and gets a
+    broken line after training, before the save (the test plugin of hook_recorder.py breaks it):
+    the final evaluation fails."""
     from midblock_plugin.testing import GSM8K_DIR
 
     data = tmp_path / "gsm8k-broken"
     data.mkdir()
     shutil.copy(GSM8K_DIR / "train.jsonl", data / "train.jsonl")
-    with open(GSM8K_DIR / "test.jsonl", encoding="utf-8") as fh:
-        first = fh.readline()
-    (data / "test.jsonl").write_text(first + '{"question": "unterminated\n', encoding="utf-8")
+    shutil.copy(GSM8K_DIR / "test.jsonl", data / "test.jsonl")
 
-    run = workspace.train("eval-broken", midblock_eval=_eval_settings(data))
+    run = workspace.train("eval-broken", env={"MIDBLOCK_BREAK_JSONL": str(data / "test.jsonl")},
+                          plugins=[PLUGIN, RECORDER], midblock_eval=_eval_settings(data))
     assert run.returncode == 0, run.output[-4000:]
     out = run.output_dir
     assert (out / "adapter_model.safetensors").exists() and (out / "adapter_config.json").exists()

@@ -15,12 +15,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 from typing import Any, Mapping
 
-from midblock_plugin.config import MidBlockConfig
-from midblock_plugin.window import WINDOW_FORMS, WindowError, check_one_window_form
+from midblock_plugin.config import ALPHA_POLICIES, BUDGETS, MODES, MidBlockConfig
+from midblock_plugin.window import WINDOW_FORMS, WindowError, check_one_window_form, explicit_layers
 
 
 #: The adapter name the plugin owns (``adapter: midblock``).
@@ -77,6 +78,14 @@ CONFLICTING_KEYS: dict[str, str] = {
     "relora": "ReLoRA restarts are not supported by adapter: midblock",
 }
 
+#: ``midblock_<field>`` spellings of the fields that Axolotl's own keys set (``midblock_rank``
+#: is ``lora_r``), plus short forms: an unknown key that resembles one gets that Axolotl key suggested.
+AXOLOTL_ALIASES: dict[str, str] = {
+    **{KEY_PREFIX + field: key for key, field in AXOLOTL_KEYS.items()},
+    **{KEY_PREFIX + short: key for key, short in (("lora_r", "r"), ("lora_r", "lora_r"), ("lora_alpha", "alpha"),
+                                                  ("lora_dropout", "dropout"), ("peft_use_rslora", "rslora"))},
+}
+
 
 # --------------------------------------------------------------------------- mapping
 
@@ -113,6 +122,37 @@ def midblock_config_from_cfg(cfg: Mapping[str, Any]) -> MidBlockConfig:
         return MidBlockConfig(**kwargs)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"adapter: midblock: {yaml_names(str(exc))}") from None
+
+
+#: MidBlockConfig fields that decide the plan a checkpoint was trained with (not dropout, logging, truncation).
+PLAN_FIELDS: tuple[str, ...] = (
+    *WINDOW_FORMS, "mode", "rank", "budget", "lora_alpha", "alpha_policy", "use_rslora", "target_modules",
+    "train_final_norm", "train_embeddings",
+)
+
+
+def settings_diff(saved: Mapping[str, Any], config: MidBlockConfig) -> list[str]:
+    """The YAML settings of a saved ``MidBlockConfig`` (``plan.json``'s ``midblock_config``) that
+    differ from ``config``, as ``"midblock_segments: '01110' (this config: not set)"``."""
+    now = config.to_dict()
+    out = []
+    for field in PLAN_FIELDS:
+        if field not in saved:
+            continue
+        old, new = saved[field], now.get(field)
+        if _plain(old) == _plain(new):
+            continue
+        key = "lora_target_modules (or midblock_target_modules)" if field == "target_modules" else _FIELD_TO_KEY[field]
+        out.append(f"{key}: {_shown(old)} (this config: {_shown(new)})")
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _shown(value: Any) -> str:
+    return "not set" if value is None or value == "" else _yaml(value)
 
 
 def yaml_names(message: str) -> str:
@@ -175,11 +215,14 @@ def eval_settings_from(values: Mapping[str, Any] | None):
         raise ValueError(f"{EVAL_KEY}: {text}") from None
 
 
-def _did_you_mean(unknown: list[str], known: list[str]) -> str:
+def _did_you_mean(unknown: list[str], known: list[str], aliases: Mapping[str, str] | None = None) -> str:
+    """``'key' (did you mean 'closest'?)`` for each unknown key; ``aliases`` maps other spellings
+    (``midblock_rank``) to the key they stand for (``lora_r``)."""
+    aliases = aliases or {}
     parts = []
     for key in unknown:
-        close = difflib.get_close_matches(key, known, n=1)
-        parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        close = difflib.get_close_matches(key, [*known, *aliases], n=1)
+        parts.append(f"{key!r}" + (f" (did you mean {aliases.get(close[0], close[0])!r}?)" if close else ""))
     return ", ".join(parts)
 
 
@@ -192,8 +235,9 @@ def validate_midblock_keys(data: Mapping[str, Any]) -> None:
     unknown = sorted(k for k in data if isinstance(k, str) and k.startswith(KEY_PREFIX) and k not in known)
     if unknown:
         raise ValueError(
-            f"unknown midblock key {_did_you_mean(unknown, known)}; the mid-block plugin's keys are: "
-            f"{', '.join(known)}. Fix the spelling or remove the key."
+            f"unknown midblock key {_did_you_mean(unknown, known, AXOLOTL_ALIASES)}; the mid-block plugin's keys "
+            f"are: {', '.join(known)} (the rank, alpha, dropout and rsLoRA are Axolotl's own "
+            f"{', '.join(AXOLOTL_KEYS)}). Fix the spelling or remove the key."
         )
     ours = [k for k in MIDBLOCK_KEYS if data.get(k) is not None]
     if not is_midblock(data):
@@ -204,6 +248,7 @@ def validate_midblock_keys(data: Mapping[str, Any]) -> None:
             )
         return
 
+    check_yaml_values(data)
     conflicts = [k for k in CONFLICTING_KEYS if _given(data, k)]
     if conflicts:
         lines = "; ".join(f"{k} ({CONFLICTING_KEYS[k]})" for k in conflicts)
@@ -259,3 +304,165 @@ def _check_window_fits_model(data: Mapping[str, Any], config: MidBlockConfig) ->
         resolve_layers(num_layers, **config.window_kwargs())
     except WindowError as exc:
         raise ValueError(f"adapter: midblock: {yaml_names(str(exc))} (base_model has {num_layers} layers)") from None
+
+
+# --------------------------------------------------------------------------- YAML values
+# YAML turns unquoted text into numbers and booleans (``01110`` is the octal number 584,
+# ``1110`` the number 1110, ``0.2`` a float, ``no`` false) and quoted booleans stay strings
+# (``"no"``). Each key's value is checked for the YAML type it needs before the
+# MidBlockConfig is built, so the message says how to write it in YAML.
+
+_BOOL_KEYS = ("midblock_train_final_norm", "midblock_train_embeddings", "midblock_truncate_backward",
+              "midblock_drift_monitor", "peft_use_rslora")
+_CHOICE_KEYS: dict[str, tuple[str, ...]] = {
+    "midblock_mode": MODES, "midblock_budget": BUDGETS, "midblock_alpha_policy": ALPHA_POLICIES,
+}
+_TRUE_WORDS = ("true", "yes", "y", "on", "1")
+_FALSE_WORDS = ("false", "no", "n", "off", "0")
+
+
+def _yaml(value: Any) -> str:
+    """``value`` as it would be written in YAML (strings single-quoted)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml(v) for v in value) + "]"
+    return repr(value)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return f"a {type(value).__name__}"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _bad(key: str, value: Any, why: str) -> ValueError:
+    return ValueError(f"adapter: midblock: {key}: {_yaml(value)} {why}")
+
+
+def _check_window_value(key: str, value: Any) -> None:
+    if value in ("", []):
+        raise _bad(key, value, "is empty; give a window (e.g. midblock_window: \"0.2:0.8\", midblock_segments: "
+                               "\"01110\" or midblock_layers: \"3-11\"), or remove the key for the default "
+                               "window, the layers at 20%-80% depth.")
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    if key == "midblock_segments" and integer:
+        raise _bad(key, value, "is a number, not a mask: YAML reads an unquoted mask as a number, and one that "
+                               "starts with 0 as an octal number (01110 becomes 584, 1110 stays 1110). Quote the "
+                               "mask: midblock_segments: \"01110\".")
+    if key == "midblock_layers":
+        if isinstance(value, str) and value.strip():
+            try:  # the syntax only; the indices are checked against the model's layer count later
+                explicit_layers(value, num_layers=1 << 20)
+            except WindowError as exc:
+                raise ValueError(f"adapter: midblock: {yaml_names(str(exc))}") from None
+            return
+        if integer:
+            raise _bad(key, value, f"is a bare number; midblock_layers lists layer indices (it is not a layer "
+                                   f"count): write midblock_layers: [{value}] for layer {value} alone, or a "
+                                   "quoted range such as midblock_layers: \"3-11\".")
+        if isinstance(value, (list, tuple)):
+            odd = [v for v in value if isinstance(v, bool) or not isinstance(v, int)]
+            if odd:
+                raise _bad(key, value, f"has items that are not layer indices ({_yaml(odd)}); a list holds "
+                                       "integers, e.g. midblock_layers: [3, 4, 5]; write ranges as one quoted "
+                                       "string: midblock_layers: \"3-5,9\".")
+            return
+    if not isinstance(value, str):
+        example = {"midblock_window": '"0.2:0.8" (two depth fractions a:b)', "midblock_segments": '"01110"',
+                   "midblock_layers": '"3-11" or [3, 4, 5]', "midblock_window_from": "runs/x/analysis.json"}[key]
+        raise _bad(key, value, f"is {_kind(value)}; write it as a quoted string, e.g. {key}: {example}.")
+
+
+def _check_bool(key: str, value: Any) -> None:
+    if isinstance(value, bool):
+        return
+    word = str(value).strip().lower()
+    meant = "true" if word in _TRUE_WORDS else "false" if word in _FALSE_WORDS else None
+    fix = f"{key}: {meant}" if meant else f"{key}: true or {key}: false"
+    quoted = " (quotes make it a string)" if isinstance(value, str) else ""
+    raise _bad(key, value, f"is {_kind(value)}, not true/false{quoted}; write the boolean without quotes: {fix}.")
+
+
+def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if isinstance(value, str) and value in allowed:
+        return
+    hint = ""
+    if isinstance(value, str) and value.strip().lower() in allowed:
+        hint = f" The values are lower case: {key}: {value.strip().lower()}."
+    raise _bad(key, value, f"is not allowed; choose one of {', '.join(map(repr, allowed))}.{hint}")
+
+
+def _check_target_modules(key: str, value: Any) -> None:
+    if isinstance(value, str) and value.strip():
+        return  # a preset name, checked (with the allowed names) by MidBlockConfig
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v.strip() for v in value):
+        return
+    raise _bad(key, value, "must be a preset (attention, mlp, all-linear) or a non-empty list of module names, "
+                           "e.g. midblock_target_modules: [q_proj, v_proj]; remove the key for the default.")
+
+
+def _check_rank(key: str, value: Any) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return
+    if isinstance(value, str) and value.strip().isdigit():
+        why = f"is a string; write the number without quotes: {key}: {value.strip()}."
+    elif isinstance(value, float) and math.isfinite(value) and value >= 1:
+        why = f"must be a positive integer (a LoRA rank is a whole number), e.g. {key}: {int(value)}."
+    else:
+        why = f"must be a positive integer (the rank r of the uniform-LoRA baseline), e.g. {key}: 16."
+    raise _bad(key, value, why)
+
+
+def _check_alpha(key: str, value: Any) -> None:
+    if _number(value) and math.isfinite(value) and value > 0:
+        if float(value).is_integer():
+            return
+        raise _bad(key, value, f"must be a whole number: Axolotl's config schema types lora_alpha as an integer; "
+                               f"write e.g. {key}: {max(1, round(value))}.")
+    if isinstance(value, str):
+        why = f"is a string; write a number without quotes, e.g. {key}: 32 (the default is 2 * lora_r)."
+    else:
+        why = f"must be a finite number > 0, e.g. {key}: 32 (the default is 2 * lora_r); remove it for the default."
+    raise _bad(key, value, why)
+
+
+def _check_dropout(key: str, value: Any) -> None:
+    if _number(value) and math.isfinite(value) and 0 <= value < 1:
+        return
+    quoted = "is a string; write a number without quotes" if isinstance(value, str) else "must be a number in [0, 1)"
+    raise _bad(key, value, f"{quoted}, e.g. {key}: 0.05 (a probability; the default is 0.0).")
+
+
+def check_yaml_values(data: Mapping[str, Any]) -> None:
+    """Each midblock key and each Axolotl key the plugin reads must have the YAML type it needs
+    (``null`` = not set); raises ``ValueError`` naming the key, the value as YAML read it, and
+    how to write it."""
+
+    def given(key: str) -> bool:
+        return data.get(key) is not None
+
+    for key in WINDOW_KEYS.values():
+        if given(key):
+            _check_window_value(key, data[key])
+    for key in _BOOL_KEYS:
+        if given(key):
+            _check_bool(key, data[key])
+    for key, allowed in _CHOICE_KEYS.items():
+        if given(key):
+            _check_choice(key, data[key], allowed)
+    if given("midblock_target_modules"):
+        _check_target_modules("midblock_target_modules", data["midblock_target_modules"])
+    for key, check in (("lora_r", _check_rank), ("lora_alpha", _check_alpha), ("lora_dropout", _check_dropout)):
+        if given(key):
+            check(key, data[key])

@@ -8,7 +8,9 @@ says ``adapter: midblock``, because Axolotl 0.21+ loads installed plugins for ev
 * ``get_adapter_capabilities``: registers the adapter name ``midblock``, so Axolotl's
   ``adapter:`` validator accepts it;
 * ``pre_model_load``: resolves the plan from the model *config* (no weights), prints it,
-  and refuses to resume from a checkpoint that was trained with another window;
+  and refuses a checkpoint to resume from, or a ``lora_model_dir`` adapter, that was trained with
+  another window, rank or mode (:func:`check_before_training`: the checks of
+  :mod:`midblock_plugin.training.resume`, against the checkpoint's own ``midblock/plan.json``);
 * ``load_adapter``: Axolotl hands ``adapter: midblock`` to the plugin. The plan of the run is
   built here, once, from the loaded model; LoRA mode wraps the model in the plan's plain PEFT
   LoRA (``plan.lora_config()``, or loads ``lora_model_dir``); full mode freezes everything but
@@ -34,8 +36,6 @@ Saving needs no hook: Axolotl saves a ``PeftModel`` as a standard adapter (which
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import traceback
 from pathlib import Path
 
@@ -49,7 +49,16 @@ from midblock_plugin.integrations.axolotl.keys import (
     eval_settings_from,
     is_midblock,
     midblock_config_from_cfg,
+    settings_diff,
     yaml_names,
+)
+from midblock_plugin.training.resume import (
+    PlanMismatch,
+    check_adapter_dir,
+    check_resume,
+    checkpoint_plan,
+    last_checkpoint,
+    plan_mismatches,
 )
 
 
@@ -61,8 +70,13 @@ ARGS_PATH = "midblock_plugin.integrations.axolotl.args.MidBlockArgs"
 #: (Axolotl's own deepspeed_configs/ are not in its wheel).
 DEEPSPEED_PREFIX = "midblock:"
 
-#: Plan fields that must agree between a checkpoint and the run that resumes from it.
-_RESUME_FIELDS = ("mode", "num_layers", "layers", "ranks", "lora_alpha", "target_modules", "extra_trainable")
+#: What to change when a checkpoint was trained with another window, rank or mode.
+RESUME_FIX = (
+    "Restore the midblock_* / lora_* settings of that run, or train into a fresh output_dir without "
+    "resume_from_checkpoint / auto_resume_from_checkpoints."
+)
+#: What to change when ``lora_model_dir`` holds an adapter for another window or rank.
+ADAPTER_FIX = "Use the midblock_* / lora_r settings it was trained with, or remove lora_model_dir to start a new adapter."
 
 
 class MidBlockPlugin(BasePlugin):
@@ -80,6 +94,7 @@ class MidBlockPlugin(BasePlugin):
         self.eval_callback = None  # the EvalCallback of this run (midblock_eval)
         self._eval_trainer = None
         self._eval_state = "off"  # off | armed (post_train not yet seen) | pending (after the save) | done
+        self._checked_before_load = False  # the resume / lora_model_dir checks ran in pre_model_load
 
     # ------------------------------------------------------------------ one instance per run
     def _shadowed(self) -> bool:
@@ -144,9 +159,8 @@ class MidBlockPlugin(BasePlugin):
             + (f", rank {plan.layer_rank} per layer" if plan.mode == "lora" else "")
             + " (the full plan is printed when the trainer is built)"
         )
-        checkpoint = _resume_checkpoint(cfg)
-        if checkpoint:
-            check_resume_compatible(checkpoint, plan)
+        check_before_training(cfg, plan)
+        self._checked_before_load = True
 
     def load_adapter(self, model, cfg, inference: bool = False, config_only: bool = False):
         if not self._ours(cfg):
@@ -155,6 +169,9 @@ class MidBlockPlugin(BasePlugin):
         from midblock_plugin.plan import build_plan
 
         plan = self.plan = build_plan(model, midblock_config_from_cfg(cfg))
+        if not self._checked_before_load:  # pre_model_load could not read the model config
+            check_before_training(cfg, plan)
+        self._checked_before_load = False  # the next run (same process) checks again
 
         if plan.mode == "full":
             if not inference:
@@ -168,7 +185,6 @@ class MidBlockPlugin(BasePlugin):
         from peft import PeftModel, get_peft_model
 
         if cfg.lora_model_dir:
-            check_adapter_matches_plan(cfg.lora_model_dir, plan)
             model = PeftModel.from_pretrained(model, cfg.lora_model_dir, is_trainable=not inference)
         else:
             # The initial adapter (LoRA A is random) depends on `seed` only (default 42, the HF
@@ -339,79 +355,43 @@ def _resume_checkpoint(cfg) -> str | None:
     if cfg.resume_from_checkpoint:
         return str(cfg.resume_from_checkpoint)
     if cfg.auto_resume_from_checkpoints and cfg.output_dir:
-        found = sorted(
-            (p for p in Path(cfg.output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-            key=lambda p: int(p.name.split("-")[-1]),
-        )
-        if found:
-            return str(found[-1])
+        found = last_checkpoint(cfg.output_dir)
+        return str(found) if found is not None else None
     return None
 
 
-def _saved_plan(checkpoint: str) -> tuple[dict | None, str | None]:
-    """The plan.json that describes a checkpoint: inside it, or its run's ``midblock/plan.json``."""
-    for candidate in (io.artifact(checkpoint, io.PLAN_JSON), io.artifact(Path(checkpoint).parent, io.PLAN_JSON)):
-        if candidate.is_file():
-            with open(candidate, encoding="utf-8") as fh:
-                return json.load(fh), str(candidate)
-    return None, None
-
-
-def _plan_view(plan_dict: dict) -> dict:
-    view = {k: plan_dict.get(k) for k in _RESUME_FIELDS}
-    view["ranks"] = {str(k): v for k, v in (view["ranks"] or {}).items()}
-    return view
-
-
-def check_resume_compatible(checkpoint: str, plan) -> None:
-    """Refuse to resume when the checkpoint was trained with another window / frozen set."""
-    if not os.path.isdir(checkpoint):
+def check_before_training(cfg, plan) -> None:
+    """Refuse a ``lora_model_dir`` adapter or a checkpoint to resume from (``resume_from_checkpoint``,
+    ``auto_resume_from_checkpoints``) that was trained with another window, rank or mode. A checkpoint
+    is compared with its own plan (``<checkpoint>/midblock/plan.json``) and adapter; raises
+    :class:`~midblock_plugin.training.resume.PlanMismatch` with the YAML settings to restore."""
+    if cfg.lora_model_dir and plan.mode == "lora":
+        try:
+            check_adapter_dir(cfg.lora_model_dir, plan, fix=ADAPTER_FIX)
+        except PlanMismatch as exc:
+            raise PlanMismatch(f"adapter: midblock: lora_model_dir {exc}") from None
+    checkpoint = _resume_checkpoint(cfg)
+    if not checkpoint or not Path(checkpoint).is_dir():
         return  # Axolotl / the Trainer report a missing checkpoint themselves
-    problems: list[str] = []
-    sources: list[str] = []
-    if plan.mode == "lora":  # the checkpoint's own adapter config is authoritative for its layers and rank
-        adapter_config = Path(checkpoint) / "adapter_config.json"
-        problems += _adapter_mismatches(adapter_config, plan)
-        sources.append(str(adapter_config))
-    elif (Path(checkpoint) / "adapter_config.json").is_file():
-        problems.append("mode: the checkpoint holds a LoRA adapter but midblock_mode is full")
-        sources.append(str(Path(checkpoint) / "adapter_config.json"))
-    saved, where = _saved_plan(checkpoint)
+    saved, where = checkpoint_plan(checkpoint)
+    fix = RESUME_FIX
     if saved is not None:
-        old, new = _plan_view(saved), _plan_view(plan.to_json_dict())
-        problems += [f"{k}: checkpoint {old[k]!r} vs now {new[k]!r}" for k in _RESUME_FIELDS if old[k] != new[k]]
-        sources.append(where)
-    where = " and ".join(sources)
-    if problems:
-        raise ValueError(
-            f"adapter: midblock: cannot resume from {checkpoint}: it was trained with a different window or "
-            f"frozen set ({'; '.join(problems)}; recorded in {where}). Restore the midblock_* / lora_* settings "
-            "of that run, or train into a fresh output_dir without resume_from_checkpoint / "
-            "auto_resume_from_checkpoints."
+        differences = plan_mismatches(saved, plan)
+        settings = settings_diff(saved.get("midblock_config") or {}, plan.config)
+        fix = (
+            (f"The checkpoint's own plan ({where}) differs in {'; '.join(differences)}. " if differences else "")
+            + (f"That run was trained with {', '.join(settings)}. " if settings else "")
+            + RESUME_FIX
+        )
+    try:
+        check_resume(checkpoint, plan, fix=fix)
+    except PlanMismatch as exc:
+        raise PlanMismatch(f"adapter: midblock: {exc}") from None
+    if saved is None:
+        LOG.warning(
+            f"midblock: {checkpoint} carries no {io.PLAN_JSON} (it was saved before midblock wrote the plan into "
+            "each checkpoint, or by another adapter): "
+            + ("only its adapter_config.json was compared with this config." if plan.mode == "lora" else
+               "nothing records its window; make sure the midblock_* settings are those of that run.")
         )
     LOG.info(f"midblock: resuming from {checkpoint} with the same window (layers {plan.window}, mode {plan.mode})")
-
-
-def _adapter_mismatches(adapter_config: Path, plan) -> list[str]:
-    if not adapter_config.is_file():
-        return []
-    with open(adapter_config, encoding="utf-8") as fh:
-        saved = json.load(fh)
-    out = []
-    layers = saved.get("layers_to_transform")
-    if layers is not None and sorted(layers) != list(plan.layers):
-        out.append(f"layers_to_transform: adapter {sorted(layers)} vs now {plan.layers}")
-    if plan.mode == "lora" and saved.get("r") not in (None, plan.layer_rank):
-        out.append(f"r: adapter {saved.get('r')} vs now {plan.layer_rank}")
-    return out
-
-
-def check_adapter_matches_plan(adapter_dir: str, plan) -> None:
-    """``lora_model_dir`` must hold an adapter on the same layers and rank as the plan."""
-    problems = _adapter_mismatches(Path(adapter_dir) / "adapter_config.json", plan)
-    if problems:
-        raise ValueError(
-            f"adapter: midblock: lora_model_dir {adapter_dir} holds an adapter for a different window "
-            f"({'; '.join(problems)}). Use the midblock_* / lora_r settings it was trained with, or remove "
-            "lora_model_dir to start a new adapter."
-        )
