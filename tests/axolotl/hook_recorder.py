@@ -1,5 +1,6 @@
 """A test-only Axolotl plugin, listed after ``MidBlockPlugin``, that appends every hook it
-receives (and what the model looks like at that moment) to ``$MIDBLOCK_HOOK_LOG``.
+receives (and what the model looks like at that moment) to ``$MIDBLOCK_HOOK_LOG``, with the
+process's ``RANK`` (0 for a single process; under torchrun every rank appends to the same file).
 
 With ``$MIDBLOCK_BREAK_JSONL`` set to a JSON Lines file, ``post_train`` (after training, before
 the model is saved and evaluated) keeps its first line and appends an unterminated one: data that
@@ -17,7 +18,7 @@ def _record(hook: str, **info) -> None:
     path = os.environ.get("MIDBLOCK_HOOK_LOG")
     if path:
         with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"hook": hook, **info}) + "\n")
+            fh.write(json.dumps({"hook": hook, "rank": int(os.environ.get("RANK", "0")), **info}) + "\n")
 
 
 def _model_info(model) -> dict:

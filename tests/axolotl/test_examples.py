@@ -1,5 +1,7 @@
-"""examples/axolotl: the tiny CPU config trains as written; the paper configs pass Axolotl's
-own validation and resolve to the paper's layers, ranks and learning rates."""
+"""examples/axolotl: every shipped config trains as shipped, with only the model made tiny, the data
+local, the precision CPU-safe and the run 2 steps long (the 32B one on 2 processes with its ZeRO-3
+config and gradient checkpointing); the paper configs pass Axolotl's own validation and resolve to
+the paper's layers, ranks and learning rates."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import json
 import pytest
 import yaml
 
-from tests.axolotl.helpers import ROOT, WINDOW
+from tests.axolotl.helpers import ROOT, WINDOW, load_state
 
 
 pytestmark = pytest.mark.axolotl
@@ -89,3 +91,80 @@ def test_32b_config_uses_the_zero3_json_shipped_in_the_package(validated):
     ds = json.loads(open(path).read())
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+
+
+# --------------------------------------------------------------------------- the paper configs, trained
+#: Layers of the tiny stand-ins: 01110 and 0.2:0.8 of 10 layers are layers 2-7, neither the first
+#: nor the last layer, and the matched rank differs from lora_r.
+TINY_LAYERS = 10
+#: name -> (architecture, window on 10 layers, rank per window layer, lora_alpha, processes)
+TINY = {
+    "olmo2-1b-gsm8k": ("olmo2", range(2, 8), 106, 128.0, 1),  # floor(64 * 10 / 6), alpha fixed
+    "olmo2-7b-gsm8k": ("olmo2", range(2, 8), 106, 128.0, 1),
+    "qwen2.5-1.5b-gsm8k": ("qwen2", range(2, 8), 26, 52.0, 1),  # floor(16 * 10 / 6), alpha 32 * 26 / 16
+    "olmo2-32b-zero3": ("olmo2", range(2, 8), 13, 128.0, 2),  # floor(8 * 10 / 6), alpha fixed
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_models(workspace):
+    from midblock_plugin.testing import save_tiny
+
+    return {arch: save_tiny(workspace.root / f"tiny-{arch}-{TINY_LAYERS}", arch=arch, num_layers=TINY_LAYERS)
+            for arch in ("olmo2", "qwen2")}
+
+
+def as_tested(name: str, shipped: dict, model_dir, root) -> dict:
+    """The shipped config with only what a CPU test must change: the model (a tiny one of the same
+    architecture), the data (the local GSM8K file, as the example's "offline:" comment says: path +
+    ds_type: json instead of the hub id and its config name; the prompt ``type:`` block and the split
+    are kept), the precision (no bf16 / tf32 on CPU), the length (2 steps) and the locations."""
+    from midblock_plugin.testing import GSM8K_DIR
+
+    cfg = yaml.safe_load(yaml.safe_dump(shipped))
+    cfg["base_model"] = str(model_dir)
+    dataset = cfg["datasets"][0]
+    assert dataset["path"] == "openai/gsm8k" and dataset.get("name") in (None, "main"), dataset
+    dataset.pop("name", None)
+    dataset.update(path=str(GSM8K_DIR / "train.jsonl"), ds_type="json")
+    assert cfg["bf16"] in ("auto", True) and cfg["tf32"] is True  # what the paper's GPUs use
+    cfg.update(bf16=False, tf32=False, max_steps=2, output_dir=str(root / name),
+               dataset_prepared_path=str(root / f"{name}-prepared"))
+    return cfg
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_example_trains_as_shipped_with_a_tiny_model(workspace, tiny_models, name):
+    from midblock_plugin.compat import zero3_nonreentrant_ok
+    from midblock_plugin.integrations.axolotl.keys import midblock_config_from_cfg
+    from midblock_plugin.plan import build_plan
+
+    arch, window, rank, alpha, processes = TINY[name]
+    shipped = yaml.safe_load((EXAMPLES / f"{name}.yml").read_text())
+    cfg = as_tested(name, shipped, tiny_models[arch], workspace.root)
+    changed = {k for k in set(cfg) | set(shipped) if cfg.get(k) != shipped.get(k)}
+    assert changed <= {"base_model", "datasets", "bf16", "tf32", "max_steps", "output_dir", "dataset_prepared_path"}
+    path = workspace.write(cfg, f"example-{name}")
+    if processes == 2:
+        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed in this environment")
+        assert cfg["deepspeed"] == "midblock:zero3" and cfg["gradient_checkpointing"] is True
+        run = workspace.torchrun(path).check()
+        assert '"world_size": 2' in run.output and "deepspeed      ZeRO-3, parameters partitioned" in run.output
+        mode = "true" if not zero3_nonreentrant_ok() else "false"
+        assert f"midblock: gradient checkpointing use_reentrant: {mode}; DeepSpeed ZeRO-3" in run.output
+        assert "CheckpointError" not in run.output
+    else:
+        run = workspace.axolotl("train", path).check()
+
+    plan = build_plan(str(tiny_models[arch]), midblock_config_from_cfg(yaml.safe_load(path.read_text())))
+    assert plan.layers == list(window) and set(plan.ranks.values()) == {rank} and plan.lora_alpha == alpha
+    adapter = json.loads((run.output_dir / "adapter_config.json").read_text())
+    assert adapter["layers_to_transform"] == plan.layers
+    assert adapter["r"] == rank and adapter["lora_alpha"] == alpha
+    assert adapter["lora_dropout"] == shipped["lora_dropout"]
+    assert sorted(adapter["target_modules"]) == sorted(plan.target_modules)
+    saved = json.loads((run.output_dir / "midblock" / "plan.json").read_text())
+    assert saved["layers"] == plan.layers and saved["num_layers"] == TINY_LAYERS
+    state = load_state(run.output_dir / "adapter_model.safetensors")
+    assert sum(t.numel() for t in state.values()) == plan.trainable_params  # full size (gathered under ZeRO-3)
+    assert json.loads((run.output_dir / "midblock" / "drift.json").read_text())["history"][-1]["step"] == 2

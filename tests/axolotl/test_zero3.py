@@ -2,7 +2,9 @@
 
 Both modes train through ``python -m torch.distributed.run --nproc_per_node 2 -m
 axolotl.cli.train``. The saved adapter / model holds full-size tensors in which only the
-window changed, and it matches a plain single-process Axolotl run of the same config.
+window changed, and it matches a plain single-process Axolotl run of the same config; without
+gradient checkpointing (with a GSM8K evaluation) and with it, in the checkpointing mode the plugin
+chooses for this DeepSpeed (reentrant on 0.18.x under ZeRO-3).
 
 CPU-only test scaffolding (``tests/axolotl/zero3_shim/sitecustomize.py``, put on
 ``PYTHONPATH`` here, never shipped): gloo instead of Axolotl's hard-coded NCCL, and a gloo
@@ -19,26 +21,21 @@ global batch (micro batch 1 x 2 processes vs 2 x 1 process).
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from tests.axolotl.helpers import ENV, NUM_LAYERS, ROOT, WINDOW, Run, changed_tensors, layer_of, load_state
+from tests.axolotl.helpers import NUM_LAYERS, PLUGIN, RECORDER, WINDOW, Run, changed_tensors, layer_of, load_state
 
 
 pytestmark = [pytest.mark.axolotl, pytest.mark.slow]
 
-SHIM = ROOT / "tests" / "axolotl" / "zero3_shim"
 #: |ZeRO-3 (2 processes) - single process| bound on every saved tensor. float32 on CPU, plain SGD
 #: (the update is linear in the gradient, so unlike Adam's first, sign-like steps it does not
 #: amplify rounding); the runs differ only in summation order (gradient averaging over 2 ranks
-#: vs a batch of 2, partitioned vs whole tensors). Measured: max 2e-8 (LoRA), 6e-8 (full mode);
-#: the training updates themselves are 1e-4 to 3e-2.
+#: vs a batch of 2, partitioned vs whole tensors). Measured: max 2e-8 (LoRA), 6e-8 (full mode); with
+#: gradient checkpointing (reentrant under ZeRO-3 on DeepSpeed 0.18.9, non-reentrant alone) 1.1e-8 (LoRA),
+#: 1.7e-8 (full mode); the training updates themselves are 1e-4 to 3e-2.
 ATOL = 1e-5
 #: Both runs: SGD, lr 0.5 (2 steps move LoRA B and the window's v/o/down projections by 1e-4 to 3e-2;
 #: q/k of a random tiny model get small gradients: 7e-5).
@@ -49,23 +46,10 @@ COMMON = {"optimizer": "sgd", "learning_rate": 0.5, "weight_decay": 0.1, "lora_d
           "curriculum_sampling": True, "seed": 42}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _torchrun(workspace, name: str, **overrides) -> Run:
-    """``python -m torch.distributed.run --nproc_per_node 2 -m axolotl.cli.train`` with ZeRO-3."""
+def _torchrun(workspace, name: str, env: dict | None = None, **overrides) -> Run:
+    """The workspace config with ZeRO-3 (``deepspeed: midblock:zero3``) on 2 processes."""
     cfg = workspace.config(name, deepspeed="midblock:zero3", micro_batch_size=1, **COMMON, **overrides)
-    path = workspace.write(cfg, name)
-    env = {**os.environ, **ENV, "DS_ACCELERATOR": "cpu", "MIDBLOCK_CPU_GLOO_SHIM": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(SHIM), str(ROOT)])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "axolotl.cli.train", str(path)]
-    start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=workspace.root, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
-    return Run(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start, workspace.root / name).check()
+    return workspace.torchrun(workspace.write(cfg, name), env=env).check()
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +132,81 @@ def test_zero3_evaluation_runs_in_lockstep_and_matches_single_process(zero3_runs
         return [(r["doc_id"], r["prompt"], r["response"]) for r in map(json.loads, lines)]
 
     assert rows(ds) == rows(single)
+
+
+# --------------------------------------------------------------------------- with gradient checkpointing
+# PEFT / frozen layers + ZeRO-3 + non-reentrant checkpointing fail on the first backward before
+# DeepSpeed 0.19.3 ("CheckpointError: Recomputed values ... different metadata", saved shape [64],
+# recomputed [0]); the plugin then chooses reentrant checkpointing (tests/axolotl/test_checkpointing.py).
+# Each pair: 2 processes with ZeRO-3 and a single process, both with gradient checkpointing and the
+# mode the plugin chooses for each (on DeepSpeed 0.18.9: reentrant under ZeRO-3, non-reentrant alone),
+# which compute the same gradients. The hook recorder reports the truncation each rank installed.
+
+
+@pytest.fixture(scope="module")
+def zero3_gc_runs(workspace):
+    """{mode: (2-process ZeRO-3 run, single-process run)}, gradient checkpointing on, no use_reentrant set."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed in this environment")
+    runs = {}
+    for mode in ("lora", "full"):
+        extra = {"midblock_mode": mode, "gradient_checkpointing": True, "plugins": [PLUGIN, RECORDER]}
+        pair = []
+        for name, launch in ((f"z3gc-{mode}", "torchrun"), (f"z3gc-{mode}-single", "single")):
+            log = workspace.root / f"{name}-hooks.jsonl"
+            env = {"MIDBLOCK_HOOK_LOG": str(log)}
+            if launch == "torchrun":
+                run = _torchrun(workspace, name, env=env, **extra)
+            else:
+                run = workspace.train(name, env=env, micro_batch_size=2, **COMMON, **extra).check()
+            run.hooks = [json.loads(line) for line in log.read_text().splitlines()]
+            pair.append(run)
+        runs[mode] = tuple(pair)
+    return runs
+
+
+def _saved(run, mode):
+    return load_state(run.output_dir / ("adapter_model.safetensors" if mode == "lora" else "model.safetensors"))
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_zero3_gradient_checkpointing_uses_the_chosen_mode_and_matches_single_process(workspace, zero3_gc_runs, mode):
+    from midblock_plugin.compat import deepspeed_version, zero3_nonreentrant_ok
+
+    ds, single = zero3_gc_runs[mode]
+    plan = _assert_zero3_ran(ds)
+    assert plan["mode"] == mode and plan["layers"] == WINDOW
+    reentrant = not zero3_nonreentrant_ok()  # DeepSpeed 0.18.9 (Axolotl 0.19's extra): True
+    shown = ".".join(map(str, deepspeed_version()))
+    if reentrant:
+        assert (f"midblock: gradient checkpointing use_reentrant: true; DeepSpeed ZeRO-3, reentrant: "
+                f"DeepSpeed {shown} < 0.19.3") in ds.output
+    else:
+        assert "midblock: gradient checkpointing use_reentrant: false; DeepSpeed ZeRO-3, non-reentrant" in ds.output
+    assert "midblock: gradient checkpointing use_reentrant: false; non-reentrant (the default)" in single.output
+    assert "CheckpointError" not in ds.output
+    # both ranks checkpointed in that mode, with the backward truncated below the window
+    for run, expected in ((ds, reentrant), (single, False)):
+        post_train = [h for h in run.hooks if h["hook"] == "post_train"]  # Axolotl calls it twice per process
+        assert {h["rank"] for h in post_train} == ({0, 1} if run is ds else {0}), post_train
+        assert all(h["truncated"] is True and h["truncation_reentrant"] is expected for h in post_train), post_train
+    # 2 steps trained on both ranks
+    assert json.loads((ds.output_dir / "midblock" / "drift.json").read_text())["history"][-1]["step"] == 2
+
+    a, b = _saved(ds, mode), _saved(single, mode)
+    assert a.keys() == b.keys()
+    if mode == "lora":
+        assert {layer_of(k) for k in a} == set(WINDOW)
+        assert sum(t.numel() for t in a.values()) == plan["trainable_params"]  # gathered, full size
+        assert all(t.abs().max() > 10 * ATOL for k, t in a.items() if "lora_B" in k)  # B trained off zero
+    else:
+        base = load_state(workspace.model_dir / "model.safetensors")
+        assert a.keys() == base.keys()
+        assert all(a[k].shape == base[k].shape for k in a)  # full size, not partitions
+        changed = changed_tensors(base, a)
+        assert {layer_of(k) for k in changed} == set(WINDOW), sorted(changed)
+        assert changed_tensors(base, b) == changed
+    diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    print(f"zero3 + gradient checkpointing ({mode}): max |2 processes - 1 process| = {diff:.3g}")
+    for key in a:
+        assert a[key].shape == b[key].shape and a[key].numel() > 0, key
+        assert torch.allclose(a[key], b[key], rtol=0, atol=ATOL), (key, (a[key] - b[key]).abs().max())

@@ -3,6 +3,9 @@
 Hooks used (Axolotl calls them in this order; every hook is a no-op unless the config
 says ``adapter: midblock``, because Axolotl 0.21+ loads installed plugins for every run):
 
+* ``register`` (the raw config): ``deepspeed: midblock:<name>`` to the shipped JSON, and the
+  gradient-checkpointing mode (:func:`_choose_checkpointing_mode`: non-reentrant, but reentrant
+  under ZeRO-3 on DeepSpeed < 0.19.3, where an explicit non-reentrant request is refused);
 * ``get_input_args``: the YAML keys (:class:`~.args.MidBlockArgs`, checked by :mod:`.keys`),
   validated with the rest of the config, before anything is loaded;
 * ``get_adapter_capabilities``: registers the adapter name ``midblock``, so Axolotl's
@@ -114,21 +117,25 @@ class MidBlockPlugin(BasePlugin):
     def register(self, cfg) -> None:
         """Raw config, before validation (only with ``adapter: midblock``).
 
-        * Gradient checkpointing defaults to non-reentrant: Axolotl defaults
-          ``gradient_checkpointing_kwargs`` to ``{use_reentrant: true}``; transformers'
-          default, non-reentrant, lets backward truncation skip the frozen layers below the
-          window. An explicit user setting is kept.
         * ``deepspeed: midblock:zero3`` (or ``midblock:zero3_offload``) is replaced by the
           path of that JSON inside this package.
+        * With ``gradient_checkpointing: true`` and no ``use_reentrant`` of the user's, the
+          plugin chooses it (:func:`midblock_plugin.compat.checkpointing_mode`), where
+          Axolotl's own default is reentrant: non-reentrant (transformers' default; backward
+          truncation then needs no marker at the window's entry), except under DeepSpeed
+          ZeRO-3 on a DeepSpeed older than 0.19.3, whose non-reentrant recompute of frozen
+          (PEFT) parameters fails on the first backward; there it is reentrant. An explicit
+          ``use_reentrant: false`` in that combination is refused here, when the config is
+          loaded, with the fix; any other explicit setting is kept. The choice and its reason
+          are logged.
         """
         if not is_midblock(cfg):  # idempotent: harmless if the plugin is listed twice
             return
-        if cfg.get("gradient_checkpointing") is True and cfg.get("gradient_checkpointing_kwargs") is None:
-            cfg["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
-            LOG.info("midblock: gradient_checkpointing_kwargs defaults to {use_reentrant: false}")
         deepspeed = cfg.get("deepspeed")
         if isinstance(deepspeed, str) and deepspeed.startswith(DEEPSPEED_PREFIX):
             cfg["deepspeed"] = shipped_deepspeed_config(deepspeed)
+        if cfg.get("gradient_checkpointing") is True:
+            _choose_checkpointing_mode(cfg)
 
     def get_input_args(self) -> str | None:
         # Listed twice, MidBlockArgs would be a base class of Axolotl's config schema twice (a TypeError).
@@ -312,6 +319,44 @@ def _process_group_active() -> bool:
     except ImportError:  # pragma: no cover
         return False
     return dist.is_available() and dist.is_initialized()
+
+
+def uses_zero3(cfg) -> bool:
+    """Whether the config's ``deepspeed`` (a JSON path after the ``midblock:`` mapping, or a
+    mapping) is ZeRO stage 3. A config that cannot be read counts as not ZeRO-3 here; Axolotl
+    and the Trainer report an unreadable DeepSpeed config themselves."""
+    from midblock_plugin.deepspeed_configs import zero_stage
+
+    deepspeed = cfg.get("deepspeed")
+    if not deepspeed:
+        return False
+    try:
+        return zero_stage(deepspeed if isinstance(deepspeed, dict) else str(deepspeed)) == 3
+    except (OSError, ValueError, AttributeError) as exc:  # missing file, bad JSON, not a JSON object
+        LOG.warning(f"midblock: could not read the DeepSpeed config {deepspeed!r} ({exc}); "
+                    "gradient checkpointing is chosen as without ZeRO-3.")
+        return False
+
+
+def _choose_checkpointing_mode(cfg) -> None:
+    """Set (or check) ``gradient_checkpointing_kwargs.use_reentrant`` of a raw config with
+    gradient checkpointing on; raises ``ValueError`` for a combination that would crash."""
+    from midblock_plugin.compat import checkpointing_mode
+
+    kwargs = cfg.get("gradient_checkpointing_kwargs")
+    requested = kwargs.get("use_reentrant") if isinstance(kwargs, dict) else None
+    zero3 = uses_zero3(cfg)
+    try:
+        use_reentrant, reason = checkpointing_mode(zero3, requested)
+    except ValueError as exc:
+        raise ValueError(f"adapter: midblock: gradient_checkpointing_kwargs: {exc}") from None
+    if requested is None:
+        cfg["gradient_checkpointing_kwargs"] = {**(kwargs if isinstance(kwargs, dict) else {}),
+                                                "use_reentrant": use_reentrant}
+    LOG.info(
+        f"midblock: gradient checkpointing use_reentrant: {str(bool(use_reentrant)).lower()}; "
+        f"{'DeepSpeed ZeRO-3, ' if zero3 else ''}{reason}"
+    )
 
 
 def shipped_deepspeed_config(value: str) -> str:
