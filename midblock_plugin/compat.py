@@ -47,13 +47,48 @@ def checkpointing_on(args: Any) -> bool:
     return bool(getattr(args, "activation_checkpointing", None) or getattr(args, "gradient_checkpointing", None))
 
 
-def is_reentrant(args: Any) -> bool:
-    """Whether the Trainer's checkpointing is reentrant (transformers 5 defaults to
-    non-reentrant; the kwargs moved to ``activation_checkpointing_kwargs`` in 5.24)."""
+def is_reentrant(args: Any, model: Any = None) -> bool:
+    """Whether gradient checkpointing runs reentrant.
+
+    With ``model`` (checkpointing already enabled, e.g. in ``on_train_begin``) the answer is
+    read from what runs: the ``use_reentrant`` keyword bound into the layers' checkpoint
+    function (:func:`model_checkpointing_reentrant`). The training arguments can disagree
+    with it: transformers 5.24 enables checkpointing from ``activation_checkpointing_kwargs``,
+    while TRL writes its PEFT + ZeRO-3 ``use_reentrant=True`` into the deprecated
+    ``gradient_checkpointing_kwargs``, which is a separate dict when the user gave none.
+    Without ``model`` (or when the function is not a ``functools.partial``), the arguments
+    decide, the name the installed transformers reads first.
+    """
+    if model is not None:
+        found = model_checkpointing_reentrant(model)
+        if found is not None:
+            return found
     kwargs = getattr(args, "activation_checkpointing_kwargs", None)
     if kwargs is None:
         kwargs = getattr(args, "gradient_checkpointing_kwargs", None)
     return bool((kwargs or {}).get("use_reentrant", False))
+
+
+def model_checkpointing_reentrant(model: Any) -> bool | None:
+    """The ``use_reentrant`` that ``model``'s checkpointed layers run with, or ``None`` when
+    checkpointing is off or the function does not say (a wrapper that is not a partial).
+
+    Private: ``GradientCheckpointingLayer._gradient_checkpointing_func``, a
+    ``functools.partial(torch.utils.checkpoint.checkpoint, **kwargs)`` in transformers 5.16
+    and 5.24; no public API reports the mode in force.
+    """
+    import functools
+
+    for module in model.modules():
+        func = getattr(module, "_gradient_checkpointing_func", None)
+        if func is None or not getattr(module, "gradient_checkpointing", False):
+            continue
+        while hasattr(func, "__wrapped__") and not isinstance(func, functools.partial):
+            func = func.__wrapped__
+        if isinstance(func, functools.partial) and "use_reentrant" in (func.keywords or {}):
+            return bool(func.keywords["use_reentrant"])
+        return None
+    return None
 
 
 def remove_input_grad_hooks(model: Any) -> int:

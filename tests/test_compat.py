@@ -31,6 +31,30 @@ def test_checkpointing_flags_of_real_training_arguments(tmp_path):
     assert compat.is_reentrant(on) and not compat.is_reentrant(off)
 
 
+@pytest.mark.parametrize("given", [None, {}, {"use_reentrant": False}], ids=["unset", "empty", "false"])
+def test_is_reentrant_reads_the_mode_that_runs_not_the_deprecated_alias(tmp_path, given):
+    """TRL forces ``use_reentrant=True`` for PEFT + ZeRO-3 by writing the deprecated
+    ``gradient_checkpointing_kwargs``. Given no kwargs, that is a new dict and transformers 5.24
+    still checkpoints non-reentrant (it reads ``activation_checkpointing_kwargs``); given a dict,
+    the two names share it and the switch takes effect. The model's checkpoint function is the
+    truth in both cases."""
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], gradient_checkpointing=True,
+                             gradient_checkpointing_kwargs=given, max_steps=1)
+    args.gradient_checkpointing_kwargs = args.gradient_checkpointing_kwargs or {}  # what TRL 1.16 does
+    args.gradient_checkpointing_kwargs["use_reentrant"] = True
+    model = tiny_model("llama", num_layers=2)
+    assert compat.model_checkpointing_reentrant(model) is None  # off
+    trainer = Trainer(model=model, args=args)
+    gc_kwargs = dict(args.activation_checkpointing_kwargs or {})  # what Trainer.train() enables
+    model.train()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs=gc_kwargs or None)
+    runs_reentrant = bool(given)  # only a shared dict carries TRL's switch
+    assert compat.model_checkpointing_reentrant(model) is runs_reentrant
+    assert compat.is_reentrant(trainer.args, model) is runs_reentrant
+
+
 def test_remove_input_grad_hooks_removes_the_orphaned_hook_too():
     from peft import get_peft_model
 

@@ -1,5 +1,6 @@
 """The TRL example script, end to end, as a user runs it."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -26,6 +27,7 @@ def test_example_trains_and_saves_a_midblock_adapter(tmp_path):
     assert cfg["r"] == 12  # floor(8 * 8 / 5)
     assert (out / "adapter_model.safetensors").stat().st_size > 0
     assert "window         layers 1-5" in r.stderr
+    assert r.stderr.count("gradient checkpointing: non-reentrant (the default)") == 1  # midblock's choice, said once
     drift = json.loads((out / "midblock" / "drift.json").read_text())
     assert drift["history"][-1]["step"] == 2
 
@@ -50,3 +52,18 @@ def test_example_bad_window_fails_before_any_work(tmp_path):
     assert not out.exists()
     r = run("--data", str(tmp_path / "missing.jsonl"), "--output-dir", str(out))
     assert r.returncode != 0 and "--data" in r.stderr and "does not exist" in r.stderr
+
+
+def _example_module():
+    spec = importlib.util.spec_from_file_location("sft_midblock_example_ckpt", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_reentrant_needs_checkpointing(tmp_path, capsys):
+    ex = _example_module()
+    out = tmp_path / "never"
+    assert ex.main(["--data", str(GSM8K_DIR / "train.jsonl"), "--output-dir", str(out), "--reentrant"]) == 2
+    assert "--reentrant chooses the gradient checkpointing mode; add --gradient-checkpointing" in capsys.readouterr().err
+    assert not out.exists()

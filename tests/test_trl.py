@@ -165,3 +165,69 @@ def test_foreign_lora_config_outside_window_is_rejected(tmp_path):
         SFTTrainer(model=model, args=SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], max_steps=1),
                    train_dataset=_dataset(), processing_class=tiny_tokenizer(), peft_config=uniform,
                    callbacks=[MidBlockCallback(MidBlockConfig())])
+
+
+@pytest.fixture
+def deepspeed_at(monkeypatch):
+    """Pretend another DeepSpeed version is installed (the choice depends only on it)."""
+    from midblock_plugin import compat
+
+    for name in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_CONFIG_FILE", "ACCELERATE_DEEPSPEED_ZERO_STAGE"):
+        monkeypatch.delenv(name, raising=False)
+    return lambda version: monkeypatch.setattr(compat, "deepspeed_version", lambda: version)
+
+
+def test_checkpointing_mode_follows_deepspeed_version_and_launch(tmp_path, monkeypatch, deepspeed_at):
+    """ZeRO-3 is read from ``deepspeed=`` or from accelerate's DeepSpeed plugin; the mode is
+    written under both argument names transformers reads."""
+    from transformers import TrainingArguments
+
+    from midblock_plugin.deepspeed_configs import config_path
+    from midblock_plugin.integrations.trl import checkpointing_mode, zero3_enabled
+
+    def args(**kw):
+        return TrainingArguments(output_dir=str(tmp_path), report_to=[], gradient_checkpointing=True, **kw)
+
+    deepspeed_at((0, 19, 2))
+    assert checkpointing_mode(TrainingArguments(output_dir=str(tmp_path), report_to=[])) is None  # off
+    plain = args()
+    assert checkpointing_mode(plain) == (False, "non-reentrant (the default)")
+    assert plain.activation_checkpointing_kwargs == plain.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    z3 = args(deepspeed=config_path("zero3"))
+    assert zero3_enabled(z3)
+    use, why = checkpointing_mode(z3)
+    assert use is True and "DeepSpeed 0.19.2 < 0.19.3" in why and z3.activation_checkpointing_kwargs["use_reentrant"]
+    with pytest.raises(ValueError, match=r"deepspeed>=0.19.3 \(installed: 0.19.2\).*use_reentrant: true"):
+        checkpointing_mode(args(deepspeed=config_path("zero3")), use_reentrant=False)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # accelerate launch with a ZeRO-2 plugin
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    assert not zero3_enabled(args()) and checkpointing_mode(args())[0] is False
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    assert zero3_enabled(args()) and checkpointing_mode(args())[0] is True
+    deepspeed_at((0, 19, 8))
+    assert checkpointing_mode(args(), use_reentrant=False) == (False, "as configured")
+    with pytest.raises(ValueError, match="gradient_checkpointing is off"):
+        checkpointing_mode(TrainingArguments(output_dir=str(tmp_path), report_to=[]), use_reentrant=True)
+
+
+def test_keep_checkpointing_mode_undoes_trls_zero3_switch(tmp_path):
+    """After TRL's PEFT + ZeRO-3 switch (simulated on the arguments exactly as TRL 1.16 writes
+    it), the chosen non-reentrant mode is what the model runs with once training enables it."""
+    from types import SimpleNamespace
+
+    from transformers import TrainingArguments
+
+    from midblock_plugin import compat
+    from midblock_plugin.integrations.trl import checkpointing_mode, keep_checkpointing_mode
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, gradient_checkpointing=True)
+    use, _ = checkpointing_mode(args)
+    trainer = SimpleNamespace(args=args)
+    assert not keep_checkpointing_mode(trainer, use)  # nothing changed it
+    args.gradient_checkpointing_kwargs["use_reentrant"] = True  # TRL: shared dict, so both names switch
+    assert args.activation_checkpointing_kwargs["use_reentrant"] is True
+    assert keep_checkpointing_mode(trainer, use)
+    model = tiny_model("llama", num_layers=2)
+    model.train()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs=dict(args.activation_checkpointing_kwargs))
+    assert compat.model_checkpointing_reentrant(model) is False

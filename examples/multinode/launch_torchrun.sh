@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# torchrun: run this on every node (NODE_RANK=0..NNODES-1), MASTER_ADDR = node 0.
+# torchrun: run this on every node, from the root of a midblock checkout:
+#   NODE_RANK=0 MASTER_ADDR=node-001 bash examples/multinode/launch_torchrun.sh   # on node-001
+#   NODE_RANK=1 MASTER_ADDR=node-001 bash examples/multinode/launch_torchrun.sh   # on node-002, ...
+# Environment: NNODES (4), NODE_RANK (0..NNODES-1, required), NPROC_PER_NODE (8, the GPUs per
+# node), MASTER_ADDR (node 0's address, required), MASTER_PORT (29500), ZERO (zero3,
+# zero3_offload or a JSON path), MODEL, DATA, OUT. Arguments go to the training script after
+# the recipe in recipe.sh and override it (--max-steps 100, --no-bf16, ...).
 set -euo pipefail
-torchrun --nnodes "${NNODES:-4}" --nproc_per_node "${GPUS_PER_NODE:-8}" --node_rank "${NODE_RANK:?set NODE_RANK}" \
-  --master_addr "${MASTER_ADDR:?set MASTER_ADDR}" --master_port "${MASTER_PORT:-29500}" \
-  examples/trl/sft_midblock.py --deepspeed "${ZERO:-zero3}" \
-  --model "${MODEL:-allenai/OLMo-2-0325-32B}" --data "${DATA:-gsm8k_train.jsonl}" --num-examples 2000 \
-  --segments 01110 --rank 64 --lora-alpha 128 --lr 5e-5 --bf16 --batch-size 4 --grad-accum 8 \
-  --max-length 128 --gradient-checkpointing --output-dir "${OUT:-runs/olmo2-32b-midblock}"
+source examples/multinode/recipe.sh
+exec torchrun --nnodes "${NNODES:-4}" --nproc_per_node "${NPROC_PER_NODE:-${GPUS_PER_NODE:-8}}" \
+  --node_rank "${NODE_RANK:?set NODE_RANK (0 on the first node)}" \
+  --master_addr "${MASTER_ADDR:?set MASTER_ADDR (the first node)}" --master_port "${MASTER_PORT:-29500}" \
+  "$TRAIN_SCRIPT" --deepspeed "${ZERO:-zero3}" "${RECIPE[@]}" "$@"

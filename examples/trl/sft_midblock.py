@@ -39,8 +39,12 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--optim", default="adamw_torch", help="an HF optimizer name (adamw_torch, sgd, ...)")
     p.add_argument("--max-length", type=int, default=128, help="sequence length (the paper truncated to 128)")
-    p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--bf16", action="store_true", help="bf16 training (GPU)")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
+                   help="recompute activations in the backward (what the 32B recipe uses)")
+    p.add_argument("--reentrant", action=argparse.BooleanOptionalAction, default=None,
+                   help="checkpointing mode with --gradient-checkpointing (default: midblock chooses; non-reentrant "
+                        "unless ZeRO-3 runs on a DeepSpeed too old for it)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False, help="bf16 training (GPU)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--sequential", action="store_true", help="iterate the data in file order (reproducible comparisons)")
     p.add_argument("--logging-steps", type=int, default=1)
@@ -187,6 +191,9 @@ def main(argv=None) -> int:
         rows = load_rows(args.data, args.num_examples)
         eval_settings = eval_settings_from_args(args)
         check_setup(args)
+        if args.reentrant is not None and not args.gradient_checkpointing:
+            raise ValueError(f"--{'' if args.reentrant else 'no-'}reentrant chooses the gradient checkpointing mode; "
+                             "add --gradient-checkpointing or drop it.")
         from midblock_plugin.integrations.trl import build_plan
 
         # The plan is built once, from config.json only: the window is checked against the model here.
@@ -205,7 +212,7 @@ def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from midblock_plugin.integrations.trl import MidBlockCallback
+    from midblock_plugin.integrations import trl as midblock_trl
 
     cpu = not torch.cuda.is_available()
     extra = {}
@@ -217,7 +224,7 @@ def main(argv=None) -> int:
     if deepspeed_on:
         if cpu:
             # DeepSpeed on CPU (tests, laptops): gloo and accelerate's configured state, else the
-            # HF batch-size arithmetic assumes world size 1 (see docs/deepspeed.md).
+            # HF batch-size arithmetic assumes world size 1 (README: "DeepSpeed ZeRO-3 and multi-node").
             from accelerate import PartialState
 
             os.environ.setdefault("ACCELERATE_USE_DEEPSPEED", "true")
@@ -243,6 +250,13 @@ def main(argv=None) -> int:
         report_to=[],
         **extra,
     )
+    try:  # the checkpointing mode this DeepSpeed can run (--reentrant / --no-reentrant, else midblock's choice)
+        checkpointing = midblock_trl.checkpointing_mode(sft, args.reentrant)
+    except ValueError as exc:
+        print(f"sft_midblock.py: error: --no-reentrant: {exc}", file=sys.stderr)
+        return 2
+    if checkpointing is not None and sft.process_index == 0:
+        print(f"sft_midblock.py: gradient checkpointing: {midblock_trl.describe_mode(*checkpointing)}", file=sys.stderr)
     if args.model == "tiny":
         from midblock_plugin.testing import tiny_model, tiny_tokenizer
 
@@ -254,7 +268,7 @@ def main(argv=None) -> int:
         tok.pad_token = tok.eos_token
 
     peft_config = plan.lora_config() if plan.mode == "lora" else None
-    callback = MidBlockCallback(plan=plan)
+    callback = midblock_trl.MidBlockCallback(plan=plan)
     trainer = SFTTrainer(
         model=model,
         args=sft,
@@ -264,6 +278,10 @@ def main(argv=None) -> int:
         callbacks=[callback],
     )
     callback.bind(trainer)
+    if checkpointing is not None and midblock_trl.keep_checkpointing_mode(trainer, checkpointing[0]):
+        if trainer.is_world_process_zero():
+            print(f"sft_midblock.py: gradient checkpointing: kept {midblock_trl.describe_mode(*checkpointing)}; "
+                  "TRL switches PEFT + ZeRO-3 to reentrant, a workaround only DeepSpeed < 0.19.3 needs", file=sys.stderr)
     if eval_settings is not None:
         from midblock_plugin.evaluation import EvalCallback
 
@@ -273,6 +291,10 @@ def main(argv=None) -> int:
     if trainer.is_world_process_zero():
         tok.save_pretrained(args.output_dir)
     print(f"saved {'LoRA adapter' if peft_config else 'model'} to {args.output_dir}", file=sys.stderr)
+    # All ranks done (rank 0 wrote the tokenizer), then leave the process group explicitly
+    # rather than at interpreter exit (PyTorch warns about a group left to the exit).
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return 0
 
 

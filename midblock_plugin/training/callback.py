@@ -145,7 +145,7 @@ class MidBlockCallback(TrainerCallback):
                     state.global_step, args.output_dir,
                 )
         if self.config.truncate_backward and checkpointing_on(args) and self.truncation is None:
-            self.truncation = BackwardTruncation(plan.first_layer, reentrant=is_reentrant(args))
+            self.truncation = BackwardTruncation(plan.first_layer, reentrant=is_reentrant(args, model))
             if self.truncation.install(model):
                 logger.info(
                     "midblock: backward truncated below layer %d (removed %d input-grad hooks, reentrant=%s)",

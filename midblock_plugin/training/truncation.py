@@ -63,6 +63,7 @@ class BackwardTruncation:
                         args = (args[0].detach().requires_grad_(True), *args[1:])
                     return original(function, *args, **kwargs)
 
+                marked.__wrapped__ = original  # compat.model_checkpointing_reentrant reads the mode through it
                 return marked
 
             self._undo = wrap_checkpoint_function(layer, marking)
