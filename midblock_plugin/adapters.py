@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from midblock_plugin.architecture import unwrap
+from midblock_plugin.architecture import model_quantization, unwrap
 from midblock_plugin.plan import MidBlockPlan
 from midblock_plugin.window import WindowError
 
@@ -44,10 +44,24 @@ def apply_full_mode(model: Any, plan: MidBlockPlan) -> int:
     """Freeze everything but the window's layers (and opted-in extras). Must run before
     the optimizer and before ``deepspeed.initialize``. Returns the trainable count."""
     base = unwrap(model)
+    check_full_mode_base(base, plan)
     names = full_mode_trainable_names(base, plan)
     for name, p in base.named_parameters():
         p.requires_grad_(name in names)
     return verify_trainable(model, plan)
+
+
+def check_full_mode_base(model: Any, plan: MidBlockPlan) -> None:
+    """Full mode updates the base weights, which a quantized model (QLoRA) does not hold in
+    a trainable form: a ``ValueError`` with the fix, before anything is frozen or trained."""
+    kind = model_quantization(model)
+    if kind is not None:
+        raise ValueError(
+            f"mode='full' trains the base weights of layers {plan.window}, but this model is loaded quantized "
+            f"({kind.replace('bnb-', 'bitsandbytes ')}), and quantized weights cannot be trained. Use mode='lora' "
+            "(QLoRA: a LoRA adapter on the window's layers over the quantized base), or load the model without "
+            "quantization (no BitsAndBytesConfig / load_in_4bit / load_in_8bit) to train the layers themselves."
+        )
 
 
 def trainable_parameters(model: Any) -> dict[str, int]:

@@ -17,6 +17,7 @@ norms or projections by name.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -236,10 +237,20 @@ def is_linear(module: Any) -> bool:
     return type(module).__name__ == "Conv1D"  # transformers' GPT-2 projection (PEFT supports it)
 
 
+def param_shape(p: Any) -> tuple[int, ...]:
+    """The shape a parameter stands for: ``ds_shape`` under ZeRO-3, the unpacked shape of a
+    bitsandbytes 4-bit weight (``Params4bit`` stores two 4-bit values per byte, as a
+    ``(numel / 2, 1)`` tensor; its ``quant_state`` keeps the real shape), else its own."""
+    shape = getattr(p, "ds_shape", None)
+    if not shape:
+        shape = getattr(getattr(p, "quant_state", None), "shape", None)
+    return tuple(int(n) for n in (shape or p.shape))
+
+
 def in_out_features(module: Any) -> tuple[int, int]:
-    """``(in, out)`` of a linear module (``ds_shape`` under ZeRO-3; Conv1D stores ``(in, out)``)."""
-    w = module.weight
-    shape = tuple(getattr(w, "ds_shape", None) or w.shape)
+    """``(in, out)`` of a linear module (``ds_shape`` under ZeRO-3, the unpacked shape of a
+    4-bit weight; Conv1D stores ``(in, out)``)."""
+    shape = param_shape(module.weight)
     if type(module).__name__ == "Conv1D":
         return int(shape[0]), int(shape[1])
     return int(shape[1]), int(shape[0])
@@ -250,9 +261,47 @@ def linear_modules(layer: Any) -> dict[str, Any]:
     return {name: mod for name, mod in layer.named_modules() if name and is_linear(mod)}
 
 
+def param_numel(p: Any) -> int:
+    """Element count of one parameter: ``ds_numel`` for a ZeRO-3 partitioned one, the
+    unpacked count of a bitsandbytes 4-bit weight (whose own ``numel()`` is half of it)."""
+    ds = int(getattr(p, "ds_numel", 0) or 0)
+    if ds:
+        return ds
+    shape = getattr(getattr(p, "quant_state", None), "shape", None)
+    return math.prod(int(n) for n in shape) if shape is not None else p.numel()
+
+
 def numel(params: Iterable[Any]) -> int:
-    """Element count of parameters (``ds_numel`` for ZeRO-3 partitioned ones)."""
-    return sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in params)
+    """Element count of parameters (``ds_numel`` for ZeRO-3 partitioned ones, unpacked for 4-bit ones)."""
+    return sum(param_numel(p) for p in params)
+
+
+#: bitsandbytes parameter classes -> the quantization they hold
+BNB_PARAM_CLASSES = {"Params4bit": "bnb-4bit", "Int8Params": "bnb-8bit"}
+
+
+def param_quantization(p: Any) -> str | None:
+    """``"bnb-4bit"`` / ``"bnb-8bit"`` for a bitsandbytes-quantized weight, else ``None``."""
+    kind = BNB_PARAM_CLASSES.get(type(p).__name__)
+    if kind == "bnb-4bit" and not getattr(p, "bnb_quantized", True):
+        return None  # not quantized yet (before the weights reached the device)
+    return kind
+
+
+def config_quantization(config: Any) -> tuple[str | None, tuple[str, ...]]:
+    """``(kind, modules bitsandbytes leaves in full precision)`` from a transformers config's
+    ``quantization_config`` (a dict or a ``BitsAndBytesConfig``): ``("bnb-4bit", ...)``,
+    ``("bnb-8bit", ...)``, or ``(None, ())`` for no or another quantization method."""
+    qc = _get(config, "quantization_config")
+    if qc is None:
+        return None, ()
+    if not isinstance(qc, dict):
+        qc = qc.to_dict() if hasattr(qc, "to_dict") else vars(qc)
+    method = str(getattr(qc.get("quant_method"), "value", qc.get("quant_method")) or "bitsandbytes")
+    if method != "bitsandbytes":
+        return None, ()
+    kind = "bnb-4bit" if qc.get("load_in_4bit") else "bnb-8bit" if qc.get("load_in_8bit") else None
+    return kind, tuple(qc.get("llm_int8_skip_modules") or ())
 
 
 def is_peft_wrapped(model: Any) -> bool:
@@ -292,6 +341,10 @@ class ModelLayout:
     layer_params: tuple[int, ...] = field(default=(), repr=False)
     final_norm_params: int = 0
     embedding_params: int = 0
+    #: ``"bnb-4bit"`` / ``"bnb-8bit"`` for a bitsandbytes-quantized base (QLoRA), else ``None``
+    quantization: str | None = None
+    #: how many of ``full_params`` are stored quantized (the decoder's linear weights)
+    quantized_params: int = 0
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -305,7 +358,7 @@ class ModelLayout:
         :func:`check_decoder` refused encoder-decoder and encoder models with a clear message)."""
         check_decoder(config, f"the model {getattr(config, '_name_or_path', '') or getattr(config, 'model_type', '')!r}",
                       trust_remote_code=True)
-        return cls._from_module(meta_model(config), config)
+        return cls._from_module(meta_model(config), config, shapes_only=True)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> "ModelLayout":
@@ -323,7 +376,9 @@ class ModelLayout:
         return cls._from_module(base, config)
 
     @classmethod
-    def _from_module(cls, model: Any, config: Any) -> "ModelLayout":
+    def _from_module(cls, model: Any, config: Any, shapes_only: bool = False) -> "ModelLayout":
+        """``shapes_only``: ``model`` is the meta-device copy of ``config`` (no quantized weights;
+        a bitsandbytes ``quantization_config`` in ``config`` says which would be quantized)."""
         base = unwrap(model)
         path, layer_list = find_decoder_layers(base)
         num_layers = num_layers_from_config(config) if config is not None else len(layer_list)
@@ -352,6 +407,7 @@ class ModelLayout:
             layer_params=tuple(numel(layer.parameters()) for layer in layer_list),
             final_norm_params=numel(norm.parameters()) if norm is not None else 0,
             embedding_params=numel(emb.parameters()) if emb is not None else 0,
+            **_quantized_counts(base, config, shapes_only),
         )
 
     # ------------------------------------------------------------------ queries
@@ -422,6 +478,36 @@ class ModelLayout:
         """LoRA parameters of rank ``rank`` on ``targets`` of layer ``index``."""
         mods = self.linears[index]
         return sum(rank * (mods[n].in_features + mods[n].out_features) for n in targets if n in mods)
+
+
+def _quantized_counts(base: Any, config: Any, shapes_only: bool) -> dict[str, Any]:
+    """``quantization`` and ``quantized_params`` of a loaded model (from its weights) or of
+    the meta copy of a config (the linear weights bitsandbytes would quantize: all but the
+    output embeddings and ``llm_int8_skip_modules``)."""
+    if not shapes_only:
+        kinds: dict[str, int] = {}
+        for p in dict.fromkeys(base.parameters()):
+            kind = param_quantization(p)
+            if kind is not None:
+                kinds[kind] = kinds.get(kind, 0) + param_numel(p)
+        if not kinds:
+            return {}
+        return {"quantization": max(kinds, key=kinds.get), "quantized_params": sum(kinds.values())}
+    kind, skip = config_quantization(config) if config is not None else (None, ())
+    if kind is None:
+        return {}
+    out = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    count = sum(
+        param_numel(m.weight)
+        for name, m in base.named_modules()
+        if is_linear(m) and m is not out and not any(key in name for key in skip)
+    )
+    return {"quantization": kind, "quantized_params": count}
+
+
+def model_quantization(model: Any) -> str | None:
+    """``"bnb-4bit"`` / ``"bnb-8bit"`` when a loaded model's weights are bitsandbytes-quantized."""
+    return _quantized_counts(unwrap(model), None, False).get("quantization")
 
 
 def layout_of(model_or_config: Any) -> ModelLayout:

@@ -25,7 +25,7 @@ from midblock_plugin.window import (
 
 
 MODES = ("lora", "full")
-BUDGETS = ("match", "none")
+BUDGETS = ("match", "none", "serve")
 ALPHA_POLICIES = ("ratio", "fixed")
 TARGET_PRESETS = ("attention", "mlp", "all-linear")
 
@@ -59,7 +59,7 @@ class MidBlockConfig:
     window_from: str | None = field(default=None, metadata={"help": "Path of an analysis.json written by 'midblock analyze'; its recommended layers are used."})
     mode: str = field(default="lora", metadata={"help": "'lora' (the paper's method: LoRA on the window's layers) or 'full' (full-parameter updates of the window's layers)."})
     rank: int = field(default=16, metadata={"help": "Rank r of the uniform-LoRA baseline the budget is matched to."})
-    budget: str = field(default="match", metadata={"help": "'match': active layers get rank floor(r*L/n) so the rank sum equals uniform LoRA at rank r; 'none': active layers get rank r."})
+    budget: str = field(default="match", metadata={"help": "'match': active layers get rank floor(r*L/n) so the rank sum equals uniform LoRA at rank r; 'none': active layers get rank r; 'serve': the largest rank vLLM serves (its --max-lora-rank sizes 1, 8, 16, 32, 64, 128, 256, 320, 512) at or below floor(r*L/n)."})
     lora_alpha: float | None = field(default=None, metadata={"help": "Alpha of the uniform baseline (default 2*rank)."})
     alpha_policy: str = field(default="ratio", metadata={"help": "'ratio': keep alpha/r (alpha/sqrt(r) with rsLoRA) equal to the baseline's; 'fixed': the same alpha for every rank, as in the paper."})
     use_rslora: bool = field(default=False, metadata={"help": "Use rank-stabilised LoRA scaling alpha/sqrt(r)."})

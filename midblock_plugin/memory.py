@@ -5,7 +5,10 @@
 partition, 12 for the fp32 master weight and Adam's two moments; plus a gather buffer of 4
 bytes times the largest module), extended to *partly frozen* models: a frozen parameter
 costs only its 2-byte weight, partitioned across all GPUs. For full fine-tuning the figures
-equal DeepSpeed's own estimator (``tests/test_memory.py`` checks it).
+equal DeepSpeed's own estimator (``tests/test_memory.py`` checks it). On a quantized base
+(QLoRA: a plan of a bitsandbytes 4-/8-bit model, or of a ``config.json`` with its
+``quantization_config``) the LoRA rows count the decoder's linear weights at their stored size
+(:data:`QUANTIZED_WEIGHT_BYTES`); the full fine-tuning row stays the bf16 comparison.
 
 **Activations** (:func:`activation_estimates`). ZeRO-3 partitions model states, not
 activations: each GPU keeps the activations of its own micro-batch (``B`` sequences of
@@ -71,6 +74,10 @@ GRAD_BYTES = 4
 OPTIM_BYTES = 12
 GATHER_BYTES = 4
 CPU_BUFFER_FACTOR = 1.5  # DeepSpeed's additional_buffer_factor
+#: bytes per element of a frozen weight stored quantized (QLoRA): NF4 holds two values a byte,
+#: plus one 8-bit absmax per 64-value block with double quantization (Axolotl's and the QLoRA
+#: paper's default); int8 one byte (its per-row fp32 scales are left out)
+QUANTIZED_WEIGHT_BYTES = {"bnb-4bit": 0.5 + 1 / 64, "bnb-8bit": 1.0}
 
 
 @dataclass
@@ -89,19 +96,23 @@ class MemoryEstimate:
         return asdict(self)
 
 
-def _estimate(method: str, total: int, trainable: int, largest: int, gpus: int, nodes: int, offload: bool) -> MemoryEstimate:
+def _estimate(method: str, total: int, trainable: int, largest: int, gpus: int, nodes: int, offload: bool,
+              quantized: int = 0, quantized_bytes: float = WEIGHT_BYTES) -> MemoryEstimate:
+    """``quantized`` of the ``total`` parameters are frozen weights stored at ``quantized_bytes``
+    each (a QLoRA base); the others at ``WEIGHT_BYTES``."""
     world = gpus * nodes
     gb = 1024**3
-    params = WEIGHT_BYTES * total / world
+    weights = WEIGHT_BYTES * (total - quantized) + quantized_bytes * quantized
+    params = weights / world
     grads = GRAD_BYTES * trainable / world
     optim = OPTIM_BYTES * trainable / world
     gather = GATHER_BYTES * largest
     if offload:  # optimizer and parameters offloaded to CPU (zero3_offload.json)
         gpu = gather
-        cpu = (WEIGHT_BYTES * total + (GRAD_BYTES + OPTIM_BYTES) * trainable) / nodes * CPU_BUFFER_FACTOR
+        cpu = (weights + (GRAD_BYTES + OPTIM_BYTES) * trainable) / nodes * CPU_BUFFER_FACTOR
         shown = (0.0, 0.0, 0.0)
     else:
-        gpu = gather + int((WEIGHT_BYTES * total + (GRAD_BYTES + OPTIM_BYTES) * trainable) / world)
+        gpu = gather + int((weights + (GRAD_BYTES + OPTIM_BYTES) * trainable) / world)
         cpu = largest * 4 * gpus * CPU_BUFFER_FACTOR
         shown = (params, grads, optim)
     return MemoryEstimate(
@@ -126,13 +137,18 @@ def zero3_estimates(plan: MidBlockPlan, gpus_per_node: int, nodes: int = 1, offl
             raise ValueError(f"{name}={v!r} must be a positive integer (--gpus-per-node G --nodes N).")
     base = plan.full_params
     largest = plan.largest_module_params
+    # a quantized base (QLoRA): its linear weights at their stored size in both LoRA rows; full
+    # fine-tuning (which cannot train quantized weights) stays the bf16 comparison
+    kind = getattr(plan.layout, "quantization", None)
+    qlora = {"quantized": plan.layout.quantized_params, "quantized_bytes": QUANTIZED_WEIGHT_BYTES[kind]} if kind else {}
+    tag = f", {kind[4]}-bit" if kind else ""
     rows = []
     if plan.mode == "lora":
-        rows.append(_estimate(f"mid-block LoRA ({plan.window})", base + plan.trainable_params, plan.trainable_params, largest, gpus_per_node, nodes, offload))
+        rows.append(_estimate(f"mid-block LoRA ({plan.window}{tag})", base + plan.trainable_params, plan.trainable_params, largest, gpus_per_node, nodes, offload, **qlora))
     else:
         rows.append(_estimate(f"mid-block full ({plan.window})", base, plan.trainable_params, largest, gpus_per_node, nodes, offload))
-    rows.append(_estimate(f"uniform LoRA r={plan.baseline_rank}", base + plan.uniform_lora_params, plan.uniform_lora_params, largest, gpus_per_node, nodes, offload))
-    rows.append(_estimate("full fine-tuning", base, base, largest, gpus_per_node, nodes, offload))
+    rows.append(_estimate(f"uniform LoRA r={plan.baseline_rank}{tag}", base + plan.uniform_lora_params, plan.uniform_lora_params, largest, gpus_per_node, nodes, offload, **qlora))
+    rows.append(_estimate("full fine-tuning" + (" (bf16 base)" if kind else ""), base, base, largest, gpus_per_node, nodes, offload))
     return rows
 
 

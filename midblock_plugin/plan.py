@@ -24,6 +24,7 @@ from typing import Any
 
 from midblock_plugin.architecture import ModelLayout, layout_of, load_config, num_layers_from_config
 from midblock_plugin.config import MidBlockConfig
+from midblock_plugin.serving import lora_flops_per_token, serve_rank, vllm_max_lora_rank
 from midblock_plugin.window import WindowError, describe_window, matched_rank, resolve_layers
 
 
@@ -46,6 +47,8 @@ class MidBlockPlan:
     extra_trainable: list[str] = field(default_factory=list)
     #: things the user should know about this plan (printed in the summary, kept in plan.json)
     warnings: list[str] = field(default_factory=list)
+    #: the budget-matched rank floor(r*L/n) (budget='serve' trains at or below it; None in full mode)
+    matched_rank: int | None = None
 
     # ------------------------------------------------------------------ derived views
     @property
@@ -143,6 +146,31 @@ class MidBlockPlan:
         kwargs.update(overrides)
         return LoraConfig(**kwargs)
 
+    def serving_cost(self) -> dict[str, Any] | None:
+        """LoRA serving cost per token under vLLM, against uniform LoRA at the baseline rank
+        (``None`` in full mode or without module shapes). vLLM runs its LoRA kernels on every
+        layer at the padded ``--max-lora-rank``, zeros outside the window included."""
+        if self.mode != "lora":
+            return None
+        shapes = self.layout.has_shapes and bool(self.target_modules)
+        widths = [(m.in_features, m.out_features) for layer in self.layout.linears
+                  for n, m in layer.items() if n in self.target_modules]
+        window_widths = [(m.in_features, m.out_features) for i in self.layers
+                         for n, m in (self.layout.linears[i] if shapes else {}).items() if n in self.target_modules]
+        padded, uniform_padded = vllm_max_lora_rank(self.layer_rank), vllm_max_lora_rank(self.baseline_rank)
+        cost = lora_flops_per_token(padded, widths) if padded and shapes else None
+        uniform = lora_flops_per_token(uniform_padded, widths) if uniform_padded and shapes else None
+        return {
+            "engine": "vllm",
+            "max_lora_rank": padded,
+            "lora_flops_per_token": cost,
+            "uniform_max_lora_rank": uniform_padded,
+            "uniform_lora_flops_per_token": uniform,
+            "ratio_to_uniform": (cost / uniform) if cost and uniform else None,
+            # what the window's own rank would cost on an engine that ran LoRA only where it is
+            "window_only_lora_flops_per_token": lora_flops_per_token(self.layer_rank, window_widths) if shapes else None,
+        }
+
     def to_json_dict(self) -> dict[str, Any]:
         """The plan as written to ``midblock/plan.json`` and printed by ``midblock plan --json``."""
         return {
@@ -155,6 +183,8 @@ class MidBlockPlan:
             "layers_pattern": self.layers_pattern,
             "mode": self.mode,
             "baseline_rank": self.baseline_rank,
+            "budget": self.config.budget,
+            "matched_rank": self.matched_rank,
             "layer_rank": self.layer_rank,
             "ranks": {str(k): v for k, v in self.ranks.items()},
             "base_alpha": self.base_alpha,
@@ -168,7 +198,9 @@ class MidBlockPlan:
             "full_params": self.full_params,
             "largest_module_params": self.largest_module_params,
             "extra_trainable": list(self.extra_trainable),
+            "quantization": self.layout.quantization,
             "warnings": list(self.warnings),
+            "serving": self.serving_cost(),
             "midblock_config": self.config.to_dict(),
         }
 
@@ -183,15 +215,19 @@ class MidBlockPlan:
         if self.mode == "lora":
             r = self.layer_rank
             scale = self.lora_alpha / (math.sqrt(r) if self.use_rslora else r)
+            serve = (f"; budget 'serve': the largest vLLM rank <= the matched {self.matched_rank}"
+                     if self.config.budget == "serve" else "")
             lines += [
                 f"  target modules {', '.join(self.target_modules) or '(resolved when the model is known)'}",
                 f"  ranks          {r} per active layer (uniform baseline r={self.baseline_rank}; "
-                f"rank sum {r * len(self.layers)} vs {self.baseline_rank * self.num_layers})",
+                f"rank sum {r * len(self.layers)} vs {self.baseline_rank * self.num_layers}{serve})",
                 f"  lora_alpha     {self.lora_alpha:g} (baseline {self.base_alpha:g}; scale {scale:.4g}"
                 f"{', rsLoRA' if self.use_rslora else ''}), dropout {self.lora_dropout:g}",
             ]
         elif self.extra_trainable:
             lines.append(f"  also trained   {', '.join(self.extra_trainable)}")
+        if self.layout.quantization:
+            lines.append(f"  base           quantized ({self.layout.quantization}): QLoRA; counts are of real parameters")
         if self.trainable_params is not None:
             full = self.full_params or 1
             lines.append(
@@ -202,8 +238,25 @@ class MidBlockPlan:
                     f"  vs uniform     LoRA r={self.baseline_rank} on all layers: {self.uniform_lora_params:,} params "
                     f"(ratio {self.trainable_params / self.uniform_lora_params:.3f})"
                 )
+        cost = self.serving_cost()
+        if cost is not None:
+            lines.append(_serving_line(cost, self.baseline_rank))
         lines += [f"  warning        {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+def _serving_line(cost: dict[str, Any], baseline_rank: int) -> str:
+    if cost["max_lora_rank"] is None:
+        return ("  serving        vLLM: rank above its largest --max-lora-rank 512; serve the merged model "
+                "('midblock export --target merged') or use budget='serve'")
+    line = f"  serving        vLLM --max-lora-rank {cost['max_lora_rank']} (on every layer)"
+    if cost["lora_flops_per_token"] is None:
+        return line + f"; uniform r={baseline_rank}: --max-lora-rank {cost['uniform_max_lora_rank']}"
+    line += f": {cost['lora_flops_per_token'] / 1e6:.4g} MFLOP/token of LoRA"
+    if cost["uniform_lora_flops_per_token"]:
+        line += (f" vs uniform r={baseline_rank} at --max-lora-rank {cost['uniform_max_lora_rank']}: "
+                 f"{cost['uniform_lora_flops_per_token'] / 1e6:.4g} (ratio {cost['ratio_to_uniform']:.3f})")
+    return line
 
 
 # --------------------------------------------------------------------------- build
@@ -245,15 +298,28 @@ def build_plan(
 
 def plan_for_layout(layout: ModelLayout, config: MidBlockConfig, layers: list[int] | None = None) -> MidBlockPlan:
     """The plan of ``config`` on ``layout`` (``layers`` if already resolved)."""
+    if config.mode == "full" and layout.quantization:
+        raise WindowError(
+            f"mode='full' trains the base weights, but the model is quantized ({layout.quantization}); quantized "
+            "weights cannot be trained. Use mode='lora' (QLoRA), or load the model without quantization."
+        )
     layers = layers if layers is not None else resolve_layers(layout.num_layers, **config.window_kwargs())
+    matched = matched_rank(config.rank, layout.num_layers, len(layers)) if config.mode == "lora" else None
     if config.mode == "lora":
-        r = matched_rank(config.rank, layout.num_layers, len(layers)) if config.budget == "match" else config.rank
+        r = {"match": matched, "serve": serve_rank(matched)}.get(config.budget, config.rank)
         alpha = config.base_alpha
         if config.alpha_policy == "ratio":
             alpha *= math.sqrt(r / config.rank) if config.use_rslora else r / config.rank
     else:
         r, alpha = 0, config.base_alpha
-    plan = MidBlockPlan(config=config, layout=layout, layers=layers, layer_rank=r, lora_alpha=float(round(alpha, 6)))
+    plan = MidBlockPlan(config=config, layout=layout, layers=layers, layer_rank=r, lora_alpha=float(round(alpha, 6)),
+                        matched_rank=matched)
+    if matched is not None and config.budget == "serve" and 2 * r <= matched:
+        plan.warnings.append(
+            f"budget 'serve' trains rank {r}, under half the matched rank {matched}: vLLM's --max-lora-rank sizes "
+            "are 1, 8, 16, 32, 64, 128, 256, 320, 512; use budget='match' (served at the next size up) or a "
+            "larger rank."
+        )
     if layout.has_shapes:
         plan.target_modules = layout.target_modules(config.target_modules)
         plan.uniform_lora_params = sum(

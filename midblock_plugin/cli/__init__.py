@@ -1,4 +1,4 @@
-"""The ``midblock`` command line: ``plan``, ``eval``, ``analyze``, ``run``, ``compare``.
+"""The ``midblock`` command line: ``plan``, ``eval``, ``analyze``, ``run``, ``compare``, ``export``.
 
 One module per command in this package, each exposing ``register(subparsers)``, which adds
 its parser and sets ``func``; shared flags are generated once in :mod:`.options`. This
@@ -19,6 +19,8 @@ SUBCOMMAND_MODULES = (
     "midblock_plugin.cli.eval",
     "midblock_plugin.cli.analyze",
     "midblock_plugin.cli.run",
+    "midblock_plugin.cli.sweep",
+    "midblock_plugin.cli.export",
 )
 
 

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 
 from midblock_plugin.cli.options import add_config_arguments, config_from_args
+
+
+#: ``--emit`` choices (kept equal to midblock_plugin.emit.EMIT_TOOLS; not imported, so ``--help`` stays cheap).
+EMIT_TOOLS = ("peft", "axolotl", "llamafactory", "swift", "unsloth")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", help="model directory (with config.json) or hub id")
     p.add_argument("--num-layers", type=int, help="plan for an L-layer model without any model (no parameter counts)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--emit", choices=EMIT_TOOLS, metavar="TOOL",
+                   help="print the config fragment that trains this window and rank in another tool, with its own keys: "
+                        + ", ".join(EMIT_TOOLS) + " (needs MODEL)")
     g = p.add_argument_group("ZeRO-3 memory planner")
     g.add_argument("--zero3", action="store_true", help="print per-GPU model-state memory under DeepSpeed ZeRO-3")
     g.add_argument("--gpus-per-node", type=int, default=8)
@@ -34,6 +43,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not (args.json or args.emit):
+        return _run(args)
+    # machine-read output: what libraries print to stdout while they load (DeepSpeed's accelerator
+    # notice, imported by transformers) goes to stderr, so stdout is only the JSON / fragment
+    real_stdout = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        return _run(args, real_stdout)
+
+
+def _run(args: argparse.Namespace, stdout=None) -> int:
+    stdout = stdout or sys.stdout
     if args.num_layers is not None and args.num_layers < 1:
         raise ValueError(f"--num-layers {args.num_layers}: a model has at least one layer; give an integer >= 1.")
     if not args.model and args.num_layers is None:
@@ -41,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     for name in ("gpus_per_node", "nodes"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be an integer >= 1.")
+    if args.emit and not args.model:
+        raise ValueError(f"--emit {args.emit} needs a MODEL (directory or hub id): the fragment names its modules.")
+    if args.emit and (args.json or args.zero3):
+        raise ValueError("--emit prints a config fragment only; drop --json / --zero3 (run them separately).")
     if args.zero3 and not args.model:
         raise ValueError("--zero3 needs a MODEL (directory or hub id) for parameter counts, not only --num-layers.")
     if (args.micro_batch is None) != (args.seq_len is None):
@@ -63,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
         plan = build_plan(model_config, cfg, num_layers=args.num_layers)
     else:
         plan = build_plan(None, cfg, num_layers=args.num_layers)
+    if args.emit:
+        from midblock_plugin.emit import emit
+
+        print(emit(plan, args.emit), file=stdout)
+        return 0
     memory = None
     if args.zero3:
         from midblock_plugin.memory import format_table, zero3_estimates
@@ -87,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
                 from midblock_plugin.memory import activations_to_json
 
                 out["zero3_memory"]["activations"] = activations_to_json(activations)
-        print(json.dumps(out, indent=2))
+        print(json.dumps(out, indent=2), file=stdout)
     else:
         print(plan.summary())
         if memory is not None:

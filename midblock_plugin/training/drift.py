@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from midblock_plugin.architecture import decoder_layers
+from midblock_plugin.architecture import decoder_layers, param_quantization
 from midblock_plugin.compat import zero3_partitioned
 
 
@@ -26,6 +26,17 @@ def _gathered(params: list[Any]):
 
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
     return contextlib.nullcontext()
+
+
+def _dense_weight(module: Any) -> torch.Tensor:
+    """The base weight of a LoRA layer as real numbers: dequantized (PEFT's
+    ``dequantize_module_weight``) for a bitsandbytes 4-/8-bit layer (QLoRA), whose stored
+    tensor holds packed 4-bit codes or int8 codes."""
+    if param_quantization(module.weight) is not None:
+        from peft.utils.integrations import dequantize_module_weight
+
+        return dequantize_module_weight(module).detach()
+    return module.weight.detach()
 
 
 def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -63,7 +74,7 @@ class DriftMonitor:
                 for m in self._lora_modules(layer):
                     w = m.base_layer.weight
                     with _gathered([w]):
-                        sq += float(w.detach().float().pow(2).sum())
+                        sq += float(_dense_weight(m.base_layer).float().pow(2).sum())
                 self._base_sq[i] = sq
             else:
                 kept = []

@@ -1,0 +1,267 @@
+"""``midblock export``: every target reproduces the original adapter's logits (float32, 1e-5) on a
+tiny Llama, and the per-engine transformations are the ones the engines need:
+
+* tgi / lorax: tensors for every layer and target module, zeros outside the window, no
+  ``layers_to_transform`` (TGI's ``prepare_weights`` and LoRAX's ``LoraWeights.load`` drop a
+  module type when one layer lacks it);
+* sglang / llama.cpp: rsLoRA folded into alpha (they scale by ``alpha / r``);
+* vllm: the ``--max-lora-rank`` to pass;
+* merged: PEFT's merge, sharded safetensors, tokenizer, the asked dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from midblock_plugin.config import MidBlockConfig
+from midblock_plugin.export import REPORT_JSON, TARGETS
+from midblock_plugin.export.pipeline import export_adapter
+from midblock_plugin.plan import build_plan
+from midblock_plugin.testing import save_tiny
+
+
+WINDOW = [1, 2, 3]
+NUM_LAYERS = 5
+MODULES = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
+
+
+def _make_adapter(root, use_rslora=True):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = save_tiny(root / "base", "llama", num_layers=NUM_LAYERS)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    plan = build_plan(model, MidBlockConfig(rank=8, use_rslora=use_rslora, lora_dropout=0.0))
+    assert plan.layers == WINDOW and plan.layer_rank == 13
+    peft_model = get_peft_model(model, plan.lora_config())
+    torch.manual_seed(1)
+    with torch.no_grad():  # a trained adapter: lora_B no longer zero
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    peft_model.save_pretrained(root / "adapter")
+    return base, root / "adapter"
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    return _make_adapter(root)
+
+
+def _tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def _logits_through_peft(base, adapter_dir, ids):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(adapter_dir))
+    with torch.no_grad():
+        return model.eval()(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_target_reproduces_the_original_logits(adapter, tmp_path, target):
+    base, src = adapter
+    lines = []
+    report = export_adapter(src, target, tmp_path / target, log=lines.append)
+    assert report["passed"], report["checks"]
+    for check in report["checks"]:
+        assert check["max_abs_diff"] <= 1e-5
+        assert check["adapter_effect"] > 1e-3  # the check is not vacuous: the adapter moves the logits
+    assert any("max |logit difference|" in line for line in lines)
+    written = json.loads((tmp_path / target / REPORT_JSON).read_text())
+    assert written["passed"] and written["target"] == target and written["command"]
+
+
+@pytest.mark.parametrize("target", ["tgi", "lorax"])
+def test_tgi_lorax_cover_every_layer_with_zeros_outside_the_window(adapter, tmp_path, target):
+    base, src = adapter
+    export_adapter(src, target, tmp_path / target, log=lambda _: None)
+    original, padded = _tensors(src), _tensors(tmp_path / target)
+    cfg = json.loads((tmp_path / target / "adapter_config.json").read_text())
+    assert cfg["layers_to_transform"] is None and cfg["layers_pattern"] is None and cfg["r"] == 13
+    for i in range(NUM_LAYERS):
+        for m in MODULES:
+            for ab in ("lora_A", "lora_B"):
+                key = f"base_model.model.model.layers.{i}.{m}.{ab}.weight"
+                assert key in padded, key
+                if i in WINDOW:
+                    assert torch.equal(padded[key], original[key])
+                else:
+                    assert not padded[key].any() and padded[key].shape[1 if ab == "lora_B" else 0] == 13
+    assert len(padded) == NUM_LAYERS * len(MODULES) * 2
+
+
+@pytest.mark.parametrize("target", ["sglang", "llama.cpp"])
+def test_rslora_folding_changes_nothing_through_peft(adapter, tmp_path, target):
+    """Independently of the export's own check: PEFT loads the folded adapter (plain alpha/r) and
+    gives the logits of the rsLoRA original (alpha/sqrt(r))."""
+    base, src = adapter
+    export_adapter(src, target, tmp_path / target, log=lambda _: None)
+    before = json.loads((src / "adapter_config.json").read_text())
+    after = json.loads((tmp_path / target / "adapter_config.json").read_text())
+    assert before["use_rslora"] is True and after["use_rslora"] is False
+    assert after["lora_alpha"] == pytest.approx(before["lora_alpha"] * math.sqrt(13))
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 64]])
+    ref, got = _logits_through_peft(base, src, ids), _logits_through_peft(base, tmp_path / target, ids)
+    assert float((got - ref).abs().max()) <= 1e-5
+    # without the fold (use_rslora dropped, alpha kept), the engines' alpha/r would be wrong:
+    wrong = dict(before, use_rslora=False)
+    (tmp_path / "wrong").mkdir()
+    (tmp_path / "wrong" / "adapter_config.json").write_text(json.dumps(wrong))
+    (tmp_path / "wrong" / "adapter_model.safetensors").write_bytes((src / "adapter_model.safetensors").read_bytes())
+    assert float((_logits_through_peft(base, tmp_path / "wrong", ids) - ref).abs().max()) > 1e-3
+
+
+def test_vllm_advice_is_written_beside_the_adapter(adapter, tmp_path):
+    base, src = adapter
+    lines = []
+    export_adapter(src, "vllm", tmp_path / "v", log=lines.append)
+    report = json.loads((tmp_path / "v" / REPORT_JSON).read_text())
+    assert report["vllm"]["max_lora_rank"] == 16 and report["vllm"]["layers_with_lora"] == WINDOW
+    assert "--max-lora-rank 16" in report["command"] and "--enable-lora" in report["command"]
+    assert any("pass --max-lora-rank 16" in line and "on all 5 layers" in line for line in lines)
+    # vLLM reads the PEFT adapter as it is (it zero-fills missing layers): the tensors are unchanged
+    assert _tensors(tmp_path / "v").keys() == _tensors(src).keys()
+
+
+def test_llamacpp_export_holds_what_its_converter_reads(adapter, tmp_path):
+    """convert_lora_to_gguf.py (ggml-org/llama.cpp) reads lora_alpha from adapter_config.json and
+    only *.lora_A.weight / *.lora_B.weight pairs, mapped to base tensor names by stripping
+    'base_model.model.'; llama.cpp then scales by alpha / rank (no rsLoRA)."""
+    from transformers import AutoModelForCausalLM
+
+    from midblock_plugin.export.targets import check_llamacpp_readable
+
+    base, src = adapter
+    report = export_adapter(src, "llama.cpp", tmp_path / "l", log=lambda _: None)
+    tensors = _tensors(tmp_path / "l")
+    cfg = json.loads((tmp_path / "l" / "adapter_config.json").read_text())
+    names = {n for n, _ in AutoModelForCausalLM.from_pretrained(base).named_parameters()}
+    assert check_llamacpp_readable(tensors, cfg, names) == len(WINDOW) * len(MODULES) == report["llama_cpp_pairs"]
+    assert "convert_lora_to_gguf.py" in report["command"]
+    with pytest.raises(ValueError, match="only \\*.lora_A.weight"):
+        check_llamacpp_readable({**tensors, "base_model.model.lm_head.weight": torch.zeros(1)}, cfg, names)
+
+
+def test_merged_in_bfloat16_is_sharded_with_its_tokenizer(adapter, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    base, src = adapter
+    report = export_adapter(src, "merged", tmp_path / "m", dtype="bfloat16", max_shard_size="100KB",
+                            log=lambda _: None)
+    assert report["passed"]
+    out = tmp_path / "m"
+    assert len(list(out.glob("model-*.safetensors"))) > 1 and (out / "model.safetensors.index.json").is_file()
+    assert (out / "tokenizer.json").is_file()
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    assert 0 < report["merged"]["rounding_max_abs_diff"] < 0.05
+
+
+def test_a_wrong_export_fails_its_check_with_exit_1(adapter, tmp_path, monkeypatch, capsys):
+    """The self-check is real: an export that forgets to fold rsLoRA disagrees and exits 1."""
+    from midblock_plugin.cli import main
+    from midblock_plugin.export import pipeline
+
+    base, src = adapter
+    monkeypatch.setattr(pipeline, "fold_rslora", lambda cfg: dict(cfg, use_rslora=False))
+    assert main(["export", str(src), "--target", "sglang", "--output", str(tmp_path / "bad")]) == 1
+    captured = capsys.readouterr()
+    assert "MISMATCH" in captured.out and "do not serve it" in captured.err
+    assert json.loads((tmp_path / "bad" / REPORT_JSON).read_text())["passed"] is False
+
+
+# --------------------------------------------------------------------------- bad inputs, before any work
+
+
+def _cli_error(capsys, *args):
+    from midblock_plugin.cli import main
+
+    try:
+        code = main(["export", *map(str, args)])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def test_bad_inputs_fail_before_work(adapter, tmp_path, capsys):
+    base, src = adapter
+    out = tmp_path / "out"
+    code, err = _cli_error(capsys, tmp_path / "missing", "--target", "tgi", "--output", out)
+    assert code == 2 and "no such directory" in err and "PeftModel.save_pretrained" in err
+    code, err = _cli_error(capsys, src, "--target", "onnx", "--output", out)
+    assert code == 2 and "invalid choice: 'onnx'" in err and "llama.cpp" in err
+    code, err = _cli_error(capsys, src, "--target", "tgi", "--output", out, "--dtype", "bfloat16")
+    assert code == 2 and "--dtype applies to --target merged only" in err
+    code, err = _cli_error(capsys, src, "--target", "tgi", "--output", src)
+    assert code == 2 and "is the adapter directory itself" in err
+    code, err = _cli_error(capsys, base, "--target", "tgi", "--output", out)
+    assert code == 2 and "no adapter_config.json" in err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    code, err = _cli_error(capsys, src, "--target", "tgi", "--output", tmp_path / "full")
+    assert code == 2 and "is not empty" in err and "--overwrite" in err
+    assert not out.exists()
+
+
+def test_engine_limits_are_refused_before_work(tmp_path):
+    from midblock_plugin.export.pipeline import check_request
+
+    base, src = _make_adapter(tmp_path, use_rslora=False)
+    cfg = json.loads((src / "adapter_config.json").read_text())
+    (src / "adapter_config.json").write_text(json.dumps(dict(cfg, r=640)))
+    with pytest.raises(ValueError, match="above vLLM's largest --max-lora-rank 512"):
+        check_request(src, "vllm", tmp_path / "o")
+    (src / "adapter_config.json").write_text(json.dumps(dict(cfg, use_dora=True)))
+    with pytest.raises(ValueError, match="use_dora.*use --target merged"):
+        check_request(src, "tgi", tmp_path / "o")
+    (src / "adapter_config.json").write_text(json.dumps(dict(cfg, base_model_name_or_path=None)))
+    with pytest.raises(ValueError, match="give --base MODEL_DIR"):
+        check_request(src, "tgi", tmp_path / "o")
+    assert check_request(src, "tgi", tmp_path / "o", base=str(base)).rank == 13
+
+
+def test_tgi_padding_on_gpt2_conv1d_all_linear(tmp_path):
+    """GPT-2's Conv1D projections (PEFT's fan_in_fan_out) and two c_proj per layer: the zero
+    matrices get the shapes PEFT gives the window's, and the logits still match."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = save_tiny(tmp_path / "gpt2", "gpt2", num_layers=NUM_LAYERS)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    peft_model = get_peft_model(model, build_plan(model, MidBlockConfig(rank=4, target_modules="all-linear")).lora_config())
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    report = export_adapter(tmp_path / "adapter", "tgi", tmp_path / "tgi", log=lambda _: None)
+    assert report["passed"] and report["padded_layer_modules"] == 2 * 4  # layers 0 and 4 x (c_attn, c_proj, c_fc, c_proj)
+    padded = _tensors(tmp_path / "tgi")
+    assert padded["base_model.model.transformer.h.0.attn.c_attn.lora_A.weight"].shape == \
+        padded["base_model.model.transformer.h.2.attn.c_attn.lora_A.weight"].shape
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_target_on_cuda(adapter, tmp_path, target):
+    """The same exports with the self-check on a CUDA device (``--device cuda``)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    base, src = adapter
+    report = export_adapter(src, target, tmp_path / target, device="cuda", log=print)
+    assert report["passed"], report["checks"]
+    assert all(c["max_abs_diff"] <= 1e-5 and c["adapter_effect"] > 1e-3 for c in report["checks"])
