@@ -11,8 +11,8 @@ if [ -z "${MIDBLOCK_GSM8K_DIR:-}" ] && [ -f ../shared/data/gsm8k/test.jsonl ]; t
 fi
 bash scripts/setup.sh
 .venv/bin/ruff check .
-.venv/bin/python -m pytest tests --ignore=tests/axolotl -q "$@"
+.venv/bin/python -m pytest tests --ignore=tests/axolotl -q --durations=30 "$@"
 if [ -f .ci/axolotl-setup.sh ] && [ -d tests/axolotl ]; then
   bash .ci/axolotl-setup.sh
-  .venv-axolotl/bin/python -m pytest tests/axolotl -q
+  .venv-axolotl/bin/python -m pytest tests/axolotl -q --durations=20
 fi
