@@ -41,6 +41,8 @@ INSTALL_HINTS = {
     "transformers": ("transformers", "pip install 'midblock-plugin[trl]'"),
     "torch": ("torch", "pip install 'midblock-plugin[trl]'"),
     "accelerate": ("accelerate", "pip install 'midblock-plugin[trl]'"),
+    "vllm": ("vllm", "pip install 'midblock-plugin[vllm]'"),
+    "bitsandbytes": ("bitsandbytes", "pip install 'midblock-plugin[qlora]'"),
 }
 
 #: Files that hold a model's weights (one of them must be present in a local model directory).

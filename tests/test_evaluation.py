@@ -265,7 +265,8 @@ def test_report_schema_chat_template_and_side_effects(tmp_path):
     assert set(data["timings"]) == {"task_setup_s", "evaluate_s", "total_s"} and data["timings"]["total_s"] > 0
     assert {"lm_eval", "transformers", "torch", "peft", "midblock_plugin"} <= {k for k, v in data["versions"].items() if v}
     assert data["settings"]["apply_chat_template"] is True
-    assert data["distributed"] == {"mode": "single", "world_size": 1}
+    assert data["distributed"] == {"mode": "single", "world_size": 1, "partitioner": None, "rows_per_rank": [2], "generate_calls_per_rank": [1]}
+    assert data["protocol"]["name"] == "lm-eval" and data["headline"]["filter"] == "strict-match"
     assert data["lm_eval_config"]["doc_to_text"] == "Question: {{question}}\nAnswer:"
 
 

@@ -4,9 +4,12 @@
   alone writes files, every rank returns the same report, and it equals a single-process
   run generation for generation.
 * DeepSpeed ZeRO-3 (slow, needs deepspeed): inside a real SFTTrainer run with a baseline
-  at train start, all ranks evaluate the partitioned model in lockstep, training after the
-  baseline is unaffected (same loss as without it), parameters are re-partitioned after
-  every evaluation, and only rank 0 writes.
+  at train start, the ranks split the questions of the partitioned model ("sharded": 3 and
+  2 rows, 2 generate calls each, one of them a dummy) and the baseline equals a
+  single-process evaluation of the same weights generation for generation; the final
+  evaluation equals a "lockstep" one (every rank every row); training after the baseline
+  is unaffected (same loss as without it), parameters are re-partitioned after every
+  evaluation, and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -94,7 +97,8 @@ def test_ddp_ranks_score_disjoint_shards_and_match_single_process(tmp_path):
 
     # rank 0 generates for rows 0, 2, 4 and rank 1 for rows 1, 3: 5 generations in all, not 10
     assert [r["generated_rows"] for r in ranks] == [3, 2]
-    assert all(r["distributed"] == {"mode": "sharded", "world_size": 2} for r in ranks)
+    expected = {"mode": "sharded", "world_size": 2, "partitioner": None, "rows_per_rank": [3, 2], "generate_calls_per_rank": [3, 2]}
+    assert all(r["distributed"] == expected for r in ranks)
     assert ranks[0]["files"] and ranks[1]["files"] == []  # only rank 0 writes
     assert ranks[0]["metrics"] == ranks[1]["metrics"] and ranks[0]["responses"] == ranks[1]["responses"]
     written = json.loads((out / "eval" / "gsm8k.json").read_text())
@@ -114,7 +118,7 @@ def test_ddp_ranks_score_disjoint_shards_and_match_single_process(tmp_path):
 
 ZERO3_WORKER = textwrap.dedent(
     """
-    import json, os, sys
+    import dataclasses, json, os, sys
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     from accelerate import PartialState
     PartialState(backend="gloo")
@@ -132,15 +136,18 @@ ZERO3_WORKER = textwrap.dedent(
         "gradient_accumulation_steps": "auto", "zero_allow_untested_optimizer": True,
     }
     rows = [{"text": f"Question: {r['question']}\\nAnswer: {r['answer']}"} for r in gsm8k_rows("train", 16)]
+    # built before the ZeRO-3 arguments exist, so not under zero.Init: the same weights as
+    # tiny_model(seed=3) in a single process (the test's reference), partitioned by deepspeed.initialize
+    model = tiny_model("llama", num_layers=2, seed=3)
     args = SFTConfig(
         output_dir=out_dir, use_cpu=True, bf16=False, max_steps=2, report_to=[], gradient_checkpointing=False,
         per_device_train_batch_size=2, max_length=64, save_strategy="no", deepspeed=ds_config,
         accelerator_config={"use_configured_state": True}, logging_steps=1, seed=0,
     )
     tok = tiny_tokenizer()
-    trainer = SFTTrainer(model=tiny_model("llama", num_layers=2, seed=3), args=args,
+    trainer = SFTTrainer(model=model, args=args,
                          train_dataset=Dataset.from_list(rows), processing_class=tok)
-    settings = EvalSettings(limit=3, num_fewshot=1, max_gen_toks=8, batch_size=2, save_samples=True, baseline=baseline)
+    settings = EvalSettings(limit=5, num_fewshot=1, max_gen_toks=8, batch_size=2, save_samples=True, baseline=baseline)
     callback = EvalCallback(settings, trainer=trainer)
     trainer.add_callback(callback)
 
@@ -159,12 +166,16 @@ ZERO3_WORKER = textwrap.dedent(
     output = trainer.train()
     rank = torch.distributed.get_rank()
     # without the engine: DeepSpeed's coordinator is found on the module itself
-    again = evaluate_model(trainer.model, tok, settings, label="again", print_table=False)
+    lockstep = dataclasses.replace(settings, partitioned_mode="lockstep")
+    again = evaluate_model(trainer.model, tok, lockstep, label="again", print_table=False)
     final = callback.reports["final"]
+    base = callback.reports.get("baseline") or final
     result = {
         "rank": rank, "errors": callback.errors, "train_loss": output.training_loss,
         **probe.seen, "gathered_after_again": gathered(trainer.model),
-        "distributed": final["distributed"], "files": final["files"],
+        "distributed": final["distributed"], "again_distributed": again["distributed"], "files": final["files"],
+        "baseline_metrics": base["results"]["gsm8k"]["metrics"],
+        "baseline_responses": {str(s["doc_id"]): s["response"] for s in base["samples"]["gsm8k"]},
         "metrics": final["results"]["gsm8k"]["metrics"], "again_metrics": again["results"]["gsm8k"]["metrics"],
         "responses": {str(s["doc_id"]): s["response"] for s in final["samples"]["gsm8k"]},
         "again_responses": {str(s["doc_id"]): s["response"] for s in again["samples"]["gsm8k"]},
@@ -180,7 +191,12 @@ ZERO3_WORKER = textwrap.dedent(
 @pytest.mark.skipif(
     os.environ.get("MIDBLOCK_TEST_ZERO3", "1") == "0", reason="MIDBLOCK_TEST_ZERO3=0 (about a minute on 2 cores)"
 )
-def test_zero3_lockstep_evaluation_inside_training(tmp_path):
+def test_zero3_sharded_evaluation_inside_training(tmp_path):
+    import torch
+
+    from midblock_plugin.evaluation import evaluate_model
+    from midblock_plugin.testing import tiny_model, tiny_tokenizer
+
     script = tmp_path / "zero3_worker.py"
     script.write_text(ZERO3_WORKER)
     runs = {}
@@ -193,7 +209,11 @@ def test_zero3_lockstep_evaluation_inside_training(tmp_path):
     with_baseline = runs["baseline"]
     for r in with_baseline:
         assert r["errors"] == {}
-        assert r["distributed"] == {"mode": "lockstep", "world_size": 2}
+        # 5 rows in batches of 2 (2, 2, 1): rank 0 gets batches 0 and 2, rank 1 batch 1 and a dummy
+        assert r["distributed"] == {"mode": "sharded", "world_size": 2, "partitioner": "deepspeed-zero3",
+                                    "rows_per_rank": [3, 2], "generate_calls_per_rank": [2, 2]}
+        assert r["again_distributed"] == {"mode": "lockstep", "world_size": 2, "partitioner": "deepspeed-zero3",
+                                          "rows_per_rank": [5, 5], "generate_calls_per_rank": [3, 3]}
         assert r["partitioned_numel"] == 0  # the evaluation really ran on partitioned parameters
         assert r["gathered_at_first_step"] == 0 and r["gathered_after_final"] == 0 and r["gathered_after_again"] == 0
         assert r["logged"] == ["lm_eval/gsm8k/strict-match/exact_match", "lm_eval_baseline/gsm8k/strict-match/exact_match"]
@@ -204,3 +224,14 @@ def test_zero3_lockstep_evaluation_inside_training(tmp_path):
     # the baseline evaluation at train start does not change training (RNG and DeepSpeed state restored)
     assert with_baseline[0]["train_loss"] == runs["plain"][0]["train_loss"]
     assert with_baseline[0]["responses"] == runs["plain"][0]["responses"]
+    # the sharded baseline (untrained weights) equals a single-process evaluation, generation for generation
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fields = dict(limit=5, num_fewshot=1, max_gen_toks=8, batch_size=2, save_samples=True)
+        single = evaluate_model(tiny_model("llama", num_layers=2, seed=3), tiny_tokenizer(), EvalSettings(**fields), print_table=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert with_baseline[0]["baseline_responses"] == {str(s["doc_id"]): s["response"] for s in single["samples"]["gsm8k"]}
+    assert with_baseline[0]["baseline_metrics"] == single["results"]["gsm8k"]["metrics"]
+    assert any(v.strip() for v in with_baseline[0]["baseline_responses"].values())

@@ -67,3 +67,19 @@ def test_example_reentrant_needs_checkpointing(tmp_path, capsys):
     assert ex.main(["--data", str(GSM8K_DIR / "train.jsonl"), "--output-dir", str(out), "--reentrant"]) == 2
     assert "--reentrant chooses the gradient checkpointing mode; add --gradient-checkpointing" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_example_evaluation_flags_are_checked_before_any_work(tmp_path, capsys):
+    """--eval-backend vllm without vLLM, and a protocol contradiction, exit 2 naming the flag."""
+    import importlib.util as util
+
+    ex = _example_module()
+    out = tmp_path / "never"
+    base = ["--data", str(GSM8K_DIR / "train.jsonl"), "--output-dir", str(out), "--eval-limit", "2"]
+    if util.find_spec("vllm") is None:
+        assert ex.main([*base, "--eval-backend", "vllm"]) == 2
+        assert "midblock-plugin[vllm]" in capsys.readouterr().err
+    assert ex.main([*base, "--eval-protocol", "paper", "--eval-fewshot", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--eval-protocol" in err or "protocol='paper'" in err
+    assert "--eval-fewshot" in err and not out.exists()

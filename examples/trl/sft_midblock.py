@@ -56,6 +56,11 @@ def parse_args(argv=None):
     g.add_argument("--eval-max-gen-toks", type=int, default=None)
     g.add_argument("--eval-data-dir", help="local GSM8K dir (train.jsonl/test.jsonl); default: ../shared/data/gsm8k, else the hub")
     g.add_argument("--eval-baseline", action="store_true", help="also evaluate the untrained model at train start")
+    g.add_argument("--eval-protocol", choices=["lm-eval", "paper"], default="lm-eval",
+                   help="lm-eval: the task's defaults (5-shot); paper: zero-shot, greedy, 64 new tokens, last number")
+    g.add_argument("--eval-backend", choices=["in-memory", "hf", "vllm"], default="in-memory",
+                   help="hf/vllm: evaluate the saved model in its own process (rank 0, after the save)")
+    g.add_argument("--eval-tensor-parallel-size", type=int, default=1, help="--eval-backend vllm: GPUs per model copy")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)  # the deepspeed launcher adds it
     add_config_arguments(p)
     # "--layers -4--1": a value that starts with "-" is joined to its flag, as in the midblock CLI
@@ -117,7 +122,8 @@ def check_setup(args) -> None:
 
 
 _EVAL_FLAGS = {"limit": "--eval-limit", "num_fewshot": "--eval-fewshot", "max_gen_toks": "--eval-max-gen-toks",
-               "data_dir": "--eval-data-dir"}
+               "data_dir": "--eval-data-dir", "protocol": "--eval-protocol", "backend": "--eval-backend",
+               "tensor_parallel_size": "--eval-tensor-parallel-size"}
 
 
 def eval_settings_from_args(args):
@@ -127,12 +133,18 @@ def eval_settings_from_args(args):
     from midblock_plugin.evaluation import EvalSettings
 
     try:
-        return EvalSettings(limit=args.eval_limit, num_fewshot=args.eval_fewshot, max_gen_toks=args.eval_max_gen_toks,
-                            data_dir=args.eval_data_dir, baseline=args.eval_baseline, save_samples=True)
+        settings = EvalSettings(limit=args.eval_limit, num_fewshot=args.eval_fewshot, max_gen_toks=args.eval_max_gen_toks,
+                            data_dir=args.eval_data_dir, baseline=args.eval_baseline, save_samples=True,
+                            protocol=args.eval_protocol, backend=args.eval_backend,
+                            tensor_parallel_size=args.eval_tensor_parallel_size)
     except (ValueError, FileNotFoundError) as exc:
-        text = re.sub(r"\b(limit|num_fewshot|max_gen_toks|data_dir)(=|:)",
+        text = re.sub(r"\b(" + "|".join(_EVAL_FLAGS) + r")(=|:)",
                       lambda m: _EVAL_FLAGS[m.group(1)] + (" " if m.group(2) == "=" else ":"), str(exc))
         raise type(exc)(text) from None
+    from midblock_plugin.evaluation.saved import check_backend
+
+    check_backend(settings.backend, settings)  # vLLM missing: fail now, not after training
+    return settings
 
 
 def load_rows(path: str, n: int | None) -> list[dict]:
@@ -282,10 +294,12 @@ def main(argv=None) -> int:
         if trainer.is_world_process_zero():
             print(f"sft_midblock.py: gradient checkpointing: kept {midblock_trl.describe_mode(*checkpointing)}; "
                   "TRL switches PEFT + ZeRO-3 to reentrant, a workaround only DeepSpeed < 0.19.3 needs", file=sys.stderr)
+    eval_callback = None
     if eval_settings is not None:
         from midblock_plugin.evaluation import EvalCallback
 
-        trainer.add_callback(EvalCallback(eval_settings, trainer=trainer))
+        eval_callback = EvalCallback(eval_settings, trainer=trainer)
+        trainer.add_callback(eval_callback)
     trainer.train()
     trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():
@@ -295,6 +309,8 @@ def main(argv=None) -> int:
     # rather than at interpreter exit (PyTorch warns about a group left to the exit).
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
+    if eval_callback is not None and eval_settings.backend != "in-memory":
+        eval_callback.run_after_save(args.output_dir)  # rank 0: midblock eval on the saved model, its own process
     return 0
 
 

@@ -6,12 +6,17 @@ One module per concern:
 * ``tasks.py``: which lm-eval tasks run and where their data comes from (offline task
   YAMLs reading a local GSM8K directory, cached ``TaskManager``).
 * ``runner.py``: :func:`evaluate_model`, evaluate a model in memory with lm-eval.
-* ``distributed.py``: how DDP / ZeRO-3 / FSDP ranks share an evaluation.
+* ``distributed.py``: how DDP / ZeRO-3 / FSDP ranks share an evaluation ("sharded": the
+  ranks split the batches, in step under ZeRO-3; "lockstep": every rank does everything).
+* ``saved.py``: evaluation of the saved model in its own process (``--backend hf`` /
+  ``vllm``, :func:`evaluate_after_save`, an adapter merged into a temporary copy for vLLM).
 * ``results.py``: the report, its table, its log metrics and its files (``<task>.json``).
 * ``callback.py``: :class:`EvalCallback`, a ``TrainerCallback`` running it at train end
   (and optionally at train start as a baseline), for TRL, the HF Trainer and Axolotl.
 
 ``midblock eval`` (:mod:`midblock_plugin.cli.eval`) runs the same evaluation on a saved model.
+``EvalSettings.protocol`` is ``"lm-eval"`` (the task's defaults) or ``"paper"`` (zero-shot,
+greedy, 64 new tokens, last number); every report says which.
 
 Importing this package is cheap; torch, transformers and lm-eval load on first use.
 
@@ -23,7 +28,7 @@ Importing this package is cheap; torch, transformers and lm-eval load on first u
 from midblock_plugin.evaluation.settings import EvalSettings  # noqa: F401
 
 
-__all__ = ["EvalSettings", "EvalCallback", "evaluate_model", "EvaluationError", "write_offline_tasks"]
+__all__ = ["EvalSettings", "EvalCallback", "evaluate_model", "EvaluationError", "write_offline_tasks", "evaluate_after_save"]
 
 
 def __getattr__(name: str):
@@ -35,6 +40,10 @@ def __getattr__(name: str):
         from midblock_plugin.evaluation import runner
 
         return getattr(runner, name)
+    if name == "evaluate_after_save":
+        from midblock_plugin.evaluation.saved import evaluate_after_save
+
+        return evaluate_after_save
     if name == "write_offline_tasks":
         from midblock_plugin.evaluation.tasks import write_offline_tasks
 

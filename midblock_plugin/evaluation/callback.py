@@ -22,6 +22,7 @@ shards; ZeRO-3 / FSDP ranks run in lockstep; rank 0 writes).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import traceback
 from pathlib import Path
@@ -76,6 +77,10 @@ class EvalCallback(TrainerCallback):
         self.errors: dict[str, str] = {}
         if self.settings.enabled and check:
             plan_tasks(self.settings)  # unknown task / bad data dir: fail now, not after training
+            if self.settings.backend != "in-memory":
+                from midblock_plugin.evaluation.saved import check_backend
+
+                check_backend(self.settings.backend, self.settings)  # vLLM missing: fail before training
 
     def bind(self, trainer: Any) -> "EvalCallback":
         """Log through ``trainer.log`` (reaches the trainer's reporters); returns self."""
@@ -95,6 +100,8 @@ class EvalCallback(TrainerCallback):
         self.run("baseline", args, state, kwargs.get("model"), _tokenizer(kwargs))
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self.settings.backend != "in-memory":
+            return  # evaluated after the save, in its own process: run_after_save(model_dir)
         if self.settings.enabled and self.final_on_train_end:
             self.run("final", args, state, kwargs.get("model"), _tokenizer(kwargs))
 
@@ -109,6 +116,42 @@ class EvalCallback(TrainerCallback):
             self.trainer = trainer
         tokenizer = getattr(trainer, "processing_class", None) or getattr(trainer, "tokenizer", None)
         return self.run("final", trainer.args, trainer.state, trainer.model, tokenizer)
+
+    def run_after_save(self, model_dir: str | Path, output_dir: str | Path | None = None, state: Any = None) -> dict[str, Any] | None:
+        """The final evaluation of the *saved* model in its own process (``settings.backend``
+        ``"hf"`` or ``"vllm"``: :func:`~midblock_plugin.evaluation.saved.evaluate_after_save`).
+
+        Call it on every rank once the model is saved; rank 0 runs ``midblock eval`` and gets
+        the report, other ranks return ``None``. Never raises (failures are recorded in
+        ``errors`` and ``<output_dir>/eval/error.json``).
+        """
+        from midblock_plugin.evaluation.saved import _rank, evaluate_after_save
+
+        if not self.settings.enabled:
+            return None
+        out_dir = Path(output_dir or self.output_dir or model_dir)
+        state = state if state is not None else getattr(self.trainer, "state", None)
+        try:
+            report = evaluate_after_save(model_dir, self.settings, output_dir=out_dir)
+        except Exception as exc:  # noqa: BLE001 - an evaluation must never fail the training run
+            self.errors["final"] = f"{type(exc).__name__}: {exc}"
+            if _rank() == 0:
+                with contextlib.suppress(OSError):
+                    write_error(out_dir / self.settings.output_subdir, "final", exc, traceback.format_exc())
+                logger.error("lm-eval evaluation after the save failed; the saved model is kept.\n%s", traceback.format_exc())
+                print(f"lm-eval final evaluation (after the save) FAILED: {self.errors['final']}", flush=True)
+            return None
+        if report is None:
+            return None
+        self.reports["final"] = report
+        self.errors.pop("final", None)
+        (out_dir / self.settings.output_subdir / error_file_name("final")).unlink(missing_ok=True)
+        if state is not None:
+            logs = {f"{log_prefix('final')}/{report['task']}/{filt}/{metric}": float(value)
+                    for filt, metrics in report.get("metrics", {}).items() for metric, value in metrics.items()
+                    if value is not None and "task" in report}
+            self._log(logs, state)
+        return report
 
     # ------------------------------------------------------------------ work
     def run(self, label: str, args, state, model, tokenizer) -> dict[str, Any] | None:

@@ -62,9 +62,8 @@ def _tokenizer_of(processing_class: Any) -> Any:
 
 
 def _make_lm(model: Any, tokenizer: Any, settings: EvalSettings, ctx: dict[str, Any]):
-    """lm-eval's ``HFLM`` around the in-memory model (sharded across ranks under DDP)."""
-    from lm_eval.models.huggingface import HFLM
-
+    """lm-eval's ``HFLM`` around the in-memory model (its work shared between ranks, its
+    ``generate`` calls counted: :func:`~midblock_plugin.evaluation.distributed.sharded_hflm`)."""
     if tokenizer is None:
         raise ValueError(
             "tokenizer is None: pass the tokenizer the model was trained with (the trainer's processing_class)."
@@ -72,9 +71,10 @@ def _make_lm(model: Any, tokenizer: Any, settings: EvalSettings, ctx: dict[str, 
     # lm-eval may add a pad token or change padding side: give it a copy, not the training tokenizer.
     tok = copy.deepcopy(_tokenizer_of(tokenizer))
     kwargs = dict(pretrained=model, tokenizer=tok, batch_size=settings.batch_size, max_length=settings.max_length)
-    if ctx["mode"] == "sharded":
-        return sharded_hflm(rank=ctx["rank"], world_size=ctx["world_size"], **kwargs)
-    return HFLM(**kwargs)
+    return sharded_hflm(
+        rank=ctx["rank"], world_size=ctx["world_size"], partitioned=bool(ctx["partitioner"]),
+        lockstep=ctx["mode"] == "lockstep", **kwargs,
+    )
 
 
 def _hub_failure(exc: BaseException) -> bool:
@@ -134,13 +134,13 @@ def evaluate_model(
 
     plan = plan_tasks(settings)
     t_setup = time.perf_counter() - t0
-    ctx = distributed_context(model)
+    ctx = distributed_context(model, settings.partitioned_mode)
     main = (ctx["rank"] == 0) if is_main_process is None else bool(is_main_process)
 
     import lm_eval
     from lm_eval.api.model import LM
 
-    gen_kwargs = {"max_gen_toks": settings.max_gen_toks} if settings.max_gen_toks else None
+    gen_kwargs = settings.gen_kwargs
     was_training = getattr(model, "training", None)
     raw: dict[str, Any] | None = None
     t1 = time.perf_counter()
@@ -153,7 +153,7 @@ def evaluate_model(
                     model=lm,
                     tasks=plan.names,
                     task_manager=plan.task_manager,
-                    num_fewshot=settings.num_fewshot,
+                    num_fewshot=settings.effective_num_fewshot,
                     limit=settings.limit,
                     gen_kwargs=gen_kwargs,
                     apply_chat_template=settings.apply_chat_template,
@@ -171,6 +171,9 @@ def evaluate_model(
                     ) from exc
                 raise
             finally:
+                stats = getattr(lm, "stats", None) or {}
+                ctx["rows_per_rank"] = stats.get("rows_per_rank")
+                ctx["generate_calls_per_rank"] = stats.get("generate_calls_per_rank")
                 del lm
     finally:
         if was_training is not None and hasattr(model, "train"):

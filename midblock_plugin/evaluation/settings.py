@@ -29,6 +29,18 @@ from midblock_plugin.io import EVAL_SUBDIR
 
 _BATCH_RE = re.compile(r"^auto(:\d+(\.\d+)?)?$")
 
+#: The evaluation protocols: lm-eval's task defaults, or the paper's (see :data:`PAPER_PROTOCOL`).
+PROTOCOLS = ("lm-eval", "paper")
+#: The paper's GSM8K protocol as lm-eval settings: zero-shot, greedy, 64 new tokens, scored on
+#: the last number of the answer (lm-eval's ``flexible-extract`` filter).
+PAPER_PROTOCOL = {"tasks": ["gsm8k"], "num_fewshot": 0, "max_gen_toks": 64, "do_sample": False, "filter": "flexible-extract"}
+#: The filter whose ``exact_match`` is each protocol's headline number.
+HEADLINE_FILTER = {"lm-eval": "strict-match", "paper": "flexible-extract"}
+#: Where the evaluation runs: on the model in memory, or after the save in its own process.
+BACKENDS = ("in-memory", "hf", "vllm")
+#: How ZeRO-3 / FSDP ranks share an evaluation (see :mod:`midblock_plugin.evaluation.distributed`).
+PARTITIONED_MODES = ("sharded", "lockstep")
+
 
 @dataclass
 class EvalSettings:
@@ -57,6 +69,19 @@ class EvalSettings:
         save_samples: also write every scored sample (prompt, generation, filtered answers) as JSON Lines.
         bootstrap_iters: lm-eval's bootstrap iterations for stderrs of non-mean metrics (exact_match's
             stderr is analytic); 0 skips stderrs.
+        protocol: ``"lm-eval"`` (the task's own defaults: 5-shot, 256 new tokens for gsm8k) or
+            ``"paper"`` (the paper's: zero-shot, greedy, 64 new tokens, the last number of the answer
+            = lm-eval's gsm8k with ``num_fewshot=0``, ``max_gen_toks=64``, ``flexible-extract``).
+            Under ``"paper"`` leave ``num_fewshot`` / ``max_gen_toks`` unset (or set them to 0 / 64):
+            other values contradict the protocol and are refused.
+        backend: ``"in-memory"`` (the trained model as it is, every rank taking part), ``"hf"`` or
+            ``"vllm"`` (after the save, in its own process started by rank 0: ``midblock eval
+            --backend ...``).
+        tensor_parallel_size / data_parallel_size: vLLM's, passed through (``backend="vllm"``).
+        vllm_args: more vLLM ``model_args`` passed through, ``"k=v,k=v"`` (e.g. ``"gpu_memory_utilization=0.8"``).
+        processes: ``backend="hf"`` after the save: data-parallel processes (``torchrun``; ``accelerate launch`` works too on GPUs).
+        partitioned_mode: under ZeRO-3 / FSDP, ``"sharded"`` (each rank generates for its share of the
+            questions, in step with the others) or ``"lockstep"`` (every rank generates every answer).
 
     >>> EvalSettings(tasks="gsm8k,gsm8k_cot", limit=0.1).tasks
     ['gsm8k', 'gsm8k_cot']
@@ -77,6 +102,13 @@ class EvalSettings:
     output_subdir: str = field(default=EVAL_SUBDIR, metadata={"help": "Results are written to <output_dir>/<output_subdir>/<task>.json (main process only)."})
     save_samples: bool = field(default=False, metadata={"help": "Also write every scored sample (prompt, generation, filtered answers) to <task>.samples.jsonl."})
     bootstrap_iters: int = field(default=100000, metadata={"help": "lm-eval bootstrap iterations for stderrs of non-mean metrics (exact_match's stderr is analytic); 0 skips stderrs."})
+    protocol: str = field(default="lm-eval", metadata={"help": "Evaluation protocol: 'lm-eval' (the task's defaults: 5-shot gsm8k, 256 new tokens) or 'paper' (zero-shot, greedy, 64 new tokens, last number = flexible-extract)."})
+    backend: str = field(default="in-memory", metadata={"help": "Where the evaluation runs: 'in-memory' (the trained model, every rank), 'hf' or 'vllm' (the saved model, in its own process started by rank 0 after the save)."})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "backend vllm: vLLM tensor_parallel_size (GPUs per model copy)."})
+    data_parallel_size: int = field(default=1, metadata={"help": "backend vllm: vLLM data_parallel_size (model copies)."})
+    vllm_args: str | None = field(default=None, metadata={"help": "backend vllm: more vLLM model_args passed through, 'k=v,k=v' (e.g. 'gpu_memory_utilization=0.8,max_model_len=2048')."})
+    processes: int = field(default=1, metadata={"help": "backend hf after the save: data-parallel processes (runs under torchrun when > 1)."})
+    partitioned_mode: str = field(default="sharded", metadata={"help": "Under ZeRO-3 / FSDP: 'sharded' (ranks split the questions, in step) or 'lockstep' (every rank answers every question)."})
 
     def __post_init__(self) -> None:
         for name in ("enabled", "baseline", "save_samples"):
@@ -146,8 +178,97 @@ class EvalSettings:
             raise ValueError(f"output_subdir={sub!r} must be a non-empty relative path inside output_dir, e.g. 'eval'.")
         if _not_int(self.bootstrap_iters) or self.bootstrap_iters < 0:
             raise ValueError(f"bootstrap_iters={self.bootstrap_iters!r} must be an integer >= 0 (0 skips stderrs).")
+        self._check_protocol()
+        self._check_backend()
+
+    def _check_protocol(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(
+                f"protocol={self.protocol!r} is not a protocol; allowed: {', '.join(map(repr, PROTOCOLS))} "
+                "('lm-eval': the task's defaults, 5-shot gsm8k; 'paper': zero-shot, greedy, 64 new tokens, last number)."
+            )
+        if self.protocol != "paper":
+            return
+        fixed = PAPER_PROTOCOL
+        if self.tasks != fixed["tasks"]:
+            raise ValueError(
+                f"protocol='paper' is the paper's GSM8K protocol and evaluates tasks=['gsm8k'] only; got tasks={self.tasks!r}. "
+                "Drop tasks, or use protocol='lm-eval' for other tasks."
+            )
+        for name in ("num_fewshot", "max_gen_toks"):
+            value = getattr(self, name)
+            if value is not None and value != fixed[name]:
+                raise ValueError(
+                    f"protocol='paper' fixes {name}={fixed[name]} (zero-shot, 64 new tokens); got {name}={value!r}. "
+                    f"Leave {name} unset under protocol='paper', or use protocol='lm-eval' to choose it."
+                )
+        if self.fewshot_as_multiturn:
+            raise ValueError("protocol='paper' is zero-shot, so fewshot_as_multiturn=True has no examples to give; leave it unset.")
+
+    def _check_backend(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"backend={self.backend!r} is not a backend; allowed: {', '.join(map(repr, BACKENDS))} "
+                "('in-memory': the trained model in every rank; 'hf' / 'vllm': the saved model, in its own process)."
+            )
+        for name in ("tensor_parallel_size", "data_parallel_size", "processes"):
+            value = getattr(self, name)
+            if _not_int(value) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer (1 = no parallelism).")
+        if self.backend != "vllm":
+            for name in ("tensor_parallel_size", "data_parallel_size"):
+                if getattr(self, name) != 1:
+                    raise ValueError(f"{name}={getattr(self, name)} is a vLLM option; it needs backend='vllm' (got backend={self.backend!r}).")
+            if self.vllm_args:
+                raise ValueError(f"vllm_args={self.vllm_args!r} is a vLLM option; it needs backend='vllm' (got backend={self.backend!r}).")
+        if self.processes != 1 and self.backend != "hf":
+            raise ValueError(
+                f"processes={self.processes} starts data-parallel evaluation processes after the save; it needs backend='hf' "
+                f"(got backend={self.backend!r}; vLLM has data_parallel_size)."
+            )
+        if self.vllm_args is not None:
+            if not isinstance(self.vllm_args, str):
+                raise ValueError(f"vllm_args={self.vllm_args!r} must be a string 'k=v,k=v'.")
+            parse_model_args(self.vllm_args, "vllm_args")
+        if self.partitioned_mode not in PARTITIONED_MODES:
+            raise ValueError(
+                f"partitioned_mode={self.partitioned_mode!r} is not a mode; allowed: {', '.join(map(repr, PARTITIONED_MODES))} "
+                "('sharded': ZeRO-3 / FSDP ranks split the questions; 'lockstep': every rank answers every question)."
+            )
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def effective_num_fewshot(self) -> int | None:
+        """The ``num_fewshot`` passed to lm-eval (0 under ``protocol="paper"``; ``None`` = the task's default)."""
+        return PAPER_PROTOCOL["num_fewshot"] if self.protocol == "paper" else self.num_fewshot
+
+    @property
+    def gen_kwargs(self) -> dict[str, Any] | None:
+        """The ``gen_kwargs`` passed to lm-eval (merged into the task's own generation settings)."""
+        if self.protocol == "paper":
+            return {"max_gen_toks": PAPER_PROTOCOL["max_gen_toks"], "do_sample": PAPER_PROTOCOL["do_sample"]}
+        return {"max_gen_toks": self.max_gen_toks} if self.max_gen_toks else None
+
+    @property
+    def headline_filter(self) -> str:
+        """The filter whose ``exact_match`` is the protocol's headline number."""
+        return HEADLINE_FILTER[self.protocol]
+
+    def protocol_info(self) -> dict[str, Any]:
+        """What the protocol fixed, for reports: ``{"name", "num_fewshot", "max_gen_toks", "headline_filter", ...}``."""
+        return {
+            "name": self.protocol,
+            "num_fewshot": self.effective_num_fewshot,
+            "max_gen_toks": (self.gen_kwargs or {}).get("max_gen_toks"),
+            "greedy": True,
+            "headline_filter": self.headline_filter,
+            "description": (
+                "the paper's: zero-shot, greedy, 64 new tokens, last number in the answer (lm-eval gsm8k, flexible-extract)"
+                if self.protocol == "paper"
+                else "lm-eval's task defaults (gsm8k: 5-shot, greedy, up to 256 new tokens)"
+            ),
+        }
+
     @property
     def multiturn(self) -> bool:
         """The ``fewshot_as_multiturn`` value passed to lm-eval (resolves ``None``)."""
@@ -173,6 +294,17 @@ class EvalSettings:
         if unknown:
             raise ValueError(f"unknown evaluation option(s) {unknown}; allowed: {sorted(names)}.")
         return cls(**values)
+
+
+def parse_model_args(text: str, name: str = "vllm_args") -> dict[str, str]:
+    """``"k=v,k=v"`` -> ``{"k": "v"}``; a ``ValueError`` naming ``name`` for a malformed entry."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"{name}: {part!r} is not key=value; give 'k=v,k=v', e.g. 'gpu_memory_utilization=0.8'.")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def _not_int(value: Any) -> bool:

@@ -133,7 +133,7 @@ def test_unquoted_mask_fails_in_axolotl_train(workspace):
         ("peft_layers_to_transform", [1, 2], "put the layers in midblock_layers instead"),
         ("lora_rank_pattern", {"q_proj": 8}, "cannot be combined with lora_rank_pattern"),
         ("lora_modules_to_save", ["lm_head"], "would train modules outside the window"),
-        ("load_in_4bit", True, "quantized (QLoRA) bases are not supported"),
+        ("gptq", True, "GPTQ bases are not supported by adapter: midblock; for QLoRA use load_in_4bit: true"),
     ],
 )
 def test_contradictory_axolotl_keys_are_rejected_with_what_to_remove(key, value, expected):

@@ -59,7 +59,8 @@ def zero3_runs(workspace):
                         "pip install --no-build-isolation 'deepspeed>=0.18.6,<0.19' (Axolotl 0.19's deepspeed extra)")
     from midblock_plugin.testing import GSM8K_DIR
 
-    evaluation = {"limit": 2, "num_fewshot": 1, "max_gen_toks": 8, "data_dir": str(GSM8K_DIR), "save_samples": True}
+    evaluation = {"limit": 2, "num_fewshot": 1, "max_gen_toks": 8, "data_dir": str(GSM8K_DIR), "save_samples": True,
+                  "batch_size": 1}
     runs = {}
     for mode in ("lora", "full"):
         extra = {"midblock_mode": mode, **({"midblock_eval": evaluation} if mode == "lora" else {})}
@@ -114,14 +115,15 @@ def test_zero3_full_mode_changes_only_the_window_and_matches_single_process(work
     assert changed_tensors(base, b) == changed
 
 
-def test_zero3_evaluation_runs_in_lockstep_and_matches_single_process(zero3_runs):
-    """midblock_eval under 2-process ZeRO-3: both ranks evaluate the partitioned model together,
+def test_zero3_evaluation_is_sharded_and_matches_single_process(zero3_runs):
+    """midblock_eval under 2-process ZeRO-3: the ranks split the questions, in step, on the partitioned model
     before the save (Axolotl destroys the process group before its last post_train call);
     rank 0 writes the same report and generations as the single-process run."""
     ds, single = zero3_runs["lora"]
     report = json.loads((ds.output_dir / "eval" / "gsm8k.json").read_text())
     reference = json.loads((single.output_dir / "eval" / "gsm8k.json").read_text())
-    assert report["distributed"] == {"mode": "lockstep", "world_size": 2}
+    assert report["distributed"] == {"mode": "sharded", "world_size": 2, "partitioner": "deepspeed-zero3",
+                                     "rows_per_rank": [1, 1], "generate_calls_per_rank": [1, 1]}
     assert reference["distributed"]["mode"] == "single"
     assert report["metrics"] == reference["metrics"] and report["n_samples"] == reference["n_samples"] == 2
     assert "(after training, before the save: multi-process run)" in ds.output

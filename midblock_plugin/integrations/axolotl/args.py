@@ -65,7 +65,9 @@ class MidBlockArgs(BaseModel):
             "lm-eval evaluation (GSM8K by default) of the trained model, in memory, after it is saved: "
             f"a mapping of EvalSettings fields ({', '.join(eval_fields())}); true = the defaults; absent = off. Results go to "
             "<output_dir>/eval/<task>.json; a failed evaluation is recorded in <output_dir>/eval/error.json "
-            "and never fails the training run. Works with any adapter."
+            "and never fails the training run. Works with any adapter. backend: hf | vllm evaluates the saved model in its "
+            "own process started by rank 0 after the save (midblock eval --backend ...); protocol: paper is the paper's "
+            "zero-shot, 64-token, last-number GSM8K protocol."
         ),
     )
 

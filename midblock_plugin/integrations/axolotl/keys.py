@@ -72,11 +72,13 @@ CONFLICTING_KEYS: dict[str, str] = {
     "peft_layer_replication": "layer replication changes the layer count the window is computed on",
     "peft_trainable_token_indices": "trainable token rows lie outside the window",
     "lisa_n_layers": "LISA unfreezes random layers; midblock fixes the trained layers",
-    "load_in_4bit": "quantized (QLoRA) bases are not supported by adapter: midblock; train in bf16/fp32",
-    "load_in_8bit": "quantized bases are not supported by adapter: midblock; train in bf16/fp32",
-    "gptq": "quantized bases are not supported by adapter: midblock",
+    "gptq": "GPTQ bases are not supported by adapter: midblock; for QLoRA use load_in_4bit: true (or load_in_8bit: true)",
     "relora": "ReLoRA restarts are not supported by adapter: midblock",
 }
+
+#: Axolotl's bitsandbytes keys: LoRA mode on a quantized base (QLoRA); the plugin builds the
+#: quantization config Axolotl builds for ``adapter: qlora`` / ``adapter: lora``.
+QUANTIZATION_KEYS = ("load_in_4bit", "load_in_8bit")
 
 #: ``midblock_<field>`` spellings of the fields that Axolotl's own keys set (``midblock_rank``
 #: is ``lora_r``), plus short forms: an unknown key that resembles one gets that Axolotl key suggested.
@@ -182,7 +184,14 @@ def normalize_eval_value(value: Any) -> dict[str, Any] | None:
             f"Allowed fields: {', '.join(eval_fields())}."
         )
     values = {str(k): v for k, v in value.items()}
-    eval_settings_from(values)
+    settings = eval_settings_from(values)
+    if settings.enabled and settings.backend == "vllm":  # a missing vLLM fails with the config, not after training
+        from midblock_plugin.evaluation.saved import check_backend
+
+        try:
+            check_backend(settings.backend, settings)
+        except ImportError as exc:
+            raise ValueError(f"{EVAL_KEY}: backend: vllm: {exc}") from None
     return values
 
 
@@ -270,7 +279,18 @@ def validate_midblock_keys(data: Mapping[str, Any]) -> None:
                 f"remove one of them."
             )
     config = midblock_config_from_cfg(data)
+    quantized = [k for k in QUANTIZATION_KEYS if data.get(k) is True]
+    if len(quantized) > 1:
+        raise ValueError("adapter: midblock: load_in_4bit and load_in_8bit are both true; keep one of them "
+                         "(load_in_4bit: true is QLoRA's 4-bit NF4 base).")
     if config.mode == "full":
+        if quantized:
+            raise ValueError(
+                f"adapter: midblock with midblock_mode: full trains the base weights of the window's layers, which "
+                f"{quantized[0]}: true would quantize (quantized weights cannot be trained). Remove {quantized[0]} to "
+                "train the layers in bf16/fp32, or set midblock_mode: lora for QLoRA (a LoRA adapter on the window "
+                "over the quantized base)."
+            )
         if _given(data, "lora_model_dir"):
             raise ValueError(
                 "adapter: midblock with midblock_mode: full trains the base weights, so there is no adapter "
@@ -283,6 +303,57 @@ def validate_midblock_keys(data: Mapping[str, Any]) -> None:
                 "Use output_dir as the model directly instead of running merge_lora."
             )
     _check_window_fits_model(data, config)
+
+
+def bnb_quantization_config(data: Mapping[str, Any], bf16_available: bool = False) -> dict[str, Any] | None:
+    """The bitsandbytes quantization config (a plain ``BitsAndBytesConfig`` dict) that
+    ``load_in_4bit`` / ``load_in_8bit`` ask for under ``adapter: midblock``, or ``None``.
+
+    The same settings Axolotl 0.19 builds for ``adapter: qlora`` (NF4, double quantization,
+    compute in the training dtype, ``bnb_4bit_quant_storage`` bf16 so ZeRO-3 / FSDP can shard
+    it) and ``adapter: lora`` + ``load_in_8bit`` (``axolotl/loaders/model.py``,
+    ``ModelLoader._set_quantization_config``), with ``bnb_config_kwargs`` on top for 4-bit.
+    ``bf16_available``: whether ``bf16: auto`` would find bf16 (a CUDA device that has it).
+    """
+    if not is_midblock(data) or str(data.get("midblock_mode") or "lora") != "lora":
+        return None
+    if data.get("load_in_8bit") is True and data.get("load_in_4bit") is not True:
+        return {"load_in_8bit": True}
+    if data.get("load_in_4bit") is not True:
+        return None
+    config = {
+        "load_in_4bit": True,
+        "llm_int8_threshold": 6.0,
+        "llm_int8_has_fp16_weight": False,
+        "bnb_4bit_compute_dtype": training_dtype(data, bf16_available),
+        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_quant_storage": "bfloat16",
+    }
+    extra = data.get("bnb_config_kwargs")
+    if isinstance(extra, Mapping):
+        config.update(extra)
+    return config
+
+
+def training_dtype(data: Mapping[str, Any], bf16_available: bool) -> str:
+    """The dtype Axolotl will train in, as a torch dtype name, read from the raw config the way
+    its ``resolve_dtype`` / ``normalize_config`` decide it: ``bf16: auto`` is bf16 where the GPU
+    has it (``bf16_available``) and otherwise fp16 unless ``fp16`` is set; bf16 wins over fp16;
+    ``load_in_8bit`` or ``fp16`` is float16; else float32."""
+    bf16, fp16 = data.get("bf16"), data.get("fp16")
+    if bf16 == "auto":
+        if fp16:
+            bf16 = False
+        else:
+            bf16 = bf16_available
+            if not bf16 and fp16 is None and not data.get("float16"):
+                fp16 = True
+    if bf16 is True or data.get("bfloat16"):
+        return "bfloat16"
+    if data.get("load_in_8bit") or fp16 or data.get("float16"):
+        return "float16"
+    return "float32"
 
 
 def _check_window_fits_model(data: Mapping[str, Any], config: MidBlockConfig) -> None:
@@ -300,6 +371,12 @@ def _check_window_fits_model(data: Mapping[str, Any], config: MidBlockConfig) ->
         num_layers = num_layers_from_config(hf_config)
     except (OSError, ValueError):
         return
+    if config.mode == "full" and isinstance(hf_config, dict) and hf_config.get("quantization_config"):
+        raise ValueError(
+            f"adapter: midblock with midblock_mode: full trains the base weights, but base_model {path!r} is a "
+            "quantized checkpoint (its config.json has a quantization_config), whose weights cannot be trained. "
+            "Set midblock_mode: lora (QLoRA), or use the unquantized model as base_model."
+        )
     try:
         resolve_layers(num_layers, **config.window_kwargs())
     except WindowError as exc:

@@ -5,7 +5,9 @@ says ``adapter: midblock``, because Axolotl 0.21+ loads installed plugins for ev
 
 * ``register`` (the raw config): ``deepspeed: midblock:<name>`` to the shipped JSON, and the
   gradient-checkpointing mode (:func:`_choose_checkpointing_mode`: non-reentrant, but reentrant
-  under ZeRO-3 on DeepSpeed < 0.19.3, where an explicit non-reentrant request is refused);
+  under ZeRO-3 on DeepSpeed < 0.19.3, where an explicit non-reentrant request is refused),
+  and for ``load_in_4bit`` / ``load_in_8bit`` (QLoRA) the ``BitsAndBytesConfig`` Axolotl builds
+  for ``adapter: qlora`` / ``lora`` only, handed to ``from_pretrained`` through ``model_kwargs``;
 * ``get_input_args``: the YAML keys (:class:`~.args.MidBlockArgs`, checked by :mod:`.keys`),
   validated with the rest of the config, before anything is loaded;
 * ``get_adapter_capabilities``: registers the adapter name ``midblock``, so Axolotl's
@@ -14,6 +16,8 @@ says ``adapter: midblock``, because Axolotl 0.21+ loads installed plugins for ev
   and refuses a checkpoint to resume from, or a ``lora_model_dir`` adapter, that was trained with
   another window, rank or mode (:func:`check_before_training`: the checks of
   :mod:`midblock_plugin.training.resume`, against the checkpoint's own ``midblock/plan.json``);
+* ``post_model_build``: on a quantized base, PEFT's ``prepare_model_for_kbit_training`` (which
+  Axolotl runs for ``lora`` / ``qlora`` only), before Axolotl's dtype pass;
 * ``load_adapter``: Axolotl hands ``adapter: midblock`` to the plugin. The plan of the run is
   built here, once, from the loaded model; LoRA mode wraps the model in the plan's plain PEFT
   LoRA (``plan.lora_config()``, or loads ``lora_model_dir``); full mode freezes everything but
@@ -136,6 +140,7 @@ class MidBlockPlugin(BasePlugin):
             cfg["deepspeed"] = shipped_deepspeed_config(deepspeed)
         if cfg.get("gradient_checkpointing") is True:
             _choose_checkpointing_mode(cfg)
+        _request_quantization(cfg)
 
     def get_input_args(self) -> str | None:
         # Listed twice, MidBlockArgs would be a base class of Axolotl's config schema twice (a TypeError).
@@ -161,6 +166,12 @@ class MidBlockPlugin(BasePlugin):
             plan = build_plan(hf_config, config)
         except ValueError as exc:
             raise ValueError(f"adapter: midblock: {yaml_names(str(exc))}") from None
+        if plan.mode == "full" and getattr(hf_config, "quantization_config", None) is not None:
+            raise ValueError(
+                f"adapter: midblock with midblock_mode: full trains the base weights, but {cfg.base_model!r} is a "
+                "quantized checkpoint (its config.json has a quantization_config), whose weights cannot be trained. "
+                "Set midblock_mode: lora (QLoRA), or use the unquantized model as base_model."
+            )
         LOG.info(
             f"midblock: {plan.mode} mode on layers {plan.window} of {plan.num_layers}"
             + (f", rank {plan.layer_rank} per layer" if plan.mode == "lora" else "")
@@ -168,6 +179,29 @@ class MidBlockPlugin(BasePlugin):
         )
         check_before_training(cfg, plan)
         self._checked_before_load = True
+
+    def post_model_build(self, cfg, model) -> None:
+        """QLoRA: PEFT's ``prepare_model_for_kbit_training`` on a bitsandbytes-quantized model,
+        where Axolotl calls it for ``adapter: lora`` / ``qlora`` only, and under the same
+        conditions (not under DeepSpeed ZeRO-3 or FSDP, which need one dtype). Here, before
+        Axolotl's own dtype pass, so the norms and embeddings it upcasts go back to the training
+        dtype as in Axolotl's QLoRA. With gradient checkpointing it may register the
+        ``enable_input_require_grads`` hook; backward truncation removes it at train start."""
+        if not self._ours(cfg) or model_quantization_of(model) is None:
+            return
+        if _sharded_training(cfg):
+            LOG.info("midblock: quantized base under DeepSpeed ZeRO-3 / FSDP: prepare_model_for_kbit_training "
+                     "skipped, as Axolotl does")
+            return
+        from peft import prepare_model_for_kbit_training
+
+        prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=bool(cfg.gradient_checkpointing),
+            gradient_checkpointing_kwargs=dict(cfg.gradient_checkpointing_kwargs or {}),
+        )
+        LOG.info(f"midblock: {model_quantization_of(model)} base prepared for LoRA training "
+                 "(peft.prepare_model_for_kbit_training)")
 
     def load_adapter(self, model, cfg, inference: bool = False, config_only: bool = False):
         if not self._ours(cfg):
@@ -244,8 +278,10 @@ class MidBlockPlugin(BasePlugin):
             raise ValueError(f"{EVAL_KEY}: {exc}") from None
         self.eval_callback, self._eval_trainer, self._eval_state = callback, trainer, "armed"
         LOG.info(
-            f"midblock: lm-eval {', '.join(settings.tasks)} will evaluate the trained model in memory "
-            f"(limit {settings.limit}, {'task default' if settings.num_fewshot is None else settings.num_fewshot}-shot"
+            f"midblock: lm-eval {', '.join(settings.tasks)} will evaluate the trained model "
+            f"{'in memory' if settings.backend == 'in-memory' else 'after the save with --backend ' + settings.backend} "
+            f"(protocol {settings.protocol}) "
+            f"(limit {settings.limit}, {'task default' if settings.effective_num_fewshot is None else settings.effective_num_fewshot}-shot"
             f"{', with a baseline at train start' if settings.baseline else ''}) -> "
             f"{Path(trainer.args.output_dir) / settings.output_subdir}"
         )
@@ -253,7 +289,8 @@ class MidBlockPlugin(BasePlugin):
 
     def post_train(self, cfg, model) -> None:
         if self._eval_state == "armed":
-            if _process_group_active():
+            after_save = self.eval_callback is not None and self.eval_callback.settings.backend != "in-memory"
+            if _process_group_active() and not after_save:  # backend hf / vllm: always after the save
                 self._evaluate("after training, before the save: multi-process run")
             else:
                 self._eval_state = "pending"  # Axolotl calls post_train again once the model is saved
@@ -270,6 +307,13 @@ class MidBlockPlugin(BasePlugin):
         callback, trainer = self.eval_callback, self._eval_trainer
         self._eval_state = "done"
         out = Path(trainer.args.output_dir) / callback.settings.output_subdir
+        if callback.settings.backend != "in-memory":  # midblock_eval: {backend: hf | vllm}: rank 0, own process
+            LOG.info(f"midblock: lm-eval final evaluation of the saved model ({callback.settings.backend}, {when})")
+            report = callback.run_after_save(trainer.args.output_dir, state=trainer.state)
+            if report is not None:
+                LOG.info(f"midblock: lm-eval results written to {out}")
+            self._release_eval()
+            return
         LOG.info(f"midblock: lm-eval final evaluation of the model in memory ({when})")
         try:
             report = callback.run_final(trainer)
@@ -336,6 +380,46 @@ def uses_zero3(cfg) -> bool:
         LOG.warning(f"midblock: could not read the DeepSpeed config {deepspeed!r} ({exc}); "
                     "gradient checkpointing is chosen as without ZeRO-3.")
         return False
+
+
+def model_quantization_of(model) -> str | None:
+    from midblock_plugin.architecture import model_quantization
+
+    return model_quantization(model)
+
+
+def _sharded_training(cfg) -> bool:
+    """DeepSpeed ZeRO-3 or FSDP, where Axolotl skips ``prepare_model_for_kbit_training``."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return bool(is_deepspeed_zero3_enabled() or cfg.fsdp_config or cfg.fsdp)
+
+
+def _request_quantization(cfg) -> None:
+    """``load_in_4bit`` / ``load_in_8bit`` with ``adapter: midblock`` (LoRA mode): Axolotl builds
+    its ``BitsAndBytesConfig`` for ``adapter: qlora`` / ``lora`` only, so the plugin hands the
+    same settings (:func:`~.keys.bnb_quantization_config`) to ``from_pretrained`` through
+    Axolotl's ``model_kwargs`` (its overrides of the ``from_pretrained`` arguments). A
+    ``quantization_config`` the user put in ``model_kwargs`` is kept."""
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    from midblock_plugin.integrations.axolotl.keys import bnb_quantization_config
+
+    if cfg.get("load_in_4bit") is not True and cfg.get("load_in_8bit") is not True:
+        return
+    config = bnb_quantization_config(cfg, bf16_available=bool(is_torch_bf16_gpu_available()))
+    if config is None:
+        return  # full mode: refused when the config is validated
+    key = "overrides_of_model_kwargs" if cfg.get("overrides_of_model_kwargs") is not None else "model_kwargs"
+    kwargs = cfg.get(key) or {}
+    if not isinstance(kwargs, dict):
+        return  # Axolotl's validation reports a model_kwargs that is not a mapping
+    if "quantization_config" in kwargs:
+        LOG.info(f"midblock: {key}.quantization_config of the config is used for the quantized base")
+        return
+    cfg[key] = {**kwargs, "quantization_config": config}
+    shown = ", ".join(f"{k}={v}" for k, v in config.items() if k.startswith(("load_in", "bnb_4bit")))
+    LOG.info(f"midblock: QLoRA base: BitsAndBytesConfig({shown})")
 
 
 def _choose_checkpointing_mode(cfg) -> None:
