@@ -1,4 +1,5 @@
-"""The main job and the comparison, end to end on a tiny model (real TRL, PEFT, lm-eval, analysis)."""
+"""The main job and the comparison (a sweep with one seed), end to end on a tiny model (real TRL, PEFT,
+lm-eval, analysis)."""
 
 import json
 import re
@@ -40,23 +41,32 @@ def test_compare_writes_a_complete_report(tmp_path):
     out = tmp_path / "cmp"
     _midblock("compare", *SMALL, "--variants", "11111,01110", "--output-dir", str(out))
     report = (out / "report.md").read_text()
-    for section in ("## Setup", "## Results", "## Training loss", "## Per-layer drift", "## Layer-wise analysis"):
+    for section in ("## Setup", "## Results", "## Against uniform and against the base", "## Forgetting",
+                    "## What is significant", "## Training loss", "## Per-layer drift", "## Layer-wise analysis"):
         assert section in report
-    rows = [l for l in report.splitlines() if l.startswith("| `")]
+    assert "With one seed the intervals cover the held-out rows only" in report
+    table = report.split("## Results")[1].split("## Against")[0]
+    rows = [l for l in table.splitlines() if l.startswith("| `")]
     assert [r.split("|")[1].strip() for r in rows] == ["`11111`", "`01110`"]
-    for row in rows:  # every cell measured: accuracy with stderr, n, loss, step time, memory
+    for row in rows:  # every cell measured: accuracy with stderr, n, loss with its interval, step time, memory
         cells = [c.strip() for c in row.split("|")[1:-1]]
         assert re.fullmatch(r"\d\.\d{3} ± \d\.\d{3}", cells[4]) and re.fullmatch(r"\d\.\d{3} ± \d\.\d{3}", cells[5])
-        assert cells[6] == "2" and float(cells[7]) > 0 and float(cells[8]) > 0 and float(cells[9]) > 0
+        loss = re.fullmatch(r"(\d+\.\d{4}) \[(\d+\.\d{4}), (\d+\.\d{4})\]", cells[7])
+        assert cells[6] == "2" and loss and float(loss[2]) <= float(loss[1]) <= float(loss[3])
+        assert float(cells[8]) > 0 and float(cells[9]) > 0
     results = json.loads((out / "results.json").read_text())
     uni, mid = results["variants"]
+    assert uni["seeds"] == mid["seeds"] == 1 and uni["vs_uniform"]["mean_diff"] == 0.0
+    for v in (uni, mid):  # GSM8K with stderr and n per variant; forgetting on the default general text
+        assert v["gsm8k"]["strict-match"]["n"] == 2 and v["gsm8k"]["strict-match"]["stderr"] is not None
+        assert "pydoc_data" in v["forgetting"]["general_text"] and v["forgetting"]["kl"]["mean"] > 0
     assert uni["layers"] == list(range(10)) and mid["layers"] == list(range(2, 8))  # L=10
     # same rank budget: rank sums equal up to the floor
     assert uni["rank"] * 10 == 160 and mid["rank"] == 160 // 6
     assert mid["trainable_params"] <= uni["trainable_params"]
     # per-layer drift is zero outside the window and positive inside
     assert all((mid["drift"].get(str(i), 0.0) > 0) == (2 <= i < 8) for i in range(10))
-    for png in ("loss_curves.png", "drift.png", "analysis/analysis.png"):
+    for png in ("loss_curves.png", "drift.png", "heldout_loss.png", "gain_vs_forgetting.png", "analysis/analysis.png"):
         _png(out / png)
     assert "Recommended window: layers" in report
     eval_json = json.loads((out / "variant-01110" / "eval" / "gsm8k.json").read_text())

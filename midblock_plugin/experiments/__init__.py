@@ -1,19 +1,25 @@
 """The main job: train mid-block LoRA on GSM8K, evaluate with lm-eval, analyse, report.
 
-:func:`run_job` does one variant end to end; :func:`compare` trains several windows
-(uniform ``11111`` and mid-block masks) at the same rank budget and seed and writes a
-markdown report with a table and figures: the paper's comparison at small scale. Only
-measured numbers go into the report.
+:func:`sweep` trains every window x seed at the same rank budget and reports the held-out
+answer loss with 95% intervals, the paired difference to uniform, forgetting on general text
+and GSM8K accuracy: the paper's two claims, measured with error bars. :func:`compare` is a
+sweep with one seed; :func:`run_job` one variant with one seed. Only measured numbers go
+into the report.
 
 One module per concern:
 
 ==================  ==========================================================
 :mod:`.options`     :class:`JobOptions`, the presets (``cpu``, ``paper``, ``auto``)
-:mod:`.measures`    peak memory, held-out answer loss, training step time
-:mod:`.train`       load the base model, train one variant, evaluate, analyse
+:mod:`.recipe`      the recipes: ``default`` and ``paper`` (the authors' public scripts)
+:mod:`.measures`    peak memory, held-out answer loss (per row), training step time
+:mod:`.forgetting`  base vs tuned on general text: change in loss, KL of next-token distributions
+:mod:`.stats`       95% intervals: two-level bootstrap over seeds and held-out rows, paired differences
+:mod:`.train`       load the base model, train one variant with one seed, measure, evaluate, analyse
+:mod:`.summary`     per-seed records -> per-variant entries of ``results.json``
 :mod:`.report`      figures, ``report.md`` and ``results.json``
-:mod:`.jobs`        :func:`run_job` and :func:`compare`: every check before any model loads,
-                    the run directory guarded by :class:`midblock_plugin.io.RunDirectory`
+:mod:`.jobs`        :func:`sweep`, :func:`compare` (a sweep with one seed) and :func:`run_job` (one
+                    variant, one seed): every check before any model loads, the run directory
+                    guarded by :class:`midblock_plugin.io.RunDirectory`
 ==================  ==========================================================
 
 A directory that holds a previous run (finished or not) is refused unless ``overwrite``
@@ -21,8 +27,8 @@ A directory that holds a previous run (finished or not) is refused unless ``over
 ``running``, then ``complete`` or ``incomplete`` (with the error).
 """
 
-from midblock_plugin.experiments.jobs import compare, run_job  # noqa: F401
-from midblock_plugin.experiments.options import DEFAULT_VARIANTS, PRESETS, JobOptions  # noqa: F401
+from midblock_plugin.experiments.jobs import compare, run_job, sweep  # noqa: F401
+from midblock_plugin.experiments.options import DEFAULT_VARIANTS, PRESETS, SWEEP_VARIANTS, JobOptions  # noqa: F401
 
 
-__all__ = ["JobOptions", "run_job", "compare", "PRESETS", "DEFAULT_VARIANTS"]
+__all__ = ["JobOptions", "run_job", "compare", "sweep", "PRESETS", "DEFAULT_VARIANTS", "SWEEP_VARIANTS"]

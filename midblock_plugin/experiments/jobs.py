@@ -1,5 +1,6 @@
-"""The two jobs: :func:`run_job` (one variant end to end) and :func:`compare` (several
-windows at one rank budget and seed), each ending in one report.
+"""The jobs: :func:`sweep` (every variant x seed at one rank budget, with intervals and
+forgetting), :func:`compare` (a sweep with one seed) and :func:`run_job` (a sweep of one
+variant and one seed), all through one code path ending in one report.
 
 Before any model is loaded: every option is validated (:class:`JobOptions`), every package
 the job imports later is checked (:func:`check_dependencies`: a missing one is an error
@@ -20,10 +21,16 @@ from typing import Optional
 from midblock_plugin import io
 from midblock_plugin.cli.options import DEFAULT_SEGMENTS
 from midblock_plugin.data import gsm8k
+from midblock_plugin.experiments import forgetting
 from midblock_plugin.experiments.options import JobOptions
 from midblock_plugin.experiments.report import write_report
+from midblock_plugin.experiments.summary import summarise
 from midblock_plugin.experiments.train import analyse, evaluate_base, train_variant
 from midblock_plugin.models import DEFAULT_MODEL
+
+
+#: Depth of the default model (SmolLM2-135M: 30 decoder layers), for ``--recipe paper`` before it is fetched.
+DEFAULT_MODEL_LAYERS = 30
 
 
 #: What every job imports to train (the ``trl`` extra), by import name.
@@ -78,10 +85,23 @@ def _analysed_variant(opts: JobOptions) -> str:
     return DEFAULT_SEGMENTS if DEFAULT_SEGMENTS in opts.variants else opts.variants[-1]
 
 
+def model_depth(model: str) -> int:
+    """The number of decoder layers of ``--model``, from its ``config.json`` (no weights are read)."""
+    if str(model) == DEFAULT_MODEL:
+        return DEFAULT_MODEL_LAYERS
+    from midblock_plugin.architecture import num_layers_from_config
+    from midblock_plugin.checks import check_model_dir
+
+    return num_layers_from_config(check_model_dir(str(model), "--model"))
+
+
 def _check(opts: JobOptions, variants: tuple[str, ...], command: str) -> tuple[JobOptions, Optional[str]]:
-    """Everything that needs no data and no model: the preset, the masks, the eval settings, the packages."""
+    """Everything that needs no data and no model weights: the preset and recipe, the masks, the eval
+    settings, the general text, the packages."""
     no_figures = check_dependencies(opts, command)
-    opts = opts.resolved()
+    if opts.general_text is not None or not opts.skip_forgetting:
+        opts = replace(opts, general_text=forgetting.check_source(opts.general_text))
+    opts = opts.resolved(model_depth(opts.model) if opts.recipe == "paper" else None)
     for v in variants:
         opts.midblock_config(v)  # every mask is validated before any work
     if not opts.skip_eval:
@@ -106,6 +126,11 @@ def _check_model(opts: JobOptions) -> None:
 def _load_data(opts: JobOptions, log) -> tuple[list[dict], list[dict], str]:
     """GSM8K's training rows and held-out rows, counted against ``--num-examples`` / ``--heldout``."""
     train_rows, test_rows, source = gsm8k.load(opts.data_dir, log)
+    if opts.shuffle_seed is not None:  # as datasets' Dataset.shuffle(seed) does: numpy's default_rng(seed).permutation
+        import numpy as np
+
+        order = np.random.default_rng(opts.shuffle_seed).permutation(len(train_rows))
+        train_rows = [train_rows[i] for i in order]
     if opts.heldout > len(test_rows):
         raise ValueError(f"--heldout {opts.heldout}: must be between 1 and the {len(test_rows)} GSM8K test rows of {source}.")
     if opts.num_examples > len(train_rows):
@@ -118,48 +143,62 @@ def _guard(opts: JobOptions, log) -> io.RunDirectory:
     return io.RunDirectory(opts.output_dir, overwrite=opts.overwrite, log=log)
 
 
-def run_job(opts: JobOptions, log=print) -> Path:
-    """One mid-block variant end to end; returns the report path."""
-    if opts.segments is None:
-        opts = replace(opts, segments=DEFAULT_SEGMENTS)
-    opts, no_figures = _check(opts, (opts.segments,), "midblock run")
+def _sweep(opts: JobOptions, variants: tuple[str, ...], command: str, title: str, log) -> Path:
+    """Every variant x seed (seed-major: all variants of the first seed first), measured on the same
+    held-out rows and general text; one report."""
+    opts, no_figures = _check(opts, variants, command)
+    analysed = _analysed_variant(replace(opts, variants=variants))  # an explicit --segments outside --variants is an error
+    general = None if opts.skip_forgetting else forgetting.general_text(opts.general_text)
+    seeds = opts.seed_list()
     with _guard(opts, log) as run:
         train_rows, heldout, source = _load_data(opts, log)
         _check_model(opts)
         run.start()
         out = run.path
-        base = evaluate_base(opts, out, heldout, log)
-        rec, plan = train_variant(opts, opts.segments, out / f"{io.VARIANT_PREFIX}{opts.segments}", train_rows, heldout,
-                                  log, base.get("eval_report"))
-        analysis = None if opts.skip_analysis else analyse(opts, rec, out / io.ANALYSIS_SUBDIR, figure=no_figures is None)
-        report = write_report(opts, source, base, [rec], plan, analysis, out, title="midblock: mid-block LoRA on GSM8K",
-                              no_figures=no_figures)
-        run.finish(report=str(report))
-    return report
-
-
-def compare(opts: JobOptions, log=print) -> Path:
-    """Several windows at the same rank budget and seed; one report."""
-    opts, no_figures = _check(opts, tuple(opts.variants), "midblock compare")
-    analysed = _analysed_variant(opts)  # an explicit --segments outside --variants is an error even with --skip-analysis
-    with _guard(opts, log) as run:
-        train_rows, heldout, source = _load_data(opts, log)
-        _check_model(opts)
-        run.start()
-        out = run.path
-        base = evaluate_base(opts, out, heldout, log)
-        records, plans = [], []
-        for v in opts.variants:
-            log(f"midblock compare: variant {v} ({len(records) + 1}/{len(opts.variants)})")
-            rec, plan = train_variant(opts, v, out / f"{io.VARIANT_PREFIX}{v}", train_rows, heldout, log,
-                                      base.get("eval_report"))
-            records.append(rec)
-            plans.append(plan)
+        base = evaluate_base(opts, out, heldout, log, general=general)
+        blocks = base.pop("general_blocks", None)
+        io.write_json(out / io.BASE_SUBDIR / "record.json", {k: v for k, v in base.items() if k != "eval_report"})
+        if not any(base["heldout_row_tokens"]):
+            raise ValueError(f"--max-length {opts.max_length}: every held-out question is longer than the {opts.max_length * 2} "
+                             "tokens the held-out loss reads, so no answer token is scored; raise --max-length (e.g. 128).")
+        records, plan = [], None
+        total = len(variants) * len(seeds)
+        for seed in seeds:
+            for v in variants:
+                log(f"{command}: variant {v}, seed {seed} ({len(records) + 1}/{total})")
+                where = out / f"{io.VARIANT_PREFIX}{v}"
+                if len(seeds) > 1:
+                    where = where / f"seed-{seed}"
+                rec, p = train_variant(replace(opts, seed=seed), v, where, train_rows, heldout, log,
+                                       base.get("eval_report"), general_blocks=blocks)
+                records.append(rec)
+                io.write_json(where / "record.json", rec)  # every measured number of this run, as soon as it exists
+                plan = plan or p
+        entries = summarise(records, base, variants)
         analysis = None
         if not opts.skip_analysis:
             mid = next(r for r in records if r["variant"] == analysed)
             analysis = analyse(opts, mid, out / io.ANALYSIS_SUBDIR, figure=no_figures is None)
-        report = write_report(opts, source, base, records, plans[0], analysis, out,
-                              title="midblock compare: uniform vs mid-block LoRA at one rank budget", no_figures=no_figures)
+        report = write_report(opts, source, base, entries, plan, analysis, out, title=title, no_figures=no_figures)
         run.finish(report=str(report))
     return report
+
+
+def run_job(opts: JobOptions, log=print) -> Path:
+    """One mid-block variant end to end (a sweep of one variant and one seed); returns the report path."""
+    if opts.segments is None:
+        opts = replace(opts, segments=DEFAULT_SEGMENTS)
+    return _sweep(replace(opts, seeds=1), (opts.segments,), "midblock run", "midblock: mid-block LoRA on GSM8K", log)
+
+
+def compare(opts: JobOptions, log=print) -> Path:
+    """Several windows at the same rank budget and one seed: a sweep with ``seeds=1``; one report."""
+    return _sweep(replace(opts, seeds=1), tuple(opts.variants), "midblock compare",
+                  "midblock compare: uniform vs mid-block LoRA at one rank budget", log)
+
+
+def sweep(opts: JobOptions, log=print) -> Path:
+    """Every variant x ``opts.seeds`` seeds at the matched budget, with 95% intervals, the paired
+    difference to uniform, forgetting and GSM8K; returns the report path."""
+    return _sweep(opts, tuple(opts.variants), "midblock sweep",
+                  f"midblock sweep: {len(opts.variants)} windows x {opts.seeds} seeds at one rank budget", log)

@@ -49,33 +49,45 @@ class PeakMemory:
         return False
 
 
+def heldout_row_losses(model, tok, rows: list[dict], max_length: int = 256) -> tuple[list[float], list[int]]:
+    """Per held-out row: the summed token loss of its gold answer (the question is context only)
+    and its number of answer tokens (0 for a row whose answer is cut off by ``max_length``).
+
+    Rows keep their index, so two models measured on the same rows can be paired row by row."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    sums: list[float] = []
+    counts: list[int] = []
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for row in rows:
+            p_ids = tok(gsm8k.prompt(row), add_special_tokens=False)["input_ids"]
+            full = tok(gsm8k.training_text(row), add_special_tokens=False)["input_ids"][:max_length]
+            if len(full) <= len(p_ids):
+                sums.append(0.0)
+                counts.append(0)
+                continue
+            ids = torch.tensor([full], device=device)
+            labels = ids.clone()
+            labels[:, : len(p_ids)] = -100
+            out = model(input_ids=ids, labels=labels)
+            n = int((labels[:, 1:] != -100).sum())
+            sums.append(float(out.loss) * n)
+            counts.append(n)
+    if was_training:
+        model.train()
+    return sums, counts
+
+
 def heldout_answer_loss(model, tok, rows: list[dict], max_length: int = 256, batch_size: int = 8) -> float:
     """Mean token loss of the gold answers of held-out rows (the question is context only).
 
     A continuous measure that tells variants apart where GSM8K accuracy of a small model
     sits near zero (offline-recipes.md)."""
-    import torch
-
-    model.eval()
-    total, count = 0.0, 0
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i : i + batch_size]
-            for row in chunk:
-                p_ids = tok(gsm8k.prompt(row), add_special_tokens=False)["input_ids"]
-                full = tok(gsm8k.training_text(row), add_special_tokens=False)["input_ids"][:max_length]
-                if len(full) <= len(p_ids):
-                    continue
-                ids = torch.tensor([full], device=device)
-                labels = ids.clone()
-                labels[:, : len(p_ids)] = -100
-                out = model(input_ids=ids, labels=labels)
-                n = int((labels[:, 1:] != -100).sum())
-                total += float(out.loss) * n
-                count += n
-    model.train()
-    return total / max(count, 1)
+    sums, counts = heldout_row_losses(model, tok, rows, max_length=max_length)
+    return sum(sums) / max(sum(counts), 1)
 
 
 class StepTimer:

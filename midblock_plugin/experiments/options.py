@@ -1,8 +1,12 @@
-"""The options of ``midblock run`` / ``midblock compare`` and the presets that fill them in.
+"""The options of ``midblock run`` / ``compare`` / ``sweep`` and the presets and recipes that fill them in.
 
-Presets: ``cpu`` (a demo that finishes in minutes on a laptop) and ``paper`` (the paper's
-recipe sizes: bf16, batch 4 x grad-accum 8, 2,000 examples, 1 epoch, 128 tokens);
+Presets (sizes): ``cpu`` (a demo that finishes in minutes on a laptop) and ``paper`` (the
+paper's recipe sizes: bf16, batch 4 x grad-accum 8, 2,000 examples, 1 epoch, 128 tokens);
 ``auto`` picks ``paper`` when a CUDA GPU is present.
+
+Recipes (how, :mod:`.recipe`): ``default`` (midblock's own) and ``paper`` (the authors' public
+scripts). A value is taken from, in order: the option given explicitly, the recipe, the preset,
+midblock's default (:data:`DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -25,11 +29,17 @@ PRESETS = {
 }
 #: The windows ``midblock compare`` trains by default: uniform, the mid block, and two single segments.
 DEFAULT_VARIANTS = ("11111", "01110", "01000", "00001")
+#: The windows ``midblock sweep`` trains by default: uniform, the mid block, and the paper's best masks per size.
+SWEEP_VARIANTS = ("11111", "01110", "01100", "01000", "00001")
+#: Values of options that neither the preset nor the recipe sets (``None`` in :class:`JobOptions` = unset).
+DEFAULTS = dict(rank=16, alpha_policy="ratio", lora_dropout=0.05, max_length=128, eval_protocol="lm-eval")
+RECIPES = ("default", "paper")
+PROTOCOLS = ("lm-eval", "paper")
 
 #: Integer options and their smallest allowed value (``max_steps`` also takes -1 = one epoch).
 _MIN_INT = {"rank": 1, "num_examples": 1, "max_steps": 1, "batch_size": 1, "grad_accum": 1, "max_length": 8,
             "eval_limit": 1, "num_fewshot": 0, "max_gen_toks": 1, "eval_batch_size": 1, "heldout": 1,
-            "analysis_prompts": 2, "seed": 0}
+            "analysis_prompts": 2, "seed": 0, "seeds": 1, "forgetting_blocks": 1, "shuffle_seed": 0}
 _MEANING = {
     "rank": "the uniform-LoRA rank r", "num_examples": "GSM8K training examples", "max_steps": "optimizer steps",
     "batch_size": "examples per device step", "grad_accum": "gradient-accumulation steps",
@@ -37,6 +47,8 @@ _MEANING = {
     "num_fewshot": "few-shot examples per prompt", "max_gen_toks": "generated tokens per answer",
     "eval_batch_size": "generation batch size", "heldout": "held-out GSM8K test rows for the answer loss",
     "analysis_prompts": "GSM8K prompts of the layer-wise analysis", "seed": "the random seed",
+    "seeds": "seeds per variant (seed, seed+1, ...)", "forgetting_blocks": "blocks of general text for the forgetting measure",
+    "shuffle_seed": "the seed the training rows are shuffled with before the first --num-examples are taken",
 }
 
 
@@ -74,22 +86,24 @@ def _masks(name: str, value: Any, single: bool = False) -> tuple[str, ...]:
 
 @dataclass
 class JobOptions:
-    """Options of ``midblock run`` / ``midblock compare`` (``None`` = from the preset)."""
+    """Options of ``midblock run`` / ``compare`` / ``sweep`` (``None`` = from the recipe, the preset or
+    :data:`DEFAULTS`; :meth:`resolved` fills them in)."""
 
     output_dir: str
     model: str = DEFAULT_MODEL
     data_dir: Optional[str] = None
     preset: str = "auto"
     segments: Optional[str] = DEFAULT_SEGMENTS
-    rank: int = 16
+    rank: Optional[int] = None
     lora_alpha: Optional[float] = None
-    alpha_policy: str = "ratio"
+    alpha_policy: Optional[str] = None
+    lora_dropout: Optional[float] = None
     num_examples: Optional[int] = None
     max_steps: Optional[int] = None
     batch_size: Optional[int] = None
     grad_accum: Optional[int] = None
     lr: Optional[float] = None
-    max_length: int = 128
+    max_length: Optional[int] = None
     seed: int = 42
     eval_limit: Optional[int] = None
     num_fewshot: Optional[int] = None
@@ -103,6 +117,19 @@ class JobOptions:
     variants: tuple = DEFAULT_VARIANTS
     #: Replace a previous run in ``output_dir`` (its files are removed first); without it such a directory is refused.
     overwrite: bool = False
+    #: ``default`` or ``paper`` (:mod:`.recipe`); ``None`` = default.
+    recipe: Optional[str] = None
+    #: Seeds per variant: ``seed``, ``seed + 1``, ... (``midblock sweep --seeds``).
+    seeds: int = 1
+    #: Shuffle the GSM8K training rows with this seed before taking the first ``num_examples`` (``None``: file order).
+    shuffle_seed: Optional[int] = None
+    #: ``lm-eval`` (the task's defaults) or ``paper`` (zero-shot, greedy, 64 new tokens, last number).
+    eval_protocol: Optional[str] = None
+    #: General text of the forgetting measure: ``None`` / ``python-docs``, ``wikitext`` or a file (:mod:`.forgetting`).
+    general_text: Optional[str] = None
+    forgetting_blocks: int = 32
+    #: Skip the forgetting measure.
+    skip_forgetting: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -133,7 +160,16 @@ class JobOptions:
         if self.lora_alpha is not None and not (isinstance(self.lora_alpha, (int, float)) and not isinstance(self.lora_alpha, bool)
                                                 and math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
             raise ValueError(f"--lora-alpha {self.lora_alpha!r}: must be a finite number > 0 (default 2 * rank).")
-        for name in ("skip_eval", "skip_analysis", "overwrite"):
+        for name, allowed in (("recipe", RECIPES), ("eval_protocol", PROTOCOLS), ("alpha_policy", ("ratio", "fixed"))):
+            v = getattr(self, name)
+            if v is not None and v not in allowed:
+                raise ValueError(f"{flag(name)} {v!r}: must be one of {', '.join(allowed)}.")
+        if self.lora_dropout is not None and not (isinstance(self.lora_dropout, (int, float)) and not isinstance(self.lora_dropout, bool)
+                                                  and 0.0 <= self.lora_dropout < 1.0):
+            raise ValueError(f"--lora-dropout {self.lora_dropout!r}: must be a number in [0, 1), e.g. 0.05.")
+        if self.general_text is not None and (not isinstance(self.general_text, (str, os.PathLike)) or not str(self.general_text).strip()):
+            raise ValueError(f"--general-text {self.general_text!r}: give a UTF-8 text file, 'python-docs' or 'wikitext'.")
+        for name in ("skip_eval", "skip_analysis", "overwrite", "skip_forgetting"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be True or False.")
         if self.bf16 is not None and not isinstance(self.bf16, bool):
@@ -144,24 +180,38 @@ class JobOptions:
             self.segments = _masks("segments", self.segments, single=True)[0]
         self.variants = _masks("variants", self.variants)
 
-    def resolved(self) -> "JobOptions":
-        """A copy with the preset chosen (``auto`` -> ``paper`` / ``cpu``) and every ``None`` filled from it."""
+    def resolved(self, num_layers: Optional[int] = None) -> "JobOptions":
+        """A copy with the preset chosen (``auto`` -> ``paper`` / ``cpu``) and every ``None`` filled in:
+        from the recipe (``paper`` needs ``num_layers``, the model's depth), then the preset, then
+        :data:`DEFAULTS`. Values given explicitly are kept."""
+        from midblock_plugin.experiments.recipe import recipe_values
+
         preset = self.preset
         if preset == "auto":
             import torch
 
             preset = "paper" if torch.cuda.is_available() else "cpu"
-        values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in PRESETS[preset].items()}
-        return replace(self, preset=preset, **values)
+        fill = {**DEFAULTS, **PRESETS[preset], **recipe_values(self.recipe or "default", num_layers)}
+        values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in fill.items()}
+        return replace(self, preset=preset, recipe=self.recipe or "default", **values)
+
+    def seed_list(self) -> list[int]:
+        """The seeds every variant is trained with: ``seed, seed + 1, ..., seed + seeds - 1``."""
+        return [self.seed + i for i in range(self.seeds)]
 
     def midblock_config(self, segments: Optional[str] = None) -> MidBlockConfig:
         """The :class:`MidBlockConfig` of one variant (``segments``, default this job's mask); validated."""
-        return MidBlockConfig(segments=segments or self.segments, rank=self.rank, lora_alpha=self.lora_alpha,
-                              alpha_policy=self.alpha_policy)
+        return MidBlockConfig(segments=segments or self.segments, rank=self.rank if self.rank is not None else DEFAULTS["rank"],
+                              lora_alpha=self.lora_alpha, alpha_policy=self.alpha_policy or DEFAULTS["alpha_policy"],
+                              lora_dropout=self.lora_dropout if self.lora_dropout is not None else DEFAULTS["lora_dropout"])
 
     def eval_settings(self):
         """The lm-eval settings of this job (validated on construction)."""
         from midblock_plugin.evaluation import EvalSettings
 
+        protocol = self.eval_protocol or DEFAULTS["eval_protocol"]
+        if protocol == "paper":  # the protocol fixes zero-shot and 64 new tokens
+            return EvalSettings(limit=self.eval_limit, protocol="paper", batch_size=self.eval_batch_size, data_dir=self.data_dir,
+                                num_fewshot=self.num_fewshot, max_gen_toks=self.max_gen_toks)
         return EvalSettings(limit=self.eval_limit, num_fewshot=self.num_fewshot, max_gen_toks=self.max_gen_toks,
                             batch_size=self.eval_batch_size, data_dir=self.data_dir)

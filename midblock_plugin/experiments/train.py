@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from midblock_plugin import io
 from midblock_plugin.data import gsm8k
-from midblock_plugin.experiments.measures import PeakMemory, StepTimer, heldout_answer_loss
+from midblock_plugin.experiments.measures import PeakMemory, StepTimer, heldout_row_losses
 from midblock_plugin.experiments.options import JobOptions
 
 
@@ -55,9 +55,18 @@ def gsm8k_summary(report: dict) -> dict:
     return out
 
 
+def _heldout(rec: dict[str, Any], model, tok, rows: list[dict], opts: JobOptions) -> None:
+    """Held-out answer loss of ``model``: the mean, and per row (summed loss, answer tokens) for pairing."""
+    sums, counts = heldout_row_losses(model, tok, rows, max_length=opts.max_length * 2)
+    rec["heldout_loss"] = sum(sums) / max(sum(counts), 1)
+    rec["heldout_row_loss"] = sums
+    rec["heldout_row_tokens"] = counts
+
+
 def train_variant(opts: JobOptions, segments: str, out: Path, train_rows: list[dict], heldout_rows: list[dict], log=print,
-                  base_eval: Optional[dict] = None) -> tuple[dict[str, Any], "MidBlockPlan"]:
-    """Train one window, evaluate it; return its measured record and the plan it was trained with."""
+                  base_eval: Optional[dict] = None, general_blocks: Optional[list] = None) -> tuple[dict[str, Any], "MidBlockPlan"]:
+    """Train one window with seed ``opts.seed``, measure it (held-out loss per row, forgetting on
+    ``general_blocks`` unless ``None``), evaluate it; return its record and the plan it was trained with."""
     import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -73,7 +82,7 @@ def train_variant(opts: JobOptions, segments: str, out: Path, train_rows: list[d
     args = SFTConfig(
         output_dir=str(out), max_steps=opts.max_steps, num_train_epochs=1, per_device_train_batch_size=opts.batch_size,
         gradient_accumulation_steps=opts.grad_accum, learning_rate=opts.lr, max_length=opts.max_length,
-        bf16=bool(opts.bf16), use_cpu=cpu, seed=opts.seed, logging_steps=1, save_strategy="no", report_to=[],
+        bf16=bool(opts.bf16), use_cpu=cpu, seed=opts.seed, data_seed=opts.seed, logging_steps=1, save_strategy="no", report_to=[],
         gradient_checkpointing=not cpu, disable_tqdm=False,
     )
     timer = StepTimer()
@@ -91,7 +100,7 @@ def train_variant(opts: JobOptions, segments: str, out: Path, train_rows: list[d
     tok.save_pretrained(str(out / "adapter"))
     plan = cb.plan
     record: dict[str, Any] = {
-        "variant": segments, "layers": plan.layers, "window": plan.window, "rank": plan.layer_rank,
+        "variant": segments, "seed": opts.seed, "layers": plan.layers, "window": plan.window, "rank": plan.layer_rank,
         "lora_alpha": plan.lora_alpha, "trainable_params": plan.trainable_params,
         "uniform_lora_params": plan.uniform_lora_params, "steps": trainer.state.global_step,
         "step_time_s": timer.median, "peak_memory_bytes": mem.peak, "peak_memory_kind": mem.kind,
@@ -99,7 +108,11 @@ def train_variant(opts: JobOptions, segments: str, out: Path, train_rows: list[d
         "adapter_dir": str(out / "adapter"), "base_dir": model_dir,
         "drift": final_drift(cb.monitor),
     }
-    record["heldout_loss"] = heldout_answer_loss(trainer.model, tok, heldout_rows, max_length=opts.max_length * 2)
+    _heldout(record, trainer.model, tok, heldout_rows, opts)
+    if general_blocks is not None:
+        from midblock_plugin.experiments.forgetting import measure
+
+        record["forgetting"] = measure(trainer.model, general_blocks, batch_size=opts.eval_batch_size // 2 or 1)
     if not opts.skip_eval:
         from midblock_plugin.evaluation import evaluate_model
 
@@ -109,10 +122,23 @@ def train_variant(opts: JobOptions, segments: str, out: Path, train_rows: list[d
     return record, plan
 
 
-def evaluate_base(opts: JobOptions, out: Path, heldout_rows: list[dict], log=print) -> dict[str, Any]:
-    """The untrained model's held-out loss and GSM8K score: the reference row of the report."""
+def evaluate_base(opts: JobOptions, out: Path, heldout_rows: list[dict], log=print, general: Optional[tuple[str, str]] = None) -> dict[str, Any]:
+    """The untrained model's held-out loss (per row) and GSM8K score: the reference row of the report.
+
+    ``general``: ``(text, description)`` of the forgetting measure's general text; its blocks are
+    tokenized here (``general_blocks``) and the base model's loss on them recorded."""
     _, model, tok = load_base(opts, out, log)
-    rec: dict[str, Any] = {"variant": "base (no tuning)", "heldout_loss": heldout_answer_loss(model, tok, heldout_rows, max_length=opts.max_length * 2)}
+    rec: dict[str, Any] = {"variant": "base (no tuning)"}
+    _heldout(rec, model, tok, heldout_rows, opts)
+    if general is not None:
+        from midblock_plugin.experiments.forgetting import blocks
+
+        rec["general_blocks"] = blocks(tok, general[0], block_tokens=opts.max_length, num_blocks=opts.forgetting_blocks)
+        from midblock_plugin.experiments.forgetting import block_losses
+
+        losses = block_losses(model, rec["general_blocks"], batch_size=opts.eval_batch_size // 2 or 1)
+        rec["general_text"] = {"source": general[1], "blocks": len(losses), "block_tokens": opts.max_length,
+                               "loss": sum(losses) / len(losses)}
     if not opts.skip_eval:
         from midblock_plugin.evaluation import evaluate_model
 
