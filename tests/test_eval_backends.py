@@ -149,7 +149,7 @@ def test_eval_command_carries_every_setting(tmp_path):
     text = " ".join(cmd)
     for part in ("-m midblock_plugin.cli eval", "--backend vllm", "--protocol paper", "--limit 7",
                  "--tensor-parallel-size 4", "--data-parallel-size 2", "--vllm-args gpu_memory_utilization=0.8",
-                 f"--data-dir {GSM8K_DIR}", "--save-samples", f"--adapter {tmp_path / 'a'}"):
+                 f"--data-dir {settings.resolved_data_dir()}", "--save-samples", f"--adapter {tmp_path / 'a'}"):
         assert part in text, part
     hf = eval_command(tmp_path, EvalSettings(backend="hf", processes=2, limit=3), tmp_path / "x.json")
     assert hf[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] and "--backend" in hf

@@ -67,7 +67,7 @@ def setup(tmp_path_factory):
     single = root / "single"
     # one process, no DeepSpeed, the same global batch (2 nodes x batch per node; the recipe's --grad-accum)
     run_nodes([([sys.executable, str(SCRIPT), *args, *_overrides(model_dir), "--batch-size", str(NODES * batch),
-                 "--output-dir", str(single)], _env())], root / "single-logs")
+                 "--output-dir", str(single)], _env())], ROOT, root / "single-logs")
     return {"root": root, "model_dir": model_dir, "single": single}
 
 
@@ -85,7 +85,7 @@ def test_torchrun_two_nodes(setup):
     out = setup["root"] / "torchrun"
     env = _env(NNODES=str(NODES), NPROC_PER_NODE="1")
     cmd = ["bash", str(MULTINODE / "launch_torchrun.sh"), *_overrides(setup["model_dir"]), "--output-dir", str(out)]
-    text = run_nodes([(cmd, dict(env, NODE_RANK=str(rank))) for rank in range(NODES)], setup["root"] / "torchrun-logs")
+    text = run_nodes([(cmd, dict(env, NODE_RANK=str(rank))) for rank in range(NODES)], ROOT, setup["root"] / "torchrun-logs")
     _check_run(text)
     assert_same_adapter(out, setup["single"])
 
@@ -94,7 +94,7 @@ def test_accelerate_two_machines(setup):
     out = setup["root"] / "accelerate"
     env = _env(NNODES=str(NODES), NPROC_PER_NODE="1")
     cmd = ["bash", str(MULTINODE / "launch_accelerate.sh"), *_overrides(setup["model_dir"]), "--output-dir", str(out)]
-    text = run_nodes([(cmd, dict(env, NODE_RANK=str(rank))) for rank in range(NODES)], setup["root"] / "accelerate-logs")
+    text = run_nodes([(cmd, dict(env, NODE_RANK=str(rank))) for rank in range(NODES)], ROOT, setup["root"] / "accelerate-logs")
     _check_run(text)
     assert_same_adapter(out, setup["single"])
 
@@ -146,7 +146,7 @@ def test_slurm_script_two_nodes(setup):
     for name in ("MASTER_ADDR", "NNODES", "NODE_RANK", "NPROC_PER_NODE"):  # the sbatch derives these from SLURM
         env.pop(name, None)
     text = run_nodes([(["bash", str(MULTINODE / "slurm_zero3.sbatch"), *_overrides(setup["model_dir"]), "--output-dir", str(out)], env)],
-                     setup["root"] / "slurm-logs")
+                     ROOT, setup["root"] / "slurm-logs")
     launched = (setup["root"] / "srun.log").read_text().splitlines()
     assert [line.split(":")[0] for line in launched] == ["node 0", "node 1"]
     _check_run(text)
@@ -165,6 +165,6 @@ def test_deepspeed_hostfile_two_nodes(setup):
     out = setup["root"] / "deepspeed"
     env = _env(HOSTFILE=str(hostfile))
     cmd = ["bash", str(MULTINODE / "launch_deepspeed.sh"), *_overrides(setup["model_dir"]), "--output-dir", str(out)]
-    text = run_nodes([(cmd, dict(env, NODE_RANK=str(rank))) for rank in range(NODES)], setup["root"] / "deepspeed-logs")
+    text = run_nodes([(cmd, dict(env, NODE_RANK=str(rank))) for rank in range(NODES)], ROOT, setup["root"] / "deepspeed-logs")
     _check_run(text)
     assert_same_adapter(out, setup["single"])

@@ -61,10 +61,12 @@ def test_setup_is_zero3_reentrant_with_truncation_installed(runs):
     for rank_counts in counts:
         t, u = rank_counts["truncated"], rank_counts["untruncated"]
         for r in (t, u):
-            assert r["partitioned"] and r["use_reentrant"] is True  # TRL's choice for PEFT + ZeRO-3
+            # TRL asks for reentrant (PEFT + ZeRO-3) in the deprecated argument only: the layers run non-reentrant
+            assert r["partitioned"] and r["use_reentrant"] is False
             assert r["window"] == WINDOW and r["num_layers"] == 6
             assert r["steps_with_grads"] == 2
         assert t["truncation_installed"] and t["removed_input_hooks"] >= 1
+        assert t["truncation_reentrant"] is False  # the truncation matches the mode that runs
         assert not u["truncation_installed"]
 
 
@@ -87,7 +89,10 @@ def test_untruncated_runs_backward_below_the_window(runs, counter):
         assert all(c[i] > 0 for i in range(6)), (counter, c)
         if counter != "ds_gathered":  # (how much is gathered at a fetch depends on ZeRO-3's prefetching)
             t = _per_layer(rank_counts["truncated"], counter)
-            assert all(c[i] == t[i] for i in range(WINDOW[0], 6)), (counter, c, t)  # same work from the window up
+            # same work above the window's first layer; at that layer the truncated run also skips the
+            # gradient of its input (nothing below trains), so ZeRO-3 fetches fewer submodules there
+            assert all(c[i] == t[i] for i in range(WINDOW[0] + 1, 6)), (counter, c, t)
+            assert t[WINDOW[0]] <= c[WINDOW[0]], (counter, c, t)
 
 
 def test_counts_equal_on_both_ranks(runs):

@@ -133,12 +133,16 @@ def main() -> None:
         for h in handles:
             h.remove()
         trunc = callback.truncation
-        kwargs = trainer.args.gradient_checkpointing_kwargs or {}
+        from midblock_plugin.compat import model_checkpointing_reentrant
+
         results[run] = {
             "rank": rank,
             "num_layers": plan.num_layers,
             "window": plan.layers,
-            "use_reentrant": kwargs.get("use_reentrant"),
+            # the mode the layers ran with (TRL's PEFT + ZeRO-3 switch in gradient_checkpointing_kwargs
+            # does not reach transformers 5.24 when no kwargs were given)
+            "use_reentrant": model_checkpointing_reentrant(trainer.model),
+            "truncation_reentrant": trunc.reentrant if trunc is not None else None,
             "partitioned": any(hasattr(p, "ds_id") for p in trainer.model.parameters()),
             "truncation_installed": trunc is not None,
             "removed_input_hooks": trunc.removed_input_hooks if trunc is not None else 0,
