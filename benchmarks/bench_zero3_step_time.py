@@ -6,7 +6,9 @@ Launches ``benchmarks/zero3_step_worker.py`` with torchrun. Each rank builds eve
 variant as its own ZeRO-3 engine (the shipped ``zero3`` config, weights partitioned as
 they load) and runs them INTERLEAVED step by step, as ``bench_step_time.py`` does:
 uniform LoRA, mid-block LoRA with midblock's BackwardTruncation, and mid-block without it.
-Checkpointing is reentrant by default, which is what TRL uses for PEFT + ZeRO-3.
+Checkpointing is reentrant by default (the mode midblock chooses under ZeRO-3 on DeepSpeed
+< 0.19.3; TRL asks for it for PEFT + ZeRO-3, but with transformers 5.24 its request only takes
+effect when the user passed checkpointing kwargs); ``--settings`` picks either mode.
 
 Printed: wall time per step (the slower rank), CPU time per step (both ranks together),
 FLOPs / aten ops / fresh allocations per step (both ranks, counted once, untimed), paired

@@ -3,8 +3,8 @@
 Builds every variant as its own DeepSpeed ZeRO-3 engine in this process (the shipped
 ``zero3`` config with the "auto" values filled as the HF Trainer fills them, gloo on CPU,
 weights partitioned as they load), the way SFTTrainer + MidBlockCallback set up a PEFT
-model under ZeRO-3: LoRA from ``plan.lora_config()``, checkpointing (reentrant: TRL forces
-it for PEFT + ZeRO-3), the input-grad hook, and for mid-block midblock's
+model under ZeRO-3: LoRA from ``plan.lora_config()``, checkpointing (reentrant by default: the
+mode DeepSpeed < 0.19.3 needs; ``--settings`` picks either), the input-grad hook, and for mid-block midblock's
 BackwardTruncation. Then it counts one step of each variant (FLOPs, aten ops, fresh
 allocations, and per decoder layer the ZeRO-3 parameter fetches during the backward) and
 times interleaved steps (``bench_step_time.interleave``, a barrier before each step).
