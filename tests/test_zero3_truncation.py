@@ -56,7 +56,7 @@ def _per_layer(result, counter):
     return {int(k): v for k, v in result[counter].items()}
 
 
-def test_setup_is_zero3_reentrant_with_truncation_installed(runs):
+def test_setup_is_zero3_with_truncation_matching_the_mode_that_runs(runs):
     counts, _ = runs
     for rank_counts in counts:
         t, u = rank_counts["truncated"], rank_counts["untruncated"]
