@@ -18,7 +18,7 @@ import pytest
 
 
 PKG = Path(__file__).resolve().parents[1] / "midblock_plugin"
-CORE = ("window", "architecture", "config", "plan", "adapters", "io", "compat", "memory", "training", "data")
+CORE = ("choices", "window", "architecture", "config", "plan", "adapters", "io", "compat", "memory", "training", "data")
 UPPER = ("midblock_plugin.integrations", "midblock_plugin.axolotl", "midblock_plugin.cli", "midblock_plugin.experiments")
 
 
@@ -72,3 +72,9 @@ def test_window_is_pure_arithmetic():
     code = "import sys, midblock_plugin.window; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_experiments_import_nothing_from_the_cli():
+    offenders = sorted(n for n, p in _modules() if n.startswith("midblock_plugin.experiments")
+                       and any(i.startswith("midblock_plugin.cli") for i in _imports(p)))
+    assert not offenders

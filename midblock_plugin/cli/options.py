@@ -16,8 +16,7 @@ from midblock_plugin.models import DEFAULT_MODEL  # noqa: F401  (the model run /
 from midblock_plugin.window import WINDOW_FORMS
 
 
-#: The segment mask ``midblock run`` trains by default (the paper's mid block).
-DEFAULT_SEGMENTS = "01110"
+from midblock_plugin.choices import DEFAULT_SEGMENTS  # noqa: E402,F401  (declared once, in the core)
 
 _CHOICES = {"mode": MODES, "budget": BUDGETS, "alpha_policy": ALPHA_POLICIES}
 #: Fields whose flag is an option with a value starting with "-" (e.g. ``--layers -4--1``).

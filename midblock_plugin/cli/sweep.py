@@ -2,29 +2,25 @@
 difference to uniform, forgetting on general text and GSM8K (:func:`midblock_plugin.experiments.sweep`).
 
 Shares every flag of ``midblock run`` / ``compare`` (:func:`midblock_plugin.cli.run.common`) and adds
-``--variants`` and ``--seeds``.
+``--variants`` and ``--seeds``; all are generated from ``JobOptions`` fields.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from midblock_plugin.cli.options import DEFAULT_SEGMENTS
-from midblock_plugin.cli.run import common, log, options
+from midblock_plugin.cli.run import ANALYSED_HELP, common, log, options, per_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from midblock_plugin.experiments.options import SWEEP_VARIANTS
+    from midblock_plugin.experiments.options import SWEEP_SEEDS, SWEEP_VARIANTS
 
     p = sub.add_parser("sweep", help="every window x seed at one rank budget: 95%% intervals, paired differences to "
                                      "uniform, forgetting, GSM8K; a markdown report and results.json")
     common(p)
-    p.add_argument("--variants", default=",".join(SWEEP_VARIANTS),
-                   help="comma-separated segment masks, each once; 11111 (uniform) is the reference of the paired "
-                        "differences (default %(default)s)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per variant: --seed, --seed + 1, ... (>= 1, default 3)")
-    p.add_argument("--segments", help=f"the variant the layer-wise analysis is run on (first seed), one of --variants "
-                                      f"(default {DEFAULT_SEGMENTS} when it is one, else the last variant)")
+    per_command(p, ("variants", "seeds", "segments"),
+                {"variants": ",".join(SWEEP_VARIANTS), "seeds": SWEEP_SEEDS, "segments": None},
+                help={"segments": ANALYSED_HELP})
     p.set_defaults(func=run_sweep)
 
 

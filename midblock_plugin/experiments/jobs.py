@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from midblock_plugin import io
-from midblock_plugin.cli.options import DEFAULT_SEGMENTS
+from midblock_plugin.choices import DEFAULT_SEGMENTS
 from midblock_plugin.data import gsm8k
 from midblock_plugin.experiments import forgetting
 from midblock_plugin.experiments.options import JobOptions

