@@ -11,12 +11,11 @@ import argparse
 import dataclasses
 from typing import Any
 
+from midblock_plugin.choices import DEFAULT_SEGMENTS  # noqa: E402,F401  (declared once, in the core)
 from midblock_plugin.config import ALPHA_POLICIES, BUDGETS, MODES, TARGET_PRESETS, MidBlockConfig
 from midblock_plugin.models import DEFAULT_MODEL  # noqa: F401  (the model run / compare use by default; defined once there)
 from midblock_plugin.window import WINDOW_FORMS
 
-
-from midblock_plugin.choices import DEFAULT_SEGMENTS  # noqa: E402,F401  (declared once, in the core)
 
 _CHOICES = {"mode": MODES, "budget": BUDGETS, "alpha_policy": ALPHA_POLICIES}
 #: Fields whose flag is an option with a value starting with "-" (e.g. ``--layers -4--1``).
