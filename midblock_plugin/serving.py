@@ -1,11 +1,12 @@
 """Serving arithmetic: the LoRA ranks vLLM accepts and what a LoRA adapter costs per token.
 
-Pure arithmetic (no torch), shared by the plan (``budget='serve'``, the serving line of the
-summary) and by ``midblock export --target vllm``.
+Pure arithmetic (it imports nothing but ``typing``, so :mod:`midblock_plugin.config` may import
+it), shared by the plan (``budget='serve'``, the serving line of the summary) and by
+``midblock export --target vllm``.
 
-vLLM only starts with ``--max-lora-rank`` in a fixed set (``MaxLoRARanks`` in
-vllm-project/vllm ``vllm/config/lora.py``: 1, 8, 16, 32, 64, 128, 256, 320, 512), allocates
-its LoRA buffers for every layer and target module at that rank, and runs its LoRA kernels
+vLLM only starts with ``--max-lora-rank`` in a fixed set (:data:`VLLM_MAX_LORA_RANKS`: its
+``MaxLoRARanks`` in vllm-project/vllm ``vllm/config/lora.py``; the one place midblock writes the
+list), allocates its LoRA buffers for every layer and target module at that rank, and runs its LoRA kernels
 on every layer, zero-filling the layers an adapter lacks. So a mid-block adapter of rank 113
 is served at rank 128 on *all* layers: its serving cost per token is that of uniform LoRA at
 rank 128, twice that of the uniform r=64 adapter it was budget-matched to.
@@ -21,6 +22,8 @@ from typing import Iterable
 
 #: ``--max-lora-rank`` values vLLM accepts (``MaxLoRARanks``, vllm/config/lora.py).
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+#: The same, as help texts and messages write it ("1, 8, ..., 512").
+VLLM_MAX_LORA_RANKS_TEXT = ", ".join(map(str, VLLM_MAX_LORA_RANKS))
 
 
 def vllm_max_lora_rank(rank: int) -> int | None:

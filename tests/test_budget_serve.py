@@ -6,13 +6,16 @@ vLLM accepts ``--max-lora-rank`` in ``MaxLoRARanks = Literal[1, 8, 16, 32, 64, 1
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+from pathlib import Path
 
 import pytest
 
 from midblock_plugin.config import MidBlockConfig
 from midblock_plugin.plan import build_plan
-from midblock_plugin.serving import VLLM_MAX_LORA_RANKS, serve_rank, vllm_max_lora_rank
+from midblock_plugin.serving import VLLM_MAX_LORA_RANKS, VLLM_MAX_LORA_RANKS_TEXT, serve_rank, vllm_max_lora_rank
 from midblock_plugin.testing import tiny_config
 
 
@@ -28,6 +31,22 @@ PAPER_RANKS = [
 
 def test_vllm_sizes_are_vllms():
     assert VLLM_MAX_LORA_RANKS == (1, 8, 16, 32, 64, 128, 256, 320, 512)
+    assert VLLM_MAX_LORA_RANKS_TEXT == "1, 8, 16, 32, 64, 128, 256, 320, 512"
+
+
+def test_the_vllm_sizes_are_written_once():
+    """serving.VLLM_MAX_LORA_RANKS is the only place shipped code types the list; the budget's help and the
+    plan's warning format it."""
+    root = Path(__file__).resolve().parents[1]
+    typed = re.compile(r"1,\s*8,\s*16,\s*32,\s*64,\s*128,\s*256,\s*320,\s*512")
+    found = {str(p.relative_to(root)): len(typed.findall(p.read_text()))
+             for p in sorted((root / "midblock_plugin").rglob("*.py"))}
+    assert {p: n for p, n in found.items() if n} == {"midblock_plugin/serving.py": 1}
+    budget = next(f for f in dataclasses.fields(MidBlockConfig) if f.name == "budget")
+    assert VLLM_MAX_LORA_RANKS_TEXT in budget.metadata["help"]
+    low = build_plan(num_layers=16, config=MidBlockConfig(segments="01110", rank=4, budget="serve"))
+    assert (low.matched_rank, low.layer_rank) == (7, 1)
+    assert any(VLLM_MAX_LORA_RANKS_TEXT in w for w in low.warnings)
 
 
 @pytest.mark.parametrize("num_layers, rank, mask, matched, padded, served", PAPER_RANKS)

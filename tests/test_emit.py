@@ -17,18 +17,24 @@ What each tool does with its keys (their current source):
   layers_to_transform=cfg.peft_layers_to_transform, layers_pattern=cfg.peft_layers_pattern, ...)``
   (src/axolotl/loaders/adapter.py, ``load_lora``); the plugin form goes through this plugin's key mapping.
   Axolotl's own loader validates the fragment in tests/axolotl/test_emit_axolotl.py.
+
+The tools are one table (``midblock_plugin.emit.TOOLS``): ``midblock plan --emit``'s choices and the
+refusals read it, and a tool registered in it alone is emitted end to end.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import shlex
+from pathlib import Path
 
 import pytest
 import yaml
 
+from midblock_plugin import emit as emitting
 from midblock_plugin.config import MidBlockConfig
-from midblock_plugin.emit import EMIT_TOOLS, EmitError, emit
+from midblock_plugin.emit import EMIT_TOOLS, TOOLS, EmitError, EmitTool, emit
 from midblock_plugin.plan import build_plan
 from midblock_plugin.testing import tiny_model
 
@@ -160,10 +166,8 @@ def test_what_a_tool_cannot_express_is_refused():
 
 def test_cli_emit(tmp_path, capsys):
     from midblock_plugin.cli import main
-    from midblock_plugin.cli.plan import EMIT_TOOLS as CLI_TOOLS
     from midblock_plugin.testing import save_tiny
 
-    assert CLI_TOOLS == EMIT_TOOLS
     save_tiny(tmp_path / "m", "llama", num_layers=5)
     capsys.readouterr()
     assert main(["plan", str(tmp_path / "m"), "--emit", "swift"]) == 0
@@ -172,3 +176,73 @@ def test_cli_emit(tmp_path, capsys):
     assert "--emit peft needs a MODEL" in capsys.readouterr().err
     assert main(["plan", str(tmp_path / "m"), "--mode", "full", "--emit", "llamafactory"]) == 2
     assert "freeze_trainable_layers" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the table of tools
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _string_literals(path: Path) -> set[str]:
+    """The string constants of a module's code (docstrings left out)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return {node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings}
+
+
+def _emit_option():
+    from midblock_plugin.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return next(a for a in sub.choices["plan"]._actions if "--emit" in a.option_strings)
+
+
+def test_the_tool_table_is_the_only_source():
+    option = _emit_option()
+    assert list(option.choices) == list(TOOLS) == list(EMIT_TOOLS)
+    docs = (ROOT / "docs" / "serving.md").read_text()
+    plan = build_plan(tiny_model("llama", num_layers=5))
+    for name, spec in TOOLS.items():
+        assert spec.name == name and spec.display and spec.form and callable(spec.write)
+        assert name in option.help
+        assert f"| `{name}` |" in docs, f"docs/serving.md's --emit table has no row for {name}"
+        assert emit(plan, name).splitlines()[1] == f"# keys as defined in {spec.source}"
+    # a tool's name is written in the table only: no other shipped module has it as a string in its code
+    names = set(TOOLS) - {"peft", "axolotl"}  # also package names, imported and named everywhere
+    for path in sorted((ROOT / "midblock_plugin").rglob("*.py")):
+        if path != ROOT / "midblock_plugin" / "emit.py":
+            found = names & _string_literals(path)
+            assert not found, f"{path.relative_to(ROOT)} writes the tool name(s) {found}; read emit.TOOLS"
+
+
+def test_a_registered_tool_is_emitted_end_to_end(tmp_path, monkeypatch, capsys):
+    """Adding a tool is one entry in TOOLS: ``plan --emit`` accepts it, and its capabilities (no full mode,
+    an integer alpha) are enforced without code of its own."""
+    from midblock_plugin.cli import main
+    from midblock_plugin.testing import save_tiny
+
+    def write(plan, spec):
+        return "\n".join(emitting._header(plan, spec) + [f"fake_layers: {list(plan.layers)}",
+                                                         f"fake_rank: {plan.layer_rank}",
+                                                         f"fake_alpha: {int(plan.lora_alpha)}"])
+
+    monkeypatch.setattr(emitting, "TOOLS", {**TOOLS, "fake": EmitTool(
+        "fake", "FakeTrainer", write, "fake/trainer src/args.py (fake_layers, fake_rank, fake_alpha: int)", "YAML",
+        full_mode="FakeTrainer trains all layers or none", integer_alpha=True)})
+    assert "fake" in _emit_option().choices
+    save_tiny(tmp_path / "m", "llama", num_layers=5)
+    capsys.readouterr()
+    assert main(["plan", str(tmp_path / "m"), "--rank", "8", "--alpha-policy", "fixed", "--emit", "fake"]) == 0
+    out = capsys.readouterr().out
+    y = yaml.safe_load(out)
+    assert y == {"fake_layers": [1, 2, 3], "fake_rank": 13, "fake_alpha": 16}
+    assert "# keys as defined in fake/trainer src/args.py" in out
+    assert main(["plan", str(tmp_path / "m"), "--mode", "full", "--emit", "fake"]) == 2
+    assert "--emit fake with --mode full: FakeTrainer trains all layers or none" in capsys.readouterr().err
+    # rsLoRA, ratio policy: the window's alpha is 16 * sqrt(13 / 8), not an integer
+    assert main(["plan", str(tmp_path / "m"), "--rank", "8", "--use-rslora", "--emit", "fake"]) == 2
+    assert "FakeTrainer types lora_alpha as an integer" in capsys.readouterr().err

@@ -7,19 +7,27 @@ tiny Llama, and the per-engine transformations are the ones the engines need:
 * sglang / llama.cpp: rsLoRA folded into alpha (they scale by ``alpha / r``);
 * vllm: the ``--max-lora-rank`` to pass;
 * merged: PEFT's merge, sharded safetensors, tokenizer, the asked dtype.
+
+The targets are one table (``midblock_plugin.export.targets.TARGETS``): the command's choices and
+help, the docs and the pipeline read it, and a target registered in it alone exports end to end.
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from midblock_plugin.config import MidBlockConfig
-from midblock_plugin.export import REPORT_JSON, TARGETS
+from midblock_plugin.export import REPORT_JSON, targets
 from midblock_plugin.export.pipeline import export_adapter
+from midblock_plugin.export.targets import TARGETS, ExportTarget
 from midblock_plugin.plan import build_plan
 from midblock_plugin.testing import save_tiny
 
@@ -68,7 +76,7 @@ def _logits_through_peft(base, adapter_dir, ids):
         return model.eval()(input_ids=ids).logits
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", list(TARGETS))
 def test_every_target_reproduces_the_original_logits(adapter, tmp_path, target):
     base, src = adapter
     lines = []
@@ -173,10 +181,9 @@ def test_merged_in_bfloat16_is_sharded_with_its_tokenizer(adapter, tmp_path):
 def test_a_wrong_export_fails_its_check_with_exit_1(adapter, tmp_path, monkeypatch, capsys):
     """The self-check is real: an export that forgets to fold rsLoRA disagrees and exits 1."""
     from midblock_plugin.cli import main
-    from midblock_plugin.export import pipeline
 
     base, src = adapter
-    monkeypatch.setattr(pipeline, "fold_rslora", lambda cfg: dict(cfg, use_rslora=False))
+    monkeypatch.setattr(targets, "fold_rslora", lambda cfg: dict(cfg, use_rslora=False))
     assert main(["export", str(src), "--target", "sglang", "--output", str(tmp_path / "bad")]) == 1
     captured = capsys.readouterr()
     assert "MISMATCH" in captured.out and "do not serve it" in captured.err
@@ -256,7 +263,7 @@ def test_tgi_padding_on_gpt2_conv1d_all_linear(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", list(TARGETS))
 def test_every_target_on_cuda(adapter, tmp_path, target):
     """The same exports with the self-check on a CUDA device (``--device cuda``)."""
     if not torch.cuda.is_available():
@@ -265,3 +272,99 @@ def test_every_target_on_cuda(adapter, tmp_path, target):
     report = export_adapter(src, target, tmp_path / target, device="cuda", log=print)
     assert report["passed"], report["checks"]
     assert all(c["max_abs_diff"] <= 1e-5 and c["adapter_effect"] > 1e-3 for c in report["checks"])
+
+
+# --------------------------------------------------------------------------- the table of targets
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _option(command, flag):
+    from midblock_plugin.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = sub.choices[command]
+    return parser, next(a for a in parser._actions if flag in a.option_strings)
+
+
+def _string_literals(path: Path) -> set[str]:
+    """The string constants of a module's code (docstrings left out)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return {node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings}
+
+
+def test_the_target_table_is_the_only_source():
+    parser, target = _option("export", "--target")
+    assert list(target.choices) == list(TARGETS)  # the choices are the table's keys, in its order
+    usage = " ".join(parser.format_help().split())
+    docs = (ROOT / "docs" / "serving.md").read_text()
+    for name, spec in TARGETS.items():
+        assert spec.name == name and spec.engine and spec.summary
+        assert f"{name}: {' '.join(spec.summary.split())}" in usage  # --target's help, from the table
+        assert f"`{name}`" in docs, f"docs/serving.md does not describe --target {name}"
+        command = spec.serve("OUT", "BASE", {})
+        assert "OUT" in command and (spec.merges or "BASE" in command)
+        assert spec.merges or all(callable(step) for step in spec.steps)
+    # every flag of the command is a field of ExportOptions (but --json, how the command prints), with its help
+    from midblock_plugin.export.options import ExportOptions
+
+    dests = {a.dest for a in parser._actions if a.dest not in ("help", "json")}
+    assert dests == {f.name for f in dataclasses.fields(ExportOptions)}
+    assert all(f.metadata.get("help") for f in dataclasses.fields(ExportOptions))
+    # a target's name is written in the table only: no other shipped module has it as a string in its code ("vllm"
+    # is also an evaluation backend elsewhere, so it is looked for in the export code only)
+    shipped = sorted((ROOT / "midblock_plugin").rglob("*.py"))
+    export_code = [p for p in shipped if "export" in p.relative_to(ROOT).parts or p.name == "export.py"]
+    for path in shipped:
+        if path == ROOT / "midblock_plugin" / "export" / "targets.py":
+            continue
+        names = set(TARGETS) if path in export_code else set(TARGETS) - {"vllm"}
+        found = names & _string_literals(path)
+        assert not found, f"{path.relative_to(ROOT)} writes the target name(s) {found}; read export.targets.TARGETS"
+
+
+def test_a_target_entry_that_cannot_run_is_refused():
+    with pytest.raises(ValueError, match="'m2'.*merging target.*steps and limits would never run"):
+        ExportTarget("m2", "any", "merged twice", targets.serve_merged, steps=(targets.step_fold_rslora,), merges=True)
+    with pytest.raises(ValueError, match="--target 'onnx' is not a target; choose one of vllm, sglang"):
+        targets.get_target("onnx")
+
+
+def test_a_registered_target_exports_end_to_end(adapter, tmp_path, monkeypatch, capsys):
+    """Adding a target is one entry in TARGETS: the command accepts it, lists it in its help, runs its
+    steps and serve command, and self-checks it like any other (a wrong step fails with exit 1)."""
+    from midblock_plugin.cli import main
+
+    base, src = adapter
+
+    def record(work):
+        work.report["fake_pairs"] = len(work.tensors) // 2
+        work.config = dict(work.config, fake_engine=True)  # engines ignore unknown keys; PEFT too
+
+    def double_b(work):  # a wrong transformation: lora_B doubled
+        work.tensors = {k: v * 2 if ".lora_B." in k else v for k, v in work.tensors.items()}
+
+    serve = lambda out, base, report: f"fake-serve --base {base} --adapter {out}"  # noqa: E731
+    monkeypatch.setattr(targets, "TARGETS", {
+        **TARGETS,
+        "fake": ExportTarget("fake", "FakeServe", "the adapter with a marker key", serve, steps=(record,)),
+        "fake-wrong": ExportTarget("fake-wrong", "FakeServe", "lora_B doubled", serve, steps=(double_b,)),
+    })
+    _, option = _option("export", "--target")
+    assert "fake" in option.choices and "fake: the adapter with a marker key" in option.help
+    capsys.readouterr()
+    assert main(["export", str(src), "--target", "fake", "--output", str(tmp_path / "f"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and report["engine"] == "FakeServe" and report["fake_pairs"] == len(WINDOW) * len(MODULES)
+    assert report["command"] == f"fake-serve --base {base} --adapter {tmp_path / 'f'}"
+    assert json.loads((tmp_path / "f" / "adapter_config.json").read_text())["fake_engine"] is True
+    assert main(["export", str(src), "--target", "fake-wrong", "--output", str(tmp_path / "w")]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # the table's copy is gone with the monkeypatch: only registered names parse
+        monkeypatch.undo()
+        main(["export", str(src), "--target", "fake", "--output", str(tmp_path / "g")])

@@ -7,11 +7,8 @@ import contextlib
 import json
 import sys
 
+from midblock_plugin import emit as emitting  # import-cheap (no torch): the --emit choices are its TOOLS
 from midblock_plugin.cli.options import add_config_arguments, config_from_args
-
-
-#: ``--emit`` choices (kept equal to midblock_plugin.emit.EMIT_TOOLS; not imported, so ``--help`` stays cheap).
-EMIT_TOOLS = ("peft", "axolotl", "llamafactory", "swift", "unsloth")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,9 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", help="model directory (with config.json) or hub id")
     p.add_argument("--num-layers", type=int, help="plan for an L-layer model without any model (no parameter counts)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.add_argument("--emit", choices=EMIT_TOOLS, metavar="TOOL",
+    p.add_argument("--emit", choices=emitting.tool_names(), metavar="TOOL",
                    help="print the config fragment that trains this window and rank in another tool, with its own keys: "
-                        + ", ".join(EMIT_TOOLS) + " (needs MODEL)")
+                        + ", ".join(emitting.tool_names()) + " (needs MODEL)")
     g = p.add_argument_group("ZeRO-3 memory planner")
     g.add_argument("--zero3", action="store_true", help="print per-GPU model-state memory under DeepSpeed ZeRO-3")
     g.add_argument("--gpus-per-node", type=int, default=8)
@@ -88,9 +85,7 @@ def _run(args: argparse.Namespace, stdout=None) -> int:
     else:
         plan = build_plan(None, cfg, num_layers=args.num_layers)
     if args.emit:
-        from midblock_plugin.emit import emit
-
-        print(emit(plan, args.emit), file=stdout)
+        print(emitting.emit(plan, args.emit), file=stdout)
         return 0
     memory = None
     if args.zero3:

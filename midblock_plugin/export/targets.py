@@ -1,4 +1,10 @@
-"""What each serving engine needs from a mid-block adapter, one function per need.
+"""The export targets: :data:`TARGETS`, one :class:`ExportTarget` per name, and what each engine needs.
+
+:data:`TARGETS` is the only place a target's name is written: ``midblock export --target``'s
+choices and help, the checks before any weight is loaded, the steps that rewrite the adapter,
+the report's engine name and the serve command all read it. Adding a target is one entry at
+the end of this file (with its step and serve functions, here too) and a row in
+``docs/serving.md``.
 
 What the engines read (their current source, read for this module):
 
@@ -28,16 +34,72 @@ What the engines read (their current source, read for this module):
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from midblock_plugin.export.source import LORA_SUFFIXES, PEFT_PREFIX, AdapterSource, lora_modules
 from midblock_plugin.serving import VLLM_MAX_LORA_RANKS, lora_flops_per_token, vllm_max_lora_rank
 
 
-ENGINES = {
-    "vllm": "vLLM", "sglang": "SGLang", "tgi": "TGI (text-generation-inference)", "lorax": "LoRAX",
-    "llama.cpp": "llama.cpp", "merged": "any engine (a merged model)",
-}
+@dataclass
+class AdapterExport:
+    """One adapter export in progress: what a target's steps read and rewrite, in place."""
+
+    target: ExportTarget
+    source: AdapterSource
+    tensors: dict[str, Any]
+    config: dict[str, Any]
+    report: dict[str, Any]
+    log: Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportTarget:
+    """One ``--target`` of ``midblock export``: everything that differs between targets."""
+
+    name: str = field(metadata={"help": "the --target value (the key of TARGETS)"})
+    engine: str = field(metadata={"help": "the engine(s) that load the export, as reports and errors name them"})
+    summary: str = field(metadata={"help": "what the export does, in one line: --target's help (docs/serving.md "
+                                           "says it at length)"})
+    serve: Callable[[str, str, dict[str, Any]], str] = field(
+        metadata={"help": "(output directory, base model, report) -> the command that serves or converts the export"})
+    steps: tuple[Callable[[AdapterExport], None], ...] = field(
+        default=(), metadata={"help": "what rewrites the adapter's tensors and config for the engine, in order (each "
+                                      "may add to the report and log a line); none: the adapter is written unchanged"})
+    limits: Callable[[AdapterSource, ExportTarget], None] | None = field(
+        default=None, metadata={"help": "the engine's own limits, checked before any weight is loaded (every adapter "
+                                        "target also gets check_servable's: no DoRA, modules_to_save, bias, ...)"})
+    merges: bool = field(
+        default=False, metadata={"help": "the export is the base with the adapter merged in (a model, not an adapter, "
+                                         "loaded by any engine); --dtype and --max-shard-size apply to it"})
+
+    def __post_init__(self) -> None:
+        if self.merges and (self.steps or self.limits):
+            raise ValueError(f"export target {self.name!r}: a merging target writes a model, not an adapter; its "
+                             "steps and limits would never run. Drop them or set merges=False.")
+
+
+def target_names() -> tuple[str, ...]:
+    """The ``--target`` values, read from :data:`TARGETS` when called."""
+    return tuple(TARGETS)
+
+
+def target_help() -> str:
+    """``--target``'s help: one line per target, from :data:`TARGETS`."""
+    return "; ".join(f"{name}: {t.summary}" for name, t in TARGETS.items())
+
+
+def get_target(name: Any) -> ExportTarget:
+    """The :class:`ExportTarget` called ``name``, or a ``ValueError`` naming the choices."""
+    spec = TARGETS.get(name) if isinstance(name, str) else None
+    if spec is None:
+        raise ValueError(f"--target {name!r} is not a target; choose one of {', '.join(TARGETS)}.")
+    return spec
+
+
+def merging_targets() -> tuple[str, ...]:
+    """The targets that write a merged model (what an adapter an engine refuses can still become)."""
+    return tuple(name for name, t in TARGETS.items() if t.merges)
 
 
 # --------------------------------------------------------------------------- what an engine refuses
@@ -45,7 +107,8 @@ ENGINES = {
 
 def check_servable(source: AdapterSource, target: str) -> None:
     """Refuse, before any weight is loaded, an adapter the target engine cannot load as it is."""
-    if target == "merged":
+    spec = get_target(target)
+    if spec.merges:
         return
     cfg = source.config
     problems = []
@@ -61,13 +124,26 @@ def check_servable(source: AdapterSource, target: str) -> None:
         problems.append(f"a non-integer rank r={cfg.get('r')!r}")
     if problems:
         raise ValueError(
-            f"--target {target}: the adapter has {'; '.join(problems)}, which {ENGINES[target]} does not serve as a "
-            "LoRA adapter; use --target merged (the base with the adapter merged in), which every engine loads."
+            f"--target {spec.name}: the adapter has {'; '.join(problems)}, which {spec.engine} does not serve as a "
+            f"LoRA adapter; {_merged_advice()}."
         )
-    if target == "vllm" and vllm_max_lora_rank(source.rank) is None:
+    if spec.limits is not None:
+        spec.limits(source, spec)
+
+
+def _merged_advice() -> str:
+    names = merging_targets()
+    if not names:
+        return "merge it into the base model (PeftModel.merge_and_unload) and serve the model"
+    return f"use --target {' or --target '.join(names)} (the base with the adapter merged in), which every engine loads"
+
+
+def vllm_rank_limit(source: AdapterSource, spec: ExportTarget) -> None:
+    """vLLM starts only with a ``--max-lora-rank`` of :data:`~midblock_plugin.serving.VLLM_MAX_LORA_RANKS`."""
+    if vllm_max_lora_rank(source.rank) is None:
         raise ValueError(
-            f"--target vllm: the adapter has rank {source.rank}, above vLLM's largest --max-lora-rank "
-            f"{VLLM_MAX_LORA_RANKS[-1]} (MaxLoRARanks in vllm/config/lora.py); use --target merged, or train with "
+            f"--target {spec.name}: the adapter has rank {source.rank}, above vLLM's largest --max-lora-rank "
+            f"{VLLM_MAX_LORA_RANKS[-1]} (MaxLoRARanks in vllm/config/lora.py); {_merged_advice()}; or train with "
             "--budget serve."
         )
 
@@ -198,24 +274,90 @@ def check_llamacpp_readable(tensors: dict[str, Any], config: dict[str, Any], bas
     return len(pairs)
 
 
+# --------------------------------------------------------------------------- steps (what a target does to the adapter)
+
+
+def step_pad_every_layer(work: AdapterExport) -> None:
+    """TGI / LoRAX: zero matrices for every layer outside the window, no ``layers_to_transform``."""
+    work.tensors, added = pad_every_layer(work.tensors, work.source)
+    work.config = unwindowed_config(work.config)
+    work.report["padded_layer_modules"] = added
+    work.log(f"{work.target.name}: added zero LoRA matrices for {added} (layer, module) pairs outside the window, so "
+             f"{work.target.engine} keeps every module type; layers_to_transform removed from the config.")
+
+
+def step_fold_rslora(work: AdapterExport) -> None:
+    """SGLang / llama.cpp: rsLoRA folded into ``lora_alpha`` (they scale by ``alpha / r``)."""
+    work.report["rslora_folded"] = bool(work.config.get("use_rslora"))
+    work.config = fold_rslora(work.config)
+    if work.report["rslora_folded"]:
+        work.log(f"{work.target.name}: rsLoRA folded into alpha: lora_alpha {work.source.alpha:g} -> "
+                 f"{work.config['lora_alpha']:.6g} (alpha * sqrt(r), r={work.source.rank}), use_rslora false.")
+
+
+def step_check_llamacpp(work: AdapterExport) -> None:
+    """llama.cpp: the tensors and config hold what ``convert_lora_to_gguf.py`` reads."""
+    from midblock_plugin.architecture import meta_model
+
+    names = {n for n, _ in meta_model(work.source.base_config).named_parameters()}
+    work.report["llama_cpp_pairs"] = check_llamacpp_readable(work.tensors, work.config, names)
+    work.log(f"{work.target.name}: {work.report['llama_cpp_pairs']} lora_A/lora_B pairs, each naming a base weight, "
+             "and a numeric lora_alpha: what convert_lora_to_gguf.py reads.")
+
+
+def step_vllm_advice(work: AdapterExport) -> None:
+    """vLLM: the adapter unchanged; the ``--max-lora-rank`` to pass, in ``report["vllm"]``."""
+    work.report["vllm"] = vllm_advice(work.source, work.tensors)
+    work.log(f"{work.target.name}: pass --max-lora-rank {work.report['vllm']['max_lora_rank']}. "
+             f"{work.report['vllm']['note']}")
+
+
 # --------------------------------------------------------------------------- how to serve it
 
 
-def serve_command(target: str, out: str, base: str, advice: dict[str, Any] | None = None) -> str:
-    """The command that serves (or converts) the export."""
-    if target == "vllm":
-        rank = (advice or {}).get("max_lora_rank", 16)
-        return f"vllm serve {base} --enable-lora --lora-modules midblock={out} --max-lora-rank {rank}"
-    if target == "sglang":
-        return f"python -m sglang.launch_server --model-path {base} --enable-lora --lora-paths midblock={out}"
-    if target == "tgi":
-        return (f"text-generation-launcher --model-id {base} --lora-adapters midblock={out}"
-                "   # then request with parameters.adapter_id = \"midblock\"")
-    if target == "lorax":
-        return (f"lorax-launcher --model-id {base}   # then request with parameters.adapter_id = \"{out}\", "
-                "adapter_source = \"local\"")
-    if target == "llama.cpp":
-        return (f"python convert_lora_to_gguf.py {out} --base {base} --outfile {out}/midblock-lora-f16.gguf "
-                f"--outtype f16   # in a llama.cpp checkout; then: llama-server -m BASE.gguf --lora "
-                f"{out}/midblock-lora-f16.gguf")
+def serve_vllm(out: str, base: str, report: dict[str, Any]) -> str:
+    rank = report.get("vllm", {}).get("max_lora_rank", 16)
+    return f"vllm serve {base} --enable-lora --lora-modules midblock={out} --max-lora-rank {rank}"
+
+
+def serve_sglang(out: str, base: str, report: dict[str, Any]) -> str:
+    return f"python -m sglang.launch_server --model-path {base} --enable-lora --lora-paths midblock={out}"
+
+
+def serve_tgi(out: str, base: str, report: dict[str, Any]) -> str:
+    return (f"text-generation-launcher --model-id {base} --lora-adapters midblock={out}"
+            "   # then request with parameters.adapter_id = \"midblock\"")
+
+
+def serve_lorax(out: str, base: str, report: dict[str, Any]) -> str:
+    return (f"lorax-launcher --model-id {base}   # then request with parameters.adapter_id = \"{out}\", "
+            "adapter_source = \"local\"")
+
+
+def serve_llamacpp(out: str, base: str, report: dict[str, Any]) -> str:
+    return (f"python convert_lora_to_gguf.py {out} --base {base} --outfile {out}/midblock-lora-f16.gguf "
+            f"--outtype f16   # in a llama.cpp checkout; then: llama-server -m BASE.gguf --lora "
+            f"{out}/midblock-lora-f16.gguf")
+
+
+def serve_merged(out: str, base: str, report: dict[str, Any]) -> str:
     return f"vllm serve {out}   # or any engine / AutoModelForCausalLM.from_pretrained({out!r})"
+
+
+# --------------------------------------------------------------------------- the table
+
+
+#: Every ``--target`` of ``midblock export``, by name (the only place a target's name is written).
+TARGETS: dict[str, ExportTarget] = {t.name: t for t in (
+    ExportTarget("vllm", "vLLM", "the adapter unchanged, with the --max-lora-rank to pass and its cost per token",
+                 serve_vllm, steps=(step_vllm_advice,), limits=vllm_rank_limit),
+    ExportTarget("sglang", "SGLang", "rsLoRA folded into alpha (SGLang scales by alpha / r)", serve_sglang,
+                 steps=(step_fold_rslora,)),
+    ExportTarget("tgi", "TGI (text-generation-inference)", "every layer padded with zero LoRA matrices (TGI drops a "
+                 "module type that one layer lacks)", serve_tgi, steps=(step_pad_every_layer,)),
+    ExportTarget("lorax", "LoRAX", "as tgi (the same loader)", serve_lorax, steps=(step_pad_every_layer,)),
+    ExportTarget("llama.cpp", "llama.cpp", "rsLoRA folded into alpha, checked against what convert_lora_to_gguf.py "
+                 "reads", serve_llamacpp, steps=(step_fold_rslora, step_check_llamacpp)),
+    ExportTarget("merged", "any engine (a merged model)", "the base with the adapter merged in (PEFT's "
+                 "merge_and_unload), saved in --dtype as sharded safetensors", serve_merged, merges=True),
+)}
