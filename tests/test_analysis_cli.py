@@ -67,19 +67,22 @@ def test_pair_cli_writes_json_csv_png_and_a_window_plan_accepts(dirs, tmp_path, 
     rc = main(["analyze", dirs["base"], dirs["tuned"], "--output-dir", str(out), *FAST])
     assert rc == 0
     stdout, stderr = capsys.readouterr()
-    assert "recommended window: layers 2-7 of 10" in stdout
+    assert "recommended window: layers 8-9 of 10" in stdout
     assert "batch" in stderr  # the tqdm progress bar
     doc = _check_outputs(out, L)
-    assert doc["schema"] == "midblock.analysis/1" and doc["mode"] == "pair" and doc["tuned_kind"] == "model"
+    assert doc["schema"] == "midblock.analysis/2" and doc["mode"] == "pair" and doc["tuned_kind"] == "model"
+    assert doc["tuned_variant"] == "full"
     assert doc["model"]["num_layers"] == L and doc["prompts"]["count"] == 10
     rec = doc["recommendation"]
-    # only layers 8-9 were changed: the window stops right below them and starts at floor(0.2 L)
-    assert rec["layers"] == list(range(2, 8)) and rec["change_point"] == 8
-    assert rec["num_layers"] == L and rec["window"] == "2-7" and rec["segments"] == "01110"
+    # only layers 8-9 were changed: their own change is the whole signal, so the window is 8-9 (mask 00001)
+    assert rec["layers"] == [8, 9] and rec["signal_name"] == "own_output" and rec["captured_share"] == 1.0
+    assert rec["num_layers"] == L and rec["window"] == "8-9" and rec["segments"] == "00001"
     assert isinstance(rec["rule"], str) and rec["heuristic"] is True
+    assert doc["recommended_layers"] == [8, 9]
     assert resolve_layers(L, window_from=str(out / "analysis.json")) == rec["layers"]
     for row in doc["layers"][:8]:
         assert row["cka"] == pytest.approx(1.0, abs=1e-9) and row["weight_change"] == 0.0
+        assert row["own_change"] == 0.0
     assert all(row["cka"] < 0.999 for row in doc["layers"][8:])
 
 
@@ -93,7 +96,10 @@ def test_adapter_cli_with_json_to_stdout(dirs, tmp_path, capsys):
     assert "batch" not in stderr  # --quiet
     assert doc["tuned_kind"] == "adapter"
     assert [r["layer"] for r in doc["layers"] if r["weight_change_attn"] > 0] == [8, 9]
-    assert doc["recommendation"]["layers"] == list(range(2, 8))
+    assert [r["layer"] for r in doc["layers"] if r["own_change"] > 0] == [8, 9]
+    # the adapter trains only layers 8-9: a window-tuned model gives no recommendation
+    assert doc["tuned_variant"] == "00001" and doc["tuned_layers"] == [8, 9]
+    assert doc["recommendation"]["layers"] == [] and "circular" in doc["recommendation"]["refused"]
 
 
 def test_single_model_cli(dirs, tmp_path, capsys):
@@ -106,7 +112,8 @@ def test_single_model_cli(dirs, tmp_path, capsys):
                 "snr_attn", "snr_mlp"):
         assert col in doc["columns"] and all(r[col] is not None for r in doc["layers"]), col
     rec = doc["recommendation"]
-    assert rec["basis"] == "adjacent_cka" and max(rec["layers"]) < 8  # never past floor(0.8 L)
+    # one model and no --probe: nothing measures what a fine-tune changes, so the paper default, flagged
+    assert rec["signal_name"] == "none" and rec["fallback"] and rec["layers"] == resolve_layers(L)
     assert resolve_layers(L, window_from=str(out / "analysis.json")) == rec["layers"]
     assert "cka" not in doc["columns"]
 
@@ -120,7 +127,7 @@ def test_no_figure_and_no_optional_metrics(dirs, tmp_path):
     doc = json.loads((out / "analysis.json").read_text())
     assert not any(c.startswith(("early_exit", "weight_change")) for c in doc["columns"])
     assert doc["settings"]["stats_dtype"] == "float32"
-    assert doc["recommendation"]["layers"] == list(range(2, 8))
+    assert doc["recommendation"]["layers"] == [8, 9]
 
 
 @pytest.mark.parametrize(

@@ -252,3 +252,82 @@ def padded_batches(ids: list[list[int]], batch_size: int, pad_id: int) -> Iterat
             mask[r, : len(x)] = 1
         yield input_ids, mask
 
+
+
+# --------------------------------------------------------------------------- own change
+
+
+class OwnChange:
+    """Each layer's *own* change: the base and the tuned layer run on the same base input.
+
+    During the base pass (inside :meth:`capture`) a forward hook keeps each base layer's
+    input (args and kwargs) and output; :meth:`measure` then runs the tuned layer ``l`` on
+    that same input, so change passed up from the layers below cannot enter. With ``h`` the
+    input, ``y = h + f(h)`` the output (residual stream) and masked tokens only::
+
+        own_change[l] = sqrt(sum ||y_tuned - y_base||^2 / sum ||y_base - h||^2)
+                      = ||f_tuned(h) - f_base(h)|| / ||f_base(h)||
+
+    i.e. the relative change of the layer's own residual update. For a PEFT adapter the
+    "tuned layer" is the same module with the adapter enabled (the base pass runs with it
+    disabled). The stored inputs cost one batch of L x B x T x D activations.
+    """
+
+    def __init__(self, num_layers: int) -> None:
+        self.num_layers = num_layers
+        self.sq_diff = [0.0] * num_layers
+        self.sq_update = [0.0] * num_layers
+        self.capturing = False
+        self._saved: dict[int, tuple] = {}
+        self._handles: list = []
+
+    def attach(self, base_layers: Any) -> None:
+        """Hook every base decoder layer."""
+        for idx, layer in enumerate(base_layers):
+            self._handles.append(layer.register_forward_hook(self._make_hook(idx), with_kwargs=True))
+
+    def detach(self) -> None:
+        """Remove the hooks and drop stored inputs."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._saved.clear()
+
+    def _make_hook(self, idx: int):
+        def hook(module, args, kwargs, output):
+            if self.capturing:
+                self._saved[idx] = (args, dict(kwargs), output[0] if isinstance(output, tuple) else output)
+
+        return hook
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[None]:
+        """Context manager around the base pass: keep each layer's input and output."""
+        self.capturing = True
+        try:
+            yield
+        finally:
+            self.capturing = False
+
+    def measure(self, tuned_layers: Any, mask: Any) -> None:
+        """Run each tuned layer on its stored base input; accumulate the sums; drop the inputs."""
+        try:
+            for idx in sorted(self._saved):
+                args, kwargs, out_b = self._saved[idx]
+                hidden = args[0] if args else kwargs["hidden_states"]
+                out_t = tuned_layers[idx](*args, **kwargs)
+                out_t = out_t[0] if isinstance(out_t, tuple) else out_t
+                m = mask.to(out_b.device).bool()
+                diff = (out_t.float() - out_b.float())[m]
+                update = (out_b.float() - hidden.float())[m]
+                self.sq_diff[idx] += float(diff.double().pow(2).sum())
+                self.sq_update[idx] += float(update.double().pow(2).sum())
+        finally:
+            self._saved.clear()
+
+    def values(self) -> list[Optional[float]]:
+        """``own_change`` per layer (0 where nothing changed; None where the base layer's update
+        is exactly zero but the tuned one is not)."""
+        import math
+
+        return [math.sqrt(d / u) if u > 0 else (0.0 if d == 0 else None) for d, u in zip(self.sq_diff, self.sq_update)]

@@ -23,6 +23,8 @@ __all__ = ["load_analysis", "summary_table", "to_json", "write_csv", "write_png"
 
 #: Figure panels: (title, [(column, label), ...]); columns missing from the data are skipped.
 PAIR_PANELS = (
+    ("Own change of each layer (on base inputs)", [("own_change", "own output change"),
+                                                   ("weight_change", "relative weight update")]),
     ("Representational similarity (base vs tuned)", [("cka", "linear CKA"), ("cosine", "cosine")]),
     ("Mean shift ||mu_t - mu_b||", [("mean_shift", "mean shift")]),
     ("Relative weight change", [("weight_change_attn", "attention"), ("weight_change_mlp", "MLP")]),
@@ -107,9 +109,15 @@ def write_png(doc: dict, path: str | os.PathLike, title: Optional[str] = None) -
         who = Path(str(doc["base"])).name
         if doc["mode"] == "pair":
             who += f" vs {Path(str(doc['tuned'])).name} ({doc.get('tuned_kind')})"
-        title = (f"midblock analyze: {who}\n"
-                 f"L={num_layers}, window {rec['window']} (shaded)"
-                 + (f", segments {rec['segments']}" if rec.get("segments") else ""))
+        if rec.get("refused"):
+            what = "no window recommended (window-tuned TUNED)"
+        else:
+            what = (f"window {rec['window']} (shaded, from {rec.get('signal_name')})"
+                    + (f", segments {rec['segments']}" if rec.get("segments") else "")
+                    + (", paper default" if rec.get("fallback") else ""))
+        probe = doc.get("probe")
+        title = (f"midblock analyze: {who}\nL={num_layers}, {what}"
+                 + (f"; probe window {probe['window']}" if probe else ""))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -131,7 +139,7 @@ def write_reports(doc: dict, output_dir: str | os.PathLike, figure: bool = True)
 def summary_table(doc: dict) -> str:
     """A short human-readable table of the key metrics and the recommendation."""
     if doc["mode"] == "pair":
-        cols = [c for c in ("cka", "cosine", "mean_shift", "weight_change_attn", "weight_change_mlp", "early_exit_cross")
+        cols = [c for c in ("own_change", "weight_change", "cka", "mean_shift", "early_exit_cross")
                 if c in doc["columns"]]
     else:
         cols = [c for c in ("adjacent_cka", "effective_rank", "prompt_entropy", "snr_attn", "snr_mlp", "early_exit")
@@ -144,8 +152,25 @@ def summary_table(doc: dict) -> str:
         cells = "  ".join(f"{'-' if r.get(c) is None else format(r[c], '.4f'):>18}" for c in cols)
         lines.append(f"{r['layer']:>4}{mark}  {r['relative_depth']:.3f}  {cells}")
     lines.append("")
-    lines.append(f"recommended window: layers {rec['window']} of {rec['num_layers']}"
-                 + (f" (segments {rec['segments']}, overlap {rec['segments_jaccard']:.2f})" if rec.get("segments") else "")
-                 + ("" if not rec.get("fallback") else f"; paper default because {rec['fallback']}"))
-    lines.append(f"rule ({rec['basis']}, heuristic): {rec['rule']}")
+    if doc.get("tuned_variant"):
+        lines.append(f"tuned variant analysed: {doc['tuned_variant']}")
+    if rec.get("refused"):
+        lines.append(f"NO WINDOW RECOMMENDED: {rec['refused']}.")
+    else:
+        lines.append(
+            f"recommended window: layers {rec['window']} of {rec['num_layers']}"
+            + (f" (mask {rec['segments']})" if rec.get("segments") else "")
+            + (f", signal {rec['signal_name']}" if rec.get("signal_name") else "")
+            + (f", holds {rec['captured_share']:.1%} of the change on {rec['layer_share']:.1%} of the layers"
+               if rec.get("captured_share") is not None and rec.get("layer_share") is not None else "")
+            + ("" if not rec.get("fallback") else f"; paper default because {rec['fallback']}"))
+    probe = doc.get("probe")
+    if probe:
+        vs = probe.get("vs_recommendation")
+        lines.append(f"probe (before training, {probe['signal_name']}): window {probe['window']}"
+                     + (f" (mask {probe['segments']})" if probe.get("segments") else "")
+                     + (f"; paper default because {probe['fallback']}" if probe.get("fallback") else "")
+                     + (f"; overlap with the recommendation {vs['jaccard']:.2f}" if vs and vs.get("jaccard") is not None
+                        else ""))
+    lines.append(f"rule (heuristic): {rec['rule']}")
     return "\n".join(lines)

@@ -4,7 +4,14 @@ Two-model mode compares BASE with TUNED (a full model directory, or a PEFT adapt
 directory applied to BASE: then one model is loaded and the base pass runs with the
 adapter disabled). Single-model mode measures BASE alone, plus weight statistics.
 The per-layer statistics are streamed by :class:`~midblock_plugin.analysis.collect.LayerCollector`;
-the weight statistics come from :mod:`midblock_plugin.analysis.weights`.
+each layer's own change by :class:`~midblock_plugin.analysis.collect.OwnChange`; the weight
+statistics come from :mod:`midblock_plugin.analysis.weights`; the optional pre-training
+gradient probe from :mod:`midblock_plugin.analysis.probe`.
+
+The recommendation is made only from a TUNED model that was trained on *every* layer (a
+uniform ``11111`` adapter or a full fine-tune): an adapter that trains only some layers
+(``layers_to_transform`` / its weights) gets its metrics but no recommendation
+(``recommendation.refused`` says why), since the layers it never trained cannot show change.
 
 >>> from midblock_plugin.analysis import AnalysisConfig, run_analysis  # doctest: +SKIP
 >>> result = run_analysis(AnalysisConfig(base="path/to/base", tuned="path/to/adapter"))  # doctest: +SKIP
@@ -14,8 +21,10 @@ the weight statistics come from :mod:`midblock_plugin.analysis.weights`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,24 +34,37 @@ from typing import Any, Optional
 from midblock_plugin import architecture, checks
 from midblock_plugin.analysis.collect import (
     LayerCollector,
+    OwnChange,
     Readout,
     backbone_and_readout,
     padded_batches,
     tokenize_prompts,
 )
 from midblock_plugin.analysis.prompts import check_prompt_source, load_prompt_rows, render_prompts
-from midblock_plugin.analysis.recommend import Recommendation, recommend_window
+from midblock_plugin.analysis.recommend import (
+    MIN_OBJECTIVE,
+    Recommendation,
+    compare_windows,
+    default_recommendation,
+    exact_segment_mask,
+    recommend_window,
+    refused_recommendation,
+)
 from midblock_plugin.analysis.weights import weight_change_adapter, weight_change_models, weight_snr
 from midblock_plugin.io import json_safe
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: Two-model signals the window search can read (``--signal``), default first.
+PAIR_SIGNALS = ("own_output", "weight", "inherited_cka")
 STATS_DTYPES = ("float64", "float32")
 
 #: Per-layer columns and their meaning, by mode. ``{m}`` columns appear once per model
 #: (suffix ``_base`` / ``_tuned`` in two-model mode, no suffix in single-model mode).
 PAIR_COLUMNS = {
-    "cka": "linear CKA of base vs tuned mean-pooled states",
+    "own_change": "the layer's own change: ||f_tuned(h) - f_base(h)|| / ||f_base(h)|| over tokens, h = the base "
+                  "model's input to the layer, f(h) = output - h (the layer's residual update)",
+    "cka": "linear CKA of base vs tuned mean-pooled states (inherited: includes change passed up from below)",
     "cosine": "mean cosine similarity of paired base/tuned pooled vectors",
     "mean_shift": "||mean(tuned) - mean(base)||_2 of pooled states",
     "weight_change_attn": "||W_tuned - W_base||_F / ||W_base||_F over the attention weights of the layer",
@@ -122,6 +144,15 @@ class AnalysisConfig:
         early_exit: compute early-exit agreement (final norm + LM head at each layer).
         weight_stats: compute weight change (two models) or spectral SNR (one model).
         progress: show a tqdm progress bar on stderr.
+        signal: the two-model per-layer signal the window search reads: ``own_output`` (default),
+            ``weight`` or ``inherited_cka`` (the old, inherited signal; for comparison only).
+        tuned_variant: what TUNED is, e.g. ``"11111"`` (uniform LoRA) or ``"full"``; detected from
+            the adapter when not given. A mask with a ``0`` (a window-tuned model) gets no recommendation.
+        min_objective: least ``captured - used`` share a window must reach (else the paper default).
+        probe: also run the pre-training gradient probe on BASE and record its window.
+        probe_batches: calibration batches of the probe (``batch_size`` prompts each).
+        tuned_layers: (set on validation) the layers the TUNED adapter trains; None = every layer or a full model.
+        detected_variant: (set on validation) ``"11111"``, a mask / layer list, or ``"full"`` for a full model.
     """
 
     base: str
@@ -139,7 +170,14 @@ class AnalysisConfig:
     early_exit: bool = True
     weight_stats: bool = True
     progress: bool = True
+    signal: str = "own_output"
+    tuned_variant: Optional[str] = None
+    min_objective: float = MIN_OBJECTIVE
+    probe: bool = False
+    probe_batches: int = 4
     tuned_kind: Optional[str] = field(default=None, init=False)
+    tuned_layers: Optional[list] = field(default=None, init=False)
+    detected_variant: Optional[str] = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         for name, value in (("base", self.base), ("tuned", self.tuned), ("tokenizer", self.tokenizer)):
@@ -147,11 +185,11 @@ class AnalysisConfig:
                 continue
             if not isinstance(value, (str, os.PathLike)):
                 raise ValueError(f"{name}={value!r} must be a model directory or hub id (a string).")
-        for name in ("early_exit", "weight_stats", "progress"):
+        for name in ("early_exit", "weight_stats", "progress", "probe"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name}={value!r} must be True or False (a bool, not {type(value).__name__}).")
-        for name, low in (("num_prompts", 2), ("max_length", 2), ("batch_size", 1)):
+        for name, low in (("num_prompts", 2), ("max_length", 2), ("batch_size", 1), ("probe_batches", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"--{name.replace('_', '-')}={value!r}: need an integer >= {low}.")
@@ -165,6 +203,15 @@ class AnalysisConfig:
         if dev not in ("auto", "cpu", "cuda", "mps") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
             raise ValueError(f"--device={dev!r}: use auto, cpu, cuda, cuda:N or mps.")
         checks.check_device(dev, "--device")
+        if self.signal not in PAIR_SIGNALS:
+            raise ValueError(f"--signal={self.signal!r} is not one of {', '.join(PAIR_SIGNALS)}.")
+        if self.signal == "weight" and not self.weight_stats:
+            raise ValueError("--signal=weight needs the weight statistics; drop --no-weight-stats or use --signal own_output.")
+        mo = self.min_objective
+        if isinstance(mo, bool) or not isinstance(mo, (int, float)) or not 0 <= mo < 1:
+            raise ValueError(f"--min-objective={mo!r}: need a number in [0, 1), e.g. {MIN_OBJECTIVE}.")
+        if self.tuned_variant is not None and (not isinstance(self.tuned_variant, str) or not self.tuned_variant.strip()):
+            raise ValueError(f"--tuned-variant={self.tuned_variant!r}: give what TUNED is, e.g. '11111' or 'full'.")
         self.base, self.tuned = os.fspath(self.base), None if self.tuned is None else os.fspath(self.tuned)
         check_model_path(self.base, "BASE")
         if self.tokenizer:
@@ -173,11 +220,78 @@ class AnalysisConfig:
             self.tuned_kind = detect_tuned_kind(self.tuned)
         check_prompt_source(self.prompts, self.data_dir, self.split)
         check_pair(self)
+        if self.tuned is not None:
+            detect_variant(self)
 
     @property
     def mode(self) -> str:
         """``"pair"`` with a TUNED model, else ``"single"``."""
         return "single" if self.tuned is None else "pair"
+
+    @property
+    def window_tuned(self) -> Optional[str]:
+        """Why TUNED is window-tuned (trains only some layers), or None if it trains every layer."""
+        if self.tuned is None:
+            return None
+        if self.tuned_layers is not None:
+            from midblock_plugin.window import describe_window
+
+            return (f"the adapter trains only layers {describe_window(0, self.tuned_layers)}; the layers outside were "
+                    "never trained, so a recommendation from it is circular; analyse a uniform (11111) adapter or a "
+                    "full fine-tune instead")
+        declared = (self.tuned_variant or "").strip()
+        if declared and set(declared) <= {"0", "1"} and "0" in declared:
+            return (f"--tuned-variant {declared!r} is a window-tuned model; the layers outside its window were never "
+                    "trained, so a recommendation from it is circular; analyse a uniform (11111) adapter or a full "
+                    "fine-tune instead")
+        return None
+
+
+_LAYER_KEY = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
+
+
+def adapter_trained_layers(adapter: str, num_layers: int) -> list[int]:
+    """The decoder layers a PEFT adapter directory trains: the layers its LoRA weights sit in
+    (safetensors header), else ``layers_to_transform``, else every layer."""
+    path = Path(os.path.expanduser(adapter))
+    cfg = checks.read_adapter_config(adapter, "TUNED")
+    found: set[int] = set()
+    st = path / "adapter_model.safetensors"
+    if st.is_file():
+        for key in checks.safetensors_shapes(st):
+            m = _LAYER_KEY.search(key)
+            if m and int(m.group(1)) < num_layers:
+                found.add(int(m.group(1)))
+    lt = cfg.get("layers_to_transform")
+    listed = {lt} if isinstance(lt, int) else set(lt) if isinstance(lt, list) else None
+    if found:
+        return sorted(found & listed) if listed else sorted(found)
+    return sorted(listed) if listed else list(range(num_layers))
+
+
+def detect_variant(config: "AnalysisConfig") -> None:
+    """Set ``tuned_layers`` / ``detected_variant`` of a two-model config from TUNED's files, and
+    refuse a declared ``tuned_variant`` that contradicts the adapter."""
+    num_layers = architecture.num_layers_from_config(architecture.load_config(config.base))
+    if config.tuned_kind != "adapter":
+        config.detected_variant = "full"
+        return
+    from midblock_plugin.window import describe_window
+
+    trained = adapter_trained_layers(config.tuned, num_layers)
+    if trained == list(range(num_layers)):
+        config.detected_variant = "11111"
+    else:
+        config.tuned_layers = trained
+        config.detected_variant = exact_segment_mask(trained, num_layers) or f"layers {describe_window(num_layers, trained)}"
+    declared = (config.tuned_variant or "").strip()
+    if declared and set(declared) <= {"0", "1"} and declared != config.detected_variant:
+        raise ValueError(
+            f"--tuned-variant={declared!r} but TUNED {config.tuned!r} trains "
+            + ("every layer (11111)" if config.tuned_layers is None
+               else f"only layers {describe_window(num_layers, config.tuned_layers)} ({config.detected_variant})")
+            + "; give the variant the adapter was trained as, or leave --tuned-variant out to detect it."
+        )
 
 
 def check_pair(config: "AnalysisConfig") -> None:
@@ -217,22 +331,27 @@ class AnalysisResult:
     rows: list[dict]
     recommendation: Recommendation
     runtime: dict
+    tuned_variant: Optional[str] = None
+    tuned_layers: Optional[list] = None
+    probe: Optional[dict] = None
 
     def column(self, name: str) -> list[Optional[float]]:
         """The per-layer values of one column."""
         return [row.get(name) for row in self.rows]
 
     def to_dict(self) -> dict:
-        """The analysis JSON document (schema ``midblock.analysis/1``)."""
+        """The analysis JSON document (schema ``midblock.analysis/2``)."""
         from midblock_plugin import __version__
 
         return {
-            "schema": "midblock.analysis/1",
+            "schema": "midblock.analysis/2",
             "midblock_version": __version__,
             "mode": self.mode,
             "base": self.base,
             "tuned": self.tuned,
             "tuned_kind": self.tuned_kind,
+            "tuned_variant": self.tuned_variant,
+            "tuned_layers": self.tuned_layers,
             "model": {
                 "num_layers": self.num_layers,
                 "hidden_size": self.hidden_size,
@@ -244,6 +363,8 @@ class AnalysisResult:
             "columns": self.columns,
             "layers": self.rows,
             "recommendation": self.recommendation.to_dict(),
+            "recommended_layers": self.recommendation.layers,
+            "probe": self.probe,
             "runtime": self.runtime,
         }
 
@@ -371,7 +492,11 @@ def run_analysis(config: AnalysisConfig) -> AnalysisResult:
     collector = LayerCollector(num_layers, hidden, pair=config.mode == "pair", stats_dtype=stats_dtype,
                                device=device, readouts=readouts)
     collector.attach(base_layers)
+    own = OwnChange(num_layers) if config.mode == "pair" else None
+    if own is not None:
+        own.attach(base_layers)
     backbone_t = None
+    tuned_layers = base_layers  # an adapter: the same modules, with the adapter enabled
     if tuned is not None:
         _, tuned_layers = architecture.find_decoder_layers(tuned)
         backbone_t, norm_t, head_t, _ = backbone_and_readout(tuned)
@@ -392,22 +517,41 @@ def run_analysis(config: AnalysisConfig) -> AnalysisResult:
                 tokens += int(mask.sum())
                 collector.begin_batch(mask)
                 kw = dict(input_ids=input_ids, attention_mask=mask, use_cache=False)
+                capture = own.capture() if own is not None else contextlib.nullcontext()
                 if config.tuned_kind == "adapter":
-                    with base.disable_adapter(), collector.pass_of("base"):
+                    with base.disable_adapter(), collector.pass_of("base"), capture:
                         backbone_b(**kw)
                     with collector.pass_of("tuned"):
                         backbone_b(**kw)
                 else:
-                    with collector.pass_of("base"):
+                    with collector.pass_of("base"), capture:
                         backbone_b(**kw)
                     if tuned is not None:
                         with collector.pass_of("tuned"):
                             backbone_t(**kw)
+                if own is not None:
+                    own.measure(tuned_layers, mask)  # adapter enabled again here
                 collector.end_batch()
     finally:
         collector.detach()
+        if own is not None:
+            own.detach()
+    collector_rows = collector.rows()
+    if own is not None:
+        for row, value in zip(collector_rows, own.values()):
+            row["own_change"] = value
 
-    rows = collector.rows()
+    probe = None
+    if config.probe:
+        from midblock_plugin.analysis.probe import gradient_probe
+
+        probe_ctx = base.disable_adapter() if config.tuned_kind == "adapter" else contextlib.nullcontext()
+        with probe_ctx:
+            probe = gradient_probe(base, tokenizer, texts, num_batches=config.probe_batches,
+                                   batch_size=config.batch_size, max_length=config.max_length, device=device,
+                                   min_objective=config.min_objective)
+
+    rows = collector_rows
     if config.weight_stats:
         with torch.inference_mode():
             if config.tuned_kind == "adapter":
@@ -426,12 +570,14 @@ def run_analysis(config: AnalysisConfig) -> AnalysisResult:
         full.update(row)
         final_rows.append({k: json_safe(full.get(k)) for k in columns})
 
-    if config.mode == "pair":
-        signal = [None if r["cka"] is None else 1.0 - r["cka"] for r in final_rows]
-        rec = recommend_window(signal, basis="cka")
-    else:
-        signal = [None if r["adjacent_cka"] is None else 1.0 - r["adjacent_cka"] for r in final_rows]
-        rec = recommend_window(signal, basis="adjacent_cka")
+    rec = _recommend(config, final_rows, num_layers, probe)
+    probe_doc = None
+    if probe is not None:
+        probe_doc = probe.to_dict()
+        if config.mode == "pair" and not rec.refused:
+            probe_doc["vs_recommendation"] = compare_windows(probe.recommendation.layers, rec.layers)
+    if rec.refused:
+        print(f"midblock analyze: warning: no window is recommended: {rec.refused}.", file=sys.stderr)
 
     runtime = {"seconds": round(time.perf_counter() - t0, 3)}
     runtime.update(_peak_memory(device))
@@ -441,8 +587,37 @@ def run_analysis(config: AnalysisConfig) -> AnalysisResult:
         model_type=getattr(inner.config, "model_type", None),
         prompts={"source": config.prompts, "count": len(ids), "max_length": config.max_length,
                  "tokens": tokens, "split": config.split if config.prompts == "gsm8k" else None},
-        settings={"batch_size": config.batch_size, "dtype": str(next(inner.parameters()).dtype).replace("torch.", ""),
+        settings={"signal": config.signal if config.mode == "pair" else None, "min_objective": config.min_objective,
+                  "probe_batches": config.probe_batches if config.probe else None,
+                  "batch_size": config.batch_size, "dtype": str(next(inner.parameters()).dtype).replace("torch.", ""),
                   "device": str(device), "stats_dtype": config.stats_dtype, "early_exit": early_exit,
                   "weight_stats": config.weight_stats},
         columns=columns, rows=final_rows, recommendation=rec, runtime=runtime,
+        tuned_variant=None if config.mode == "single" else (config.tuned_variant or config.detected_variant),
+        tuned_layers=config.tuned_layers, probe=probe_doc,
     )
+
+
+def pair_signal(rows: list[dict], signal: str) -> list[Optional[float]]:
+    """The per-layer two-model signal ``signal`` (a name of :data:`PAIR_SIGNALS`) from result rows."""
+    if signal == "own_output":
+        return [r.get("own_change") for r in rows]
+    if signal == "weight":
+        return [r.get("weight_change") for r in rows]
+    if signal == "inherited_cka":
+        return [None if r.get("cka") is None else 1.0 - r["cka"] for r in rows]
+    raise ValueError(f"signal={signal!r} is not one of {', '.join(PAIR_SIGNALS)}.")
+
+
+def _recommend(config: AnalysisConfig, rows: list[dict], num_layers: int, probe: Any) -> Recommendation:
+    if config.mode == "pair":
+        signal = pair_signal(rows, config.signal)
+        reason = config.window_tuned
+        if reason:
+            return refused_recommendation(num_layers, config.signal, signal, reason)
+        return recommend_window(signal, signal_name=config.signal, min_objective=config.min_objective)
+    if probe is not None:
+        return probe.recommendation
+    return default_recommendation(
+        num_layers, "one model and no --probe: nothing here measures which layers a fine-tune changes; give TUNED "
+                    "(a uniform 11111 adapter or a full fine-tune) or pass --probe")

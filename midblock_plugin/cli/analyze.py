@@ -2,7 +2,7 @@
 
 ``register`` only builds the parser (no torch import); ``run`` does the work.
 
-    midblock analyze ./base ./adapter --prompts gsm8k --num-prompts 200 --output-dir out/
+    midblock analyze ./base ./uniform-11111-adapter --prompts gsm8k --probe --output-dir out/
     midblock plan ./base --window-from out/analysis.json
 """
 
@@ -18,7 +18,13 @@ CKA, cosine similarity, mean shift, effective rank, prompt/dataset entropy, curv
 relative weight change (attention / MLP) and early-exit agreement; with one model, the
 intrinsic metrics plus a Spectrum-style weight SNR. Writes analysis.json / .csv / .png
 and a recommended window (a heuristic; see docs/analysis.md) that `plan`, the TRL
-integration and the Axolotl plugin accept via --window-from analysis.json."""
+integration and the Axolotl plugin accept via --window-from analysis.json.
+
+The window comes from each layer's OWN change (--signal own_output: the tuned layer run on
+the base model's input to it) and the best contiguous window over all starts and ends.
+TUNED must be tuned on every layer (a uniform 11111 adapter or a full fine-tune): an
+adapter that trains only some layers gets its metrics but no recommendation. --probe adds
+a cheap pre-training signal (gradients of a few calibration batches on BASE) and its window."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -41,6 +47,20 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--num-prompts", type=int, default=200, help="at most this many prompts (default: 200)")
     g.add_argument("--max-length", type=int, default=128, help="tokens per prompt, longer ones truncated (default: 128)")
     g.add_argument("--tokenizer", default=None, help="tokenizer directory (default: BASE)")
+    w = p.add_argument_group("window")
+    w.add_argument("--signal", default="own_output", choices=("own_output", "weight", "inherited_cka"),
+                   help="two-model per-layer signal the window search reads: own_output = the layer's own output "
+                        "change on base inputs, weight = its relative weight update, inherited_cka = 1 - CKA of hidden "
+                        "states (change passed up from below; for comparison) (default: own_output)")
+    w.add_argument("--tuned-variant", default=None,
+                   help="what TUNED is, e.g. 11111 (uniform LoRA) or full; detected from the adapter when omitted. "
+                        "A window-tuned TUNED (a mask with a 0) gets no recommendation")
+    w.add_argument("--min-objective", type=float, default=0.1,
+                   help="least captured-minus-used share a window must reach, else the paper's 0.2:0.8 (default: 0.1)")
+    w.add_argument("--probe", action="store_true",
+                   help="also score each layer of BASE by a few calibration backward passes (gradient probe) and "
+                        "record the window it picks; with one model it makes the recommendation")
+    w.add_argument("--probe-batches", type=int, default=4, help="calibration batches of --probe (default: 4)")
     r = p.add_argument_group("runtime")
     r.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default: 8)")
     r.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
@@ -72,6 +92,8 @@ def config_from_args(args: argparse.Namespace):
         num_prompts=args.num_prompts, max_length=args.max_length, batch_size=args.batch_size,
         dtype=args.dtype, device=args.device, stats_dtype=args.stats_dtype, tokenizer=args.tokenizer,
         early_exit=not args.no_early_exit, weight_stats=not args.no_weight_stats, progress=not args.quiet,
+        signal=args.signal, tuned_variant=args.tuned_variant, min_objective=args.min_objective, probe=args.probe,
+        probe_batches=args.probe_batches,
     )
 
 
@@ -105,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(summary_table(doc))
         print("wrote " + ", ".join(paths.values()))
-        print(f"use it: midblock plan {args.base} --window-from {paths['json']}")
+        if doc["recommendation"]["layers"]:
+            print(f"use it: midblock plan {args.base} --window-from {paths['json']}")
     if args.json:
         print("wrote " + ", ".join(paths.values()), file=sys.stderr)
     return 0
