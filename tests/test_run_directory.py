@@ -221,7 +221,12 @@ BAD = [
     ("compare", ["--variants", " , "], "--variants ' , '"),
     ("compare", ["--variants", "11111,,01110"], "empty entry"),
     ("compare", ["--variants", "01110,01110"], "more than once"),
-    ("compare", ["--variants", "11111,01000", "--segments", "00100"], "--segments '00100'"),
+    ("sweep", ["--lrs", "0,1e-3"], "--lrs '0,1e-3'"),
+    ("sweep", ["--lrs", "1e-3,1e-3"], "more than once"),
+    ("sweep", ["--lrs", ""], "--lrs ''"),
+    ("compare", ["--variants", "recommended,11111"], "--window-from"),
+    ("sweep", ["--validation", "0"], "--validation 0"),
+    ("sweep", ["--num-examples", "7440", "--lrs", "1e-4,1e-3"], "--validation 64"),
     ("run", ["--model", str(Path("/nonexistent") / "model")], "--model"),
 ]
 

@@ -97,8 +97,8 @@ def test_paper_shuffle_matches_datasets_shuffle(tmp_path):
     from midblock_plugin.experiments.jobs import _load_data
 
     opts = JobOptions(output_dir=str(tmp_path), recipe="paper").resolved(num_layers=16)
-    train, _, _ = _load_data(opts, log=lambda *_: None)
-    rows = _load_data(JobOptions(output_dir=str(tmp_path), preset="cpu").resolved(), log=lambda *_: None)[0]
+    train = _load_data(opts, log=lambda *_: None).train
+    rows = _load_data(JobOptions(output_dir=str(tmp_path), preset="cpu").resolved(), log=lambda *_: None).train
     expected = Dataset.from_list(rows).shuffle(seed=42)
     assert [r["question"] for r in train[:5]] == expected[:5]["question"]
 
@@ -112,7 +112,7 @@ def test_cli_takes_the_recipe_and_general_text(tmp_path, command):
     opts = options(args)
     assert opts.recipe == "paper" and opts.general_text == "f.txt" and opts.rank is None
     if command == "sweep":
-        assert opts.seeds == 3 and opts.variants == SWEEP_VARIANTS
+        assert opts.seeds == 5 and opts.variants == SWEEP_VARIANTS
     else:
         assert opts.seeds == 1
 
@@ -131,39 +131,87 @@ def test_bad_sweep_input_fails_before_training(tmp_path, capsys):
 # ---------------------------------------------------------------- end to end
 
 
-def test_sweep_end_to_end_results_schema(tmp_path):
+def _sweep(*args):
+    r = subprocess.run([sys.executable, "-m", "midblock_plugin.cli", "sweep", *map(str, args)], capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return r
+
+
+TINY_SWEEP = ["--preset", "cpu", "--max-steps", "1", "--num-examples", "4", "--heldout", "6", "--max-length", "64",
+              "--forgetting-blocks", "3", "--skip-eval", "--seeds", "1"]
+
+
+@pytest.fixture(scope="module")
+def lr_sweep(tmp_path_factory):
+    """Two windows x two rates x one seed on a tiny model, with the layer-wise analysis."""
     from midblock_plugin.testing import save_tiny
 
-    model = save_tiny(tmp_path / "tiny", "llama", num_layers=10, seed=0)
-    out = tmp_path / "sweep"
-    r = subprocess.run([sys.executable, "-m", "midblock_plugin.cli", "sweep", "--model", str(model), "--preset", "cpu",
-                        "--variants", "11111,01110", "--seeds", "2", "--max-steps", "1", "--num-examples", "4",
-                        "--heldout", "6", "--max-length", "64", "--forgetting-blocks", "3", "--skip-eval", "--skip-analysis",
-                        "--output-dir", str(out)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-4000:]
-    res = json.loads((out / "results.json").read_text())
-    assert isinstance(res["variants"], list) and [v["mask"] for v in res["variants"]] == ["11111", "01110"]
+    tmp = tmp_path_factory.mktemp("sweep")
+    model = save_tiny(tmp / "tiny", "llama", num_layers=10, seed=0)
+    out = tmp / "sweep"
+    _sweep("--model", model, *TINY_SWEEP, "--variants", "11111,01110", "--lrs", "1e-4,5e-3", "--validation", "5",
+           "--analysis-prompts", "4", "--output-dir", out)
+    return model, out, json.loads((out / "results.json").read_text())
+
+
+def test_sweep_end_to_end_results_schema(lr_sweep):
+    _, out, res = lr_sweep
+    assert [v["mask"] for v in res["variants"]] == ["11111", "01110"]
+    assert res["lrs"] == [1e-4, 5e-3] and res["validation_rows"] == 5 and res["heldout_rows"] == 6
     uni, mid = res["variants"]
     for v in res["variants"]:
-        assert {"mask", "layers", "rank", "seeds", "heldout_loss", "vs_uniform", "forgetting"} <= set(v)
-        assert v["seeds"] == 2 and v["seed_values"] == [42, 43] and len(v["runs"]) == 2
-        lo, hi = v["heldout_loss"]["ci95"]
-        assert lo <= v["heldout_loss"]["mean"] <= hi
+        assert {"mask", "layers", "rank", "seeds", "heldout_loss", "vs_uniform", "forgetting", "best_lr", "by_lr"} <= set(v)
+        assert v["seeds"] == 1 and v["seed_values"] == [42] and len(v["runs"]) == 2  # one seed, two rates
+        assert [b["lr"] for b in v["by_lr"]] == [1e-4, 5e-3]
+        for b in v["by_lr"]:
+            assert b["validation_loss"] > 0 and b["heldout_loss"] > 0
+        # the chosen rate is the one with the lowest validation loss (never the held-out loss)
+        assert v["best_lr"] == min(v["by_lr"], key=lambda b: b["validation_loss"])["lr"]
+        run = next(r for r in v["runs"] if r["lr"] == v["best_lr"])
+        assert v["heldout_loss"]["mean"] == pytest.approx(run["heldout_loss"])
+        assert v["heldout_loss"]["ci95"] is None  # one seed: no interval
         assert v["vs_base"]["mean_diff"] < 0  # one step already lowers the held-out loss of a random model
         f = v["forgetting"]
-        assert {"general_text", "loss_base", "delta_loss", "kl"} <= set(f) and f["kl"]["mean"] > 0
-        assert f["kl"]["ci95"][0] <= f["kl"]["mean"] <= f["kl"]["ci95"][1]
+        assert {"general_text", "loss_base", "delta_loss", "kl", "kl_at_uniform_gain"} <= set(f) and f["kl"]["mean"] > 0
+        at = f["kl_at_uniform_gain"]
+        assert len(at["per_seed"]) == 1
+        if at["per_seed"][0] is None:  # uniform's gain outside this variant's range over the grid: said, not faked
+            assert "outside" in f["kl_at_uniform_gain_note"]
         assert "gsm8k" not in v  # not evaluated (--skip-eval)
-    assert uni["vs_uniform"] == {"mean_diff": 0.0, "ci95": [0.0, 0.0], "significant": False}
+    assert uni["vs_uniform"]["reference"] and uni["vs_uniform"]["p_value"] is None
+    assert uni["forgetting"]["kl_at_uniform_gain"]["per_seed"][0] == pytest.approx(
+        next(r for r in uni["runs"] if r["lr"] == uni["best_lr"])["general_kl_mean"])
     d = mid["vs_uniform"]
-    assert d["ci95"][0] <= d["mean_diff"] <= d["ci95"][1]
+    assert {"p_value", "p_holm", "significant"} <= set(d) and d["significant"] is False  # one seed: no test
     assert d["mean_diff"] == pytest.approx(mid["heldout_loss"]["mean"] - uni["heldout_loss"]["mean"])
     assert uni["layers"] == list(range(10)) and mid["layers"] == list(range(2, 8)) and mid["rank"] == 160 // 6
-    for seed in (42, 43):  # one trainer directory per variant and seed
-        assert (out / "variant-01110" / f"seed-{seed}" / "adapter").is_dir()
-    for png in ("heldout_loss.png", "gain_vs_forgetting.png", "loss_curves.png", "drift.png"):
+    for lr in ("0.0001", "0.005"):  # one trainer directory per variant and rate
+        assert (out / "variant-01110" / f"lr-{lr}" / "adapter").is_dir()
+    ids = res["row_ids"]  # validation rows: training-file rows never trained on; held-out rows: test-file rows
+    assert len(ids["validation"]) == 5 and not set(ids["validation"]) & set(ids["training"])
+    for png in ("heldout_loss.png", "gain_vs_forgetting.png", "paired_differences.png", "loss_curves.png", "drift.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     report = (out / "report.md").read_text()
-    for section in ("## Against uniform and against the base", "## Forgetting", "## What is significant", "## Per seed"):
+    for section in ("## Learning rates", "## Against uniform and against the base", "## Forgetting", "## What is significant"):
         assert section in report
-    assert "`01110` vs uniform `11111`: held-out loss" in report
+    assert "intervals need at least 3 seeds" in report and "significantly" not in report.split("## What is significant")[1]
+    # the analysis ran on the uniform model of the comparison (first seed, its chosen rate)
+    analysis = json.loads((out / "analysis" / "analysis.json").read_text())
+    assert analysis["tuned_variant"] == "11111" and res["analysis"]["tuned_variant"] == "11111"
+    assert res["analysis"]["reused_comparison_run"] and res["analysis"]["lr"] == uni["best_lr"]
+
+
+def test_sweep_tests_the_recommended_window(lr_sweep, tmp_path):
+    model, out, res = lr_sweep
+    analysis = out / "analysis" / "analysis.json"
+    layers = json.loads(analysis.read_text())["recommendation"]["layers"]
+    new = tmp_path / "rec"
+    _sweep("--model", model, *TINY_SWEEP, "--variants", "recommended,11111", "--window-from", analysis, "--skip-analysis",
+           "--seed", "7", "--output-dir", new)
+    got = json.loads((new / "results.json").read_text())
+    rec, uni = got["variants"]
+    assert rec["mask"] == rec["variant"] == "recommended" and rec["layers"] == layers
+    assert got["window_from"] == str(analysis) and rec["seed_values"] == [7]  # fresh seeds
+    assert uni["mask"] == "11111" and rec["vs_uniform"]["mean_diff"] is not None
+    assert (new / "variant-recommended" / "adapter").is_dir()

@@ -14,8 +14,8 @@ from midblock_plugin.choices import DEFAULT_SEGMENTS
 from midblock_plugin.cli.fields import add_dataclass_arguments, values_from_args
 
 
-#: Fields that only some commands show: the window(s) and the seed count.
-PER_COMMAND = ("segments", "variants", "seeds")
+#: Fields that only some commands show: the window(s), the seed count and the recommendation to test.
+PER_COMMAND = ("segments", "variants", "seeds", "window_from")
 
 
 def common(p: argparse.ArgumentParser, **defaults) -> None:
@@ -32,22 +32,23 @@ def per_command(p: argparse.ArgumentParser, names: tuple[str, ...], defaults: di
     add_dataclass_arguments(p, JobOptions, only=names, defaults=defaults, help=help)
 
 
-#: The help of ``--segments`` where it names the analysed variant (compare, sweep).
-ANALYSED_HELP = (f"the variant the layer-wise analysis is run on, one of --variants (default {DEFAULT_SEGMENTS} when it "
-                 f"is one, else the last variant)")
+#: The help of ``--variants`` of compare and sweep.
+VARIANTS_HELP = ("comma-separated segment masks, each once; 'recommended' = the layers recommended in --window-from. "
+                 "The layer-wise analysis runs on the uniform 11111 model (trained for it when not listed)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from midblock_plugin.experiments.options import DEFAULT_VARIANTS
 
-    p = sub.add_parser("run", help="the main job: train mid-block LoRA on GSM8K, evaluate, analyse, report")
+    p = sub.add_parser("run", help="the main job: train mid-block LoRA on GSM8K, evaluate, analyse (on a uniform model "
+                                   "trained for it), report")
     common(p)
     per_command(p, ("segments",), {"segments": DEFAULT_SEGMENTS})
     p.set_defaults(func=run)
     p = sub.add_parser("compare", help="train uniform and mid-block variants at one rank budget and one seed; a markdown report")
     common(p)
-    per_command(p, ("variants", "segments"), {"variants": ",".join(DEFAULT_VARIANTS), "segments": None},
-                help={"segments": ANALYSED_HELP})
+    per_command(p, ("variants", "window_from"), {"variants": ",".join(DEFAULT_VARIANTS), "segments": None},
+                help={"variants": VARIANTS_HELP})
     p.set_defaults(func=run_compare)
 
 

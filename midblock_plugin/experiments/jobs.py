@@ -1,6 +1,15 @@
-"""The jobs: :func:`sweep` (every variant x seed at one rank budget, with intervals and
-forgetting), :func:`compare` (a sweep with one seed) and :func:`run_job` (a sweep of one
+"""The jobs: :func:`sweep` (every variant x seed x learning rate at one rank budget, with intervals
+and forgetting), :func:`compare` (a sweep with one seed) and :func:`run_job` (a sweep of one
 variant and one seed), all through one code path ending in one report.
+
+Rows: the first ``--num-examples`` GSM8K training rows (after the optional shuffle) are trained on;
+with two or more ``--lrs`` the last ``--validation`` training rows (never trained on) pick each
+variant's rate; the last ``--heldout`` test rows measure it and never choose anything.
+
+The layer-wise analysis always runs on a uniform (``11111``) model, never on a window-tuned one (its
+untrained layers would make the recommendation circular): the ``11111`` variant of the comparison
+(first seed, its chosen rate) where there is one, else a uniform model trained for it alone under
+``analysis/`` (``midblock run``, or a comparison without ``11111``).
 
 Before any model is loaded: every option is validated (:class:`JobOptions`), every package
 the job imports later is checked (:func:`check_dependencies`: a missing one is an error
@@ -14,7 +23,7 @@ marked ``running``; ``midblock-run.json`` says ``complete`` once the report is w
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -22,9 +31,10 @@ from midblock_plugin import io
 from midblock_plugin.choices import DEFAULT_SEGMENTS
 from midblock_plugin.data import gsm8k
 from midblock_plugin.experiments import forgetting
-from midblock_plugin.experiments.options import JobOptions
+from midblock_plugin.experiments.options import UNIFORM, JobOptions
+from midblock_plugin.experiments.record import SeedRecord
 from midblock_plugin.experiments.report import write_report
-from midblock_plugin.experiments.summary import summarise
+from midblock_plugin.experiments.summary import choose_lr, summarise
 from midblock_plugin.experiments.train import analyse, evaluate_base, train_variant
 from midblock_plugin.models import DEFAULT_MODEL
 
@@ -75,16 +85,6 @@ def check_dependencies(opts: JobOptions, command: str = "midblock run") -> Optio
     return None
 
 
-def _analysed_variant(opts: JobOptions) -> str:
-    """The variant of a comparison that the layer-wise analysis is run on."""
-    if opts.segments in opts.variants:
-        return opts.segments
-    if opts.segments not in (None, DEFAULT_SEGMENTS):
-        raise ValueError(f"--segments {opts.segments!r}: the analysed variant must be one of --variants "
-                         f"{','.join(opts.variants)}.")
-    return DEFAULT_SEGMENTS if DEFAULT_SEGMENTS in opts.variants else opts.variants[-1]
-
-
 def model_depth(model: str) -> int:
     """The number of decoder layers of ``--model``, from its ``config.json`` (no weights are read)."""
     if str(model) == DEFAULT_MODEL:
@@ -123,35 +123,67 @@ def _check_model(opts: JobOptions) -> None:
     check_model_dir(str(opts.model), "--model", weights=True)
 
 
-def _load_data(opts: JobOptions, log) -> tuple[list[dict], list[dict], str]:
-    """GSM8K's training rows and held-out rows, counted against ``--num-examples`` / ``--heldout``."""
+@dataclass
+class Rows:
+    """The GSM8K rows of a job and their line numbers (0-based) in ``train.jsonl`` / ``test.jsonl``."""
+
+    train: list[dict]  #: the (shuffled) training file; the first ``--num-examples`` are trained on
+    validation: Optional[list[dict]]  #: the last ``--validation`` rows of ``train`` (only with 2+ rates), else None
+    heldout: list[dict]  #: the last ``--heldout`` test rows
+    source: str
+    ids: dict[str, list[int]]  #: ``training`` / ``validation`` / ``heldout`` -> line numbers in their file
+
+
+def _load_data(opts: JobOptions, log) -> Rows:
+    """GSM8K's training rows (the first ``--num-examples`` are trained on), validation rows (the last
+    ``--validation`` training rows, never trained on; only with two or more rates, else ``None``) and
+    held-out test rows, counted against ``--num-examples`` / ``--validation`` / ``--heldout``."""
     train_rows, test_rows, source = gsm8k.load(opts.data_dir, log)
+    order = list(range(len(train_rows)))
     if opts.shuffle_seed is not None:  # as datasets' Dataset.shuffle(seed) does: numpy's default_rng(seed).permutation
         import numpy as np
 
-        order = np.random.default_rng(opts.shuffle_seed).permutation(len(train_rows))
+        order = [int(i) for i in np.random.default_rng(opts.shuffle_seed).permutation(len(train_rows))]
         train_rows = [train_rows[i] for i in order]
     if opts.heldout > len(test_rows):
         raise ValueError(f"--heldout {opts.heldout}: must be between 1 and the {len(test_rows)} GSM8K test rows of {source}.")
     if opts.num_examples > len(train_rows):
         raise ValueError(f"--num-examples {opts.num_examples}: must be between 1 and the {len(train_rows)} GSM8K "
                          f"training rows of {source}.")
-    return train_rows, test_rows[-opts.heldout:], source
+    validation, first_val = None, len(train_rows)
+    if len(opts.lr_list()) > 1:
+        if opts.num_examples + opts.validation > len(train_rows):
+            raise ValueError(f"--num-examples {opts.num_examples} + --validation {opts.validation}: the validation rows are "
+                             f"the last training rows and must not overlap the trained ones; together at most the "
+                             f"{len(train_rows)} GSM8K training rows of {source}.")
+        first_val = len(train_rows) - opts.validation
+        validation = train_rows[first_val:]
+    ids = {"training": order[:opts.num_examples], "validation": order[first_val:],
+           "heldout": list(range(len(test_rows) - opts.heldout, len(test_rows)))}
+    return Rows(train_rows, validation, test_rows[-opts.heldout:], source, ids)
 
 
 def _guard(opts: JobOptions, log) -> io.RunDirectory:
     return io.RunDirectory(opts.output_dir, overwrite=opts.overwrite, log=log)
 
 
+def _where(out: Path, variant: str, seed: int, lr: float, seeds: list[int], lrs: list[float]) -> Path:
+    """``variant-<v>[/lr-<lr>][/seed-<s>]``: the rate and seed levels only when there are several."""
+    where = out / f"{io.VARIANT_PREFIX}{variant}"
+    if len(lrs) > 1:
+        where = where / f"lr-{lr:g}"
+    return where / f"seed-{seed}" if len(seeds) > 1 else where
+
+
 def _sweep(opts: JobOptions, variants: tuple[str, ...], command: str, title: str, log) -> Path:
-    """Every variant x seed (seed-major: all variants of the first seed first), measured on the same
-    held-out rows and general text; one report."""
+    """Every variant x seed x rate (seed-major: all variants of the first seed first), measured on the
+    same held-out rows, validation rows and general text; the analysis on a uniform model; one report."""
     opts, no_figures = _check(opts, variants, command)
-    analysed = _analysed_variant(replace(opts, variants=variants))  # an explicit --segments outside --variants is an error
     general = None if opts.skip_forgetting else forgetting.general_text(opts.general_text)
-    seeds = opts.seed_list()
+    seeds, lrs = opts.seed_list(), opts.lr_list()
     with _guard(opts, log) as run:
-        train_rows, heldout, source = _load_data(opts, log)
+        data = _load_data(opts, log)
+        train_rows, validation, heldout, source = data.train, data.validation, data.heldout, data.source
         _check_model(opts)
         run.start()
         out = run.path
@@ -161,31 +193,56 @@ def _sweep(opts: JobOptions, variants: tuple[str, ...], command: str, title: str
         if not any(base["heldout_row_tokens"]):
             raise ValueError(f"--max-length {opts.max_length}: every held-out question is longer than the {opts.max_length * 2} "
                              "tokens the held-out loss reads, so no answer token is scored; raise --max-length (e.g. 128).")
-        records, plan = [], None
-        total = len(variants) * len(seeds)
+        records: list[SeedRecord] = []
+        plan = None
+        total = len(variants) * len(seeds) * len(lrs)
         for seed in seeds:
-            for v in variants:
-                log(f"{command}: variant {v}, seed {seed} ({len(records) + 1}/{total})")
-                where = out / f"{io.VARIANT_PREFIX}{v}"
-                if len(seeds) > 1:
-                    where = where / f"seed-{seed}"
-                rec, p = train_variant(replace(opts, seed=seed), v, where, train_rows, heldout, log,
-                                       base.get("eval_report"), general_blocks=blocks)
-                records.append(rec)
-                io.write_json(where / "record.json", rec)  # every measured number of this run, as soon as it exists
-                plan = plan or p
+            for lr in lrs:
+                for v in variants:
+                    log(f"{command}: variant {v}, seed {seed}" + (f", lr {lr:g}" if len(lrs) > 1 else "")
+                        + f" ({len(records) + 1}/{total})")
+                    where = _where(out, v, seed, lr, seeds, lrs)
+                    rec, p = train_variant(replace(opts, seed=seed, lr=lr, lrs=(lr,)), v, where, train_rows, heldout, log,
+                                           base.get("eval_report"), general_blocks=blocks, validation_rows=validation)
+                    records.append(rec)
+                    io.write_json(where / "record.json", rec.to_dict())  # every measured number, as soon as it exists
+                    plan = plan or p
         entries = summarise(records, base, variants)
         analysis = None
         if not opts.skip_analysis:
-            mid = next(r for r in records if r["variant"] == analysed)
-            analysis = analyse(opts, mid, out / io.ANALYSIS_SUBDIR, figure=no_figures is None)
-        report = write_report(opts, source, base, entries, plan, analysis, out, title=title, no_figures=no_figures)
+            analysis = _analysis(opts, records, variants, train_rows, out, log, figure=no_figures is None)
+        rows = {"lrs": lrs, "training_rows": opts.num_examples, "validation_rows": len(validation or []),
+                "heldout_rows": len(heldout), "row_ids": data.ids,
+                "window_from": None if opts.window_from is None else str(opts.window_from)}
+        report = write_report(opts, source, base, entries, plan, analysis, out, title=title, no_figures=no_figures,
+                              extra=rows)
         run.finish(report=str(report))
     return report
 
 
+def _analysis(opts: JobOptions, records: list[SeedRecord], variants: tuple[str, ...], train_rows: list[dict], out: Path,
+              log, figure: bool) -> dict:
+    """The layer-wise analysis on a uniform model: the ``11111`` variant's first seed at its chosen rate, else a
+    uniform model trained for the analysis alone (``analysis/model-11111``, the first seed and rate)."""
+    if UNIFORM in variants:
+        uni = [r for r in records if r.variant == UNIFORM and r.seed == opts.seed]
+        lr, _ = choose_lr({r.lr: [x for x in records if x.variant == UNIFORM and x.lr == r.lr] for r in uni})
+        record = next(r for r in uni if r.lr == lr)
+        reused = True
+    else:
+        log(f"layer-wise analysis: training a uniform ({UNIFORM}) model for it (seed {opts.seed}, lr {opts.lr:g}); "
+            "a window-tuned model is never analysed")
+        record, _ = train_variant(opts, UNIFORM, out / io.ANALYSIS_SUBDIR / f"model-{UNIFORM}", train_rows, [], log,
+                                  measure=False)
+        reused = False
+    analysis = analyse(opts, record, out / io.ANALYSIS_SUBDIR, figure=figure)
+    analysis["reused_comparison_run"] = reused
+    return analysis
+
+
 def run_job(opts: JobOptions, log=print) -> Path:
-    """One mid-block variant end to end (a sweep of one variant and one seed); returns the report path."""
+    """One mid-block variant end to end (a sweep of one variant and one seed; the analysis on a uniform model
+    trained for it unless ``skip_analysis``); returns the report path."""
     if opts.segments is None:
         opts = replace(opts, segments=DEFAULT_SEGMENTS)
     return _sweep(replace(opts, seeds=1), (opts.segments,), "midblock run", "midblock: mid-block LoRA on GSM8K", log)
@@ -198,7 +255,8 @@ def compare(opts: JobOptions, log=print) -> Path:
 
 
 def sweep(opts: JobOptions, log=print) -> Path:
-    """Every variant x ``opts.seeds`` seeds at the matched budget, with 95% intervals, the paired
-    difference to uniform, forgetting and GSM8K; returns the report path."""
+    """Every variant x ``opts.seeds`` seeds x ``opts.lrs`` rates at the matched budget, each variant at its
+    best rate (on validation rows), with 95% intervals, the Holm-corrected paired differences to uniform,
+    forgetting (also at uniform's task gain) and GSM8K; returns the report path."""
     return _sweep(opts, tuple(opts.variants), "midblock sweep",
                   f"midblock sweep: {len(opts.variants)} windows x {opts.seeds} seeds at one rank budget", log)

@@ -33,7 +33,11 @@ DEFAULT_VARIANTS = ("11111", "01110", "01000", "00001")
 #: The windows ``midblock sweep`` trains by default: uniform, the mid block, and the paper's best masks per size.
 SWEEP_VARIANTS = ("11111", "01110", "01100", "01000", "00001")
 #: Seeds per variant of ``midblock sweep`` (``compare`` and ``run`` are one-seed sweeps).
-SWEEP_SEEDS = 3
+SWEEP_SEEDS = 5
+#: The variant name that stands for the layers recommended in ``--window-from`` (an analysis.json).
+RECOMMENDED = "recommended"
+#: The variant the layer-wise analysis runs on: uniform LoRA (every layer trained), never a window.
+UNIFORM = "11111"
 #: Values of options that neither the preset nor the recipe sets (``None`` in :class:`JobOptions` = unset).
 DEFAULTS = dict(rank=16, alpha_policy="ratio", lora_dropout=0.05, max_length=128, eval_protocol="lm-eval")
 RECIPES = choice_values(Recipe)
@@ -42,7 +46,7 @@ PROTOCOLS = choice_values(Protocol)
 #: Integer options and their smallest allowed value (``max_steps`` also takes -1 = one epoch).
 _MIN_INT = {"rank": 1, "num_examples": 1, "max_steps": 1, "batch_size": 1, "grad_accum": 1, "max_length": 8,
             "eval_limit": 1, "num_fewshot": 0, "max_gen_toks": 1, "eval_batch_size": 1, "heldout": 1,
-            "analysis_prompts": 2, "seed": 0, "seeds": 1, "forgetting_blocks": 1, "shuffle_seed": 0}
+            "analysis_prompts": 2, "seed": 0, "seeds": 1, "forgetting_blocks": 1, "shuffle_seed": 0, "validation": 1}
 _MEANING = {
     "rank": "the uniform-LoRA rank r", "num_examples": "GSM8K training examples", "max_steps": "optimizer steps",
     "batch_size": "examples per device step", "grad_accum": "gradient-accumulation steps",
@@ -52,6 +56,7 @@ _MEANING = {
     "analysis_prompts": "GSM8K prompts of the layer-wise analysis", "seed": "the random seed",
     "seeds": "seeds per variant (seed, seed+1, ...)", "forgetting_blocks": "blocks of general text for the forgetting measure",
     "shuffle_seed": "the seed the training rows are shuffled with before the first --num-examples are taken",
+    "validation": "GSM8K training rows (the last N, never trained on) that pick each variant's learning rate",
 }
 
 
@@ -66,7 +71,7 @@ def _is_int(v: Any) -> bool:
 
 def _masks(name: str, value: Any, single: bool = False) -> tuple[str, ...]:
     """A comma-separated string or a sequence of segment masks (``single``: one mask), each checked;
-    no blank entry, no repeat."""
+    no blank entry, no repeat. ``--variants`` also takes :data:`RECOMMENDED`."""
     items = ([value] if single else value.split(",")) if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
         raise ValueError(f"{flag(name)} {value!r}: must be comma-separated segment masks, e.g. 11111,01110.")
@@ -77,6 +82,8 @@ def _masks(name: str, value: Any, single: bool = False) -> tuple[str, ...]:
     if "" in masks:
         raise ValueError(f"{flag(name)} {value!r}: has an empty entry; give comma-separated segment masks, e.g. 11111,01110.")
     for m in masks:
+        if m == RECOMMENDED and not single:
+            continue
         try:
             validate_mask(m)
         except WindowError as exc:
@@ -85,6 +92,30 @@ def _masks(name: str, value: Any, single: bool = False) -> tuple[str, ...]:
     if dup:
         raise ValueError(f"{flag(name)} {value!r}: names {', '.join(dup)} more than once; list each variant once.")
     return masks
+
+
+def _lrs(value: Any) -> tuple[float, ...]:
+    """``--lrs``: a comma-separated string or a sequence of learning rates, each finite and > 0, each once."""
+    items = value.split(",") if isinstance(value, str) else value
+    example = "e.g. --lrs 2.5e-4,1e-3"
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ValueError(f"--lrs {value!r}: give comma-separated learning rates, {example}.")
+    out = []
+    for item in items:
+        if isinstance(item, str) and not item.strip():
+            raise ValueError(f"--lrs {value!r}: has an empty entry; give comma-separated learning rates, {example}.")
+        try:
+            lr = float(item.strip()) if isinstance(item, str) else item
+        except ValueError:
+            raise ValueError(f"--lrs {value!r}: {item.strip()!r} is not a number; give comma-separated learning rates, "
+                             f"{example}.") from None
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"--lrs {value!r}: {item!r} is not a learning rate; each must be a finite number > 0, {example}.")
+        out.append(float(lr))
+    dup = sorted({v for v in out if out.count(v) > 1})
+    if dup:
+        raise ValueError(f"--lrs {value!r}: names {', '.join(f'{v:g}' for v in dup)} more than once; list each rate once.")
+    return tuple(out)
 
 
 @dataclass
@@ -155,6 +186,21 @@ class JobOptions:
         "help": "blocks of --max-length tokens of general text for the forgetting measure, >= 1"})
     #: Skip the forgetting measure.
     skip_forgetting: bool = field(default=False, metadata={"help": "no forgetting measure"})
+    #: Learning rates every variant x seed is trained at; each variant is reported at the one its validation loss picks.
+    lrs: Optional[tuple] = field(default=None, metadata={
+        "parse": str, "metavar": "LR,LR,...",
+        "help": "learning rates: every variant x seed is trained at each, and each variant is reported at the rate "
+                "with its lowest mean validation answer loss over seeds (default: --lr alone)"})
+    #: Validation rows that pick the learning rate: the last N (shuffled) GSM8K training rows, never trained on.
+    validation: int = field(default=64, metadata={
+        "help": "GSM8K training rows that pick each variant's learning rate among --lrs: the last N rows of the "
+                "(shuffled) training file, disjoint from the --num-examples trained on; measured only with 2 or more "
+                "rates; the held-out test rows never choose anything (>= 1)"})
+    #: The analysis.json whose recommended layers the ``recommended`` variant trains.
+    window_from: Optional[str] = field(default=None, metadata={
+        "metavar": "ANALYSIS_JSON",
+        "help": "an analysis.json of 'midblock analyze' / a previous run: the variant 'recommended' in --variants "
+                "trains its recommended layers (e.g. --variants recommended,11111,01110)"})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -204,6 +250,36 @@ class JobOptions:
                 raise ValueError(f"--segments {self.segments!r}: must be one segment mask, e.g. 01110.")
             self.segments = _masks("segments", self.segments, single=True)[0]
         self.variants = _masks("variants", self.variants)
+        if self.lrs is not None:
+            self.lrs = _lrs(self.lrs)
+            if self.lr is not None and self.lr != self.lrs[0]:  # resolved() sets lr to the first rate
+                raise ValueError(f"--lr {self.lr!r} and --lrs {','.join(f'{v:g}' for v in self.lrs)}: give one of them "
+                                 "(--lrs 1e-4 is a single rate).")
+        self._check_window_from()
+
+    def _check_window_from(self) -> None:
+        """``recommended`` in ``--variants`` needs ``--window-from`` (a readable analysis.json), and vice versa."""
+        wants = RECOMMENDED in self.variants
+        if self.window_from is None:
+            if wants:
+                raise ValueError(f"--variants {','.join(self.variants)}: the variant '{RECOMMENDED}' needs --window-from "
+                                 "with an analysis.json (e.g. --window-from runs/first/analysis/analysis.json).")
+            return
+        if not isinstance(self.window_from, (str, os.PathLike)) or not str(self.window_from).strip():
+            raise ValueError(f"--window-from {self.window_from!r}: give the analysis.json of 'midblock analyze'.")
+        if not wants:
+            raise ValueError(f"--window-from {str(self.window_from)!r}: only the variant '{RECOMMENDED}' uses it; add it to "
+                             f"--variants, e.g. --variants {RECOMMENDED},11111,01110.")
+        from midblock_plugin.io import read_window_file
+
+        try:
+            rec = read_window_file(self.window_from)
+        except WindowError as exc:
+            raise ValueError(f"--window-from: {exc}") from None
+        if not rec.get("layers"):
+            raise ValueError(f"--window-from {str(self.window_from)!r} recommends no layers"
+                             + (f" ({rec['refused']})" if rec.get("refused") else "")
+                             + "; give the analysis.json of a uniform (11111) model.")
 
     def resolved(self, num_layers: Optional[int] = None) -> "JobOptions":
         """A copy with the preset chosen (``auto`` -> ``paper`` / ``cpu``) and every ``None`` filled in:
@@ -218,15 +294,24 @@ class JobOptions:
             preset = "paper" if torch.cuda.is_available() else "cpu"
         fill = {**DEFAULTS, **PRESETS[preset], **recipe_values(self.recipe or "default", num_layers)}
         values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in fill.items()}
-        return replace(self, preset=preset, recipe=self.recipe or "default", **values)
+        if self.lrs is not None:  # the grid given explicitly: --lr is its first rate
+            values["lr"] = self.lrs[0]
+        return replace(self, preset=preset, recipe=self.recipe or "default", lrs=self.lrs or (values["lr"],), **values)
+
+    def lr_list(self) -> list[float]:
+        """The learning rates every variant x seed is trained at (resolved: ``lrs``, else ``[lr]``)."""
+        return list(self.lrs) if self.lrs else [self.lr]
 
     def seed_list(self) -> list[int]:
         """The seeds every variant is trained with: ``seed, seed + 1, ..., seed + seeds - 1``."""
         return [self.seed + i for i in range(self.seeds)]
 
     def midblock_config(self, segments: Optional[str] = None) -> MidBlockConfig:
-        """The :class:`MidBlockConfig` of one variant (``segments``, default this job's mask); validated."""
-        return MidBlockConfig(segments=segments or self.segments, rank=self.rank if self.rank is not None else DEFAULTS["rank"],
+        """The :class:`MidBlockConfig` of one variant (``segments``, default this job's mask; :data:`RECOMMENDED`:
+        the layers of ``window_from``); validated."""
+        segments = segments or self.segments
+        window = {"window_from": str(self.window_from)} if segments == RECOMMENDED else {"segments": segments}
+        return MidBlockConfig(**window, rank=self.rank if self.rank is not None else DEFAULTS["rank"],
                               lora_alpha=self.lora_alpha, alpha_policy=self.alpha_policy or DEFAULTS["alpha_policy"],
                               lora_dropout=self.lora_dropout if self.lora_dropout is not None else DEFAULTS["lora_dropout"])
 
@@ -235,8 +320,9 @@ class JobOptions:
         from midblock_plugin.evaluation import EvalSettings
 
         protocol = self.eval_protocol or DEFAULTS["eval_protocol"]
-        if protocol == "paper":  # the protocol fixes zero-shot and 64 new tokens
-            return EvalSettings(limit=self.eval_limit, protocol="paper", batch_size=self.eval_batch_size, data_dir=self.data_dir,
-                                num_fewshot=self.num_fewshot, max_gen_toks=self.max_gen_toks)
+        # every answer is kept (save_samples): the sweep pairs the variants question by question
+        if protocol in ("paper", "authors"):  # the protocol fixes zero-shot and 64 new tokens
+            return EvalSettings(limit=self.eval_limit, protocol=protocol, batch_size=self.eval_batch_size, data_dir=self.data_dir,
+                                num_fewshot=self.num_fewshot, max_gen_toks=self.max_gen_toks, save_samples=True)
         return EvalSettings(limit=self.eval_limit, num_fewshot=self.num_fewshot, max_gen_toks=self.max_gen_toks,
-                            batch_size=self.eval_batch_size, data_dir=self.data_dir)
+                            batch_size=self.eval_batch_size, data_dir=self.data_dir, save_samples=True)

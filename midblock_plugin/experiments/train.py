@@ -1,8 +1,8 @@
 """One variant: load the base model, train a window with TRL, measure it, evaluate it, analyse it.
 
-Every record is built from objects in memory (the plan, the callback's drift monitor, the
-trainer's state); the files written on the way (``midblock/plan.json``, ``drift.json``,
-the adapter) are outputs, never read back.
+Every record (a :class:`~.record.SeedRecord`) is built from objects in memory (the plan, the
+callback's drift monitor, the trainer's state); the files written on the way
+(``midblock/plan.json``, ``drift.json``, the adapter) are outputs, never read back.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Optional
 from midblock_plugin import io
 from midblock_plugin.data import gsm8k
 from midblock_plugin.experiments.measures import PeakMemory, StepTimer, heldout_row_losses
-from midblock_plugin.experiments.options import JobOptions
+from midblock_plugin.experiments.options import UNIFORM, JobOptions
+from midblock_plugin.experiments.record import SeedRecord
 
 
 if TYPE_CHECKING:
@@ -45,28 +46,50 @@ def final_drift(monitor) -> dict[str, Optional[float]]:
 
 
 def gsm8k_summary(report: dict) -> dict:
-    """Accuracy, stderr, n and few-shot count of an lm-eval report's GSM8K task."""
+    """Accuracy, stderr, n and few-shot count of an evaluation report's GSM8K task, per filter
+    (``strict-match`` / ``flexible-extract`` of lm-eval, ``last-number`` of the authors' protocol)."""
     res = report["results"].get("gsm8k") or next(iter(report["results"].values()))
     m = res["metrics"]
     out = {"n_samples": res.get("n_samples"), "num_fewshot": res.get("num_fewshot"), "limit": report.get("limit")}
-    for filt in ("strict-match", "flexible-extract"):
-        if filt in m:
+    for filt in m:
+        if isinstance(m[filt], dict) and "exact_match" in m[filt]:
             out[filt] = {"exact_match": m[filt].get("exact_match"), "stderr": m[filt].get("exact_match_stderr")}
     return out
 
 
+def gsm8k_correct(report: dict) -> Optional[dict[str, list[int]]]:
+    """Per filter, 0/1 per scored GSM8K question in question order, from the report's saved samples
+    (``EvalSettings(save_samples=True)``); ``None`` without samples."""
+    samples = report.get("samples") or {}
+    rows = samples.get("gsm8k") or next(iter(samples.values()), None)
+    if not rows:
+        return None
+    rows = sorted(rows, key=lambda r: r.get("doc_id", 0))
+    filters = [f for f in rows[0].get("scores", {}) if "exact_match" in (rows[0]["scores"][f] or {})]
+    return {f: [int(float((r["scores"].get(f) or {}).get("exact_match") or 0) > 0) for r in rows] for f in filters}
+
+
+def _row_losses(model, tok, rows: list[dict], opts: JobOptions) -> tuple[list[float], list[int]]:
+    """Per row: the summed answer-token loss and the answer tokens (for pairing row by row)."""
+    return heldout_row_losses(model, tok, rows, max_length=opts.max_length * 2)
+
+
 def _heldout(rec: dict[str, Any], model, tok, rows: list[dict], opts: JobOptions) -> None:
-    """Held-out answer loss of ``model``: the mean, and per row (summed loss, answer tokens) for pairing."""
-    sums, counts = heldout_row_losses(model, tok, rows, max_length=opts.max_length * 2)
+    """Held-out answer loss of the base ``model``: the mean, and per row (summed loss, answer tokens)."""
+    sums, counts = _row_losses(model, tok, rows, opts)
     rec["heldout_loss"] = sum(sums) / max(sum(counts), 1)
     rec["heldout_row_loss"] = sums
     rec["heldout_row_tokens"] = counts
 
 
 def train_variant(opts: JobOptions, segments: str, out: Path, train_rows: list[dict], heldout_rows: list[dict], log=print,
-                  base_eval: Optional[dict] = None, general_blocks: Optional[list] = None) -> tuple[dict[str, Any], "MidBlockPlan"]:
-    """Train one window with seed ``opts.seed``, measure it (held-out loss per row, forgetting on
-    ``general_blocks`` unless ``None``), evaluate it; return its record and the plan it was trained with."""
+                  base_eval: Optional[dict] = None, general_blocks: Optional[list] = None,
+                  validation_rows: Optional[list[dict]] = None, measure: bool = True) -> tuple[SeedRecord, "MidBlockPlan"]:
+    """Train one window with seed ``opts.seed`` at ``opts.lr`` on the first ``opts.num_examples`` of
+    ``train_rows``, measure it (held-out loss per row, validation loss per row unless
+    ``validation_rows`` is ``None``, forgetting on ``general_blocks`` unless ``None``), evaluate it
+    (unless ``opts.skip_eval``); return its record and the plan it was trained with. ``measure=False``
+    only trains and saves the adapter (the uniform model a ``midblock run`` analyses)."""
     import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -99,25 +122,30 @@ def train_variant(opts: JobOptions, segments: str, out: Path, train_rows: list[d
     trainer.save_model(str(out / "adapter"))
     tok.save_pretrained(str(out / "adapter"))
     plan = cb.plan
-    record: dict[str, Any] = {
-        "variant": segments, "seed": opts.seed, "layers": plan.layers, "window": plan.window, "rank": plan.layer_rank,
-        "lora_alpha": plan.lora_alpha, "trainable_params": plan.trainable_params,
-        "uniform_lora_params": plan.uniform_lora_params, "steps": trainer.state.global_step,
-        "step_time_s": timer.median, "peak_memory_bytes": mem.peak, "peak_memory_kind": mem.kind,
-        "loss_curve": [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e],
-        "adapter_dir": str(out / "adapter"), "base_dir": model_dir,
-        "drift": final_drift(cb.monitor),
-    }
-    _heldout(record, trainer.model, tok, heldout_rows, opts)
+    record = SeedRecord(
+        variant=segments, seed=opts.seed, lr=float(opts.lr), layers=list(plan.layers), window=plan.window,
+        rank=plan.layer_rank, lora_alpha=plan.lora_alpha, trainable_params=plan.trainable_params,
+        uniform_lora_params=plan.uniform_lora_params, steps=trainer.state.global_step, step_time_s=timer.median,
+        peak_memory_bytes=mem.peak, peak_memory_kind=mem.kind,
+        loss_curve=[(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e],
+        adapter_dir=str(out / "adapter"), base_dir=str(model_dir), drift=final_drift(cb.monitor),
+    )
+    if not measure:
+        del trainer, model
+        return record, plan
+    record.heldout_row_loss, record.heldout_row_tokens = _row_losses(trainer.model, tok, heldout_rows, opts)
+    if validation_rows is not None:
+        record.validation_row_loss, record.validation_row_tokens = _row_losses(trainer.model, tok, validation_rows, opts)
     if general_blocks is not None:
-        from midblock_plugin.experiments.forgetting import measure
+        from midblock_plugin.experiments.forgetting import measure as forgetting
 
-        record["forgetting"] = measure(trainer.model, general_blocks, batch_size=opts.eval_batch_size // 2 or 1)
+        per_block = forgetting(trainer.model, general_blocks, batch_size=opts.eval_batch_size // 2 or 1)["per_block"]
+        record.general_delta_loss, record.general_kl = per_block["delta_loss"], per_block["kl"]
     if not opts.skip_eval:
         from midblock_plugin.evaluation import evaluate_model
 
         report = evaluate_model(trainer.model, tok, opts.eval_settings(), output_dir=str(out), label="final", baseline=base_eval)
-        record["eval"] = gsm8k_summary(report)
+        record.eval, record.gsm8k_correct = gsm8k_summary(report), gsm8k_correct(report)
     del trainer, model
     return record, plan
 
@@ -144,20 +172,27 @@ def evaluate_base(opts: JobOptions, out: Path, heldout_rows: list[dict], log=pri
 
         report = evaluate_model(model, tok, opts.eval_settings(), output_dir=str(out / "base"), label="baseline")
         rec["eval"] = gsm8k_summary(report)
+        rec["gsm8k_correct"] = gsm8k_correct(report)
+        report.pop("samples", None)  # kept per question above; the report is the trained models' baseline
         rec["eval_report"] = report
     return rec
 
 
-def analyse(opts: JobOptions, record: dict, out: Path, figure: bool = True) -> dict[str, Any]:
-    """The layer-wise analysis of base vs one trained variant, written under ``out``
-    (``analysis.png`` only with ``figure``)."""
+def analyse(opts: JobOptions, record: SeedRecord, out: Path, figure: bool = True) -> dict[str, Any]:
+    """The layer-wise analysis of base vs the uniform (``11111``) model of ``record``, written under
+    ``out`` (``analysis.png`` only with ``figure``). A window-tuned model is never analysed: its
+    untrained layers cannot show change, so a recommendation from it would be circular."""
     from midblock_plugin.analysis import AnalysisConfig, run_analysis, write_reports
 
-    cfg = AnalysisConfig(base=record["base_dir"], tuned=record["adapter_dir"], prompts="gsm8k", data_dir=opts.data_dir,
-                         num_prompts=opts.analysis_prompts, max_length=opts.max_length)
+    if record.variant != UNIFORM:
+        raise ValueError(f"the layer-wise analysis runs on the uniform model {UNIFORM}, not on {record.variant!r}.")
+    cfg = AnalysisConfig(base=record.base_dir, tuned=record.adapter_dir, prompts="gsm8k", data_dir=opts.data_dir,
+                         num_prompts=opts.analysis_prompts, max_length=opts.max_length, tuned_variant=UNIFORM)
     doc = run_analysis(cfg).to_dict()
     try:
         paths = write_reports(doc, out, figure=figure)
     except ImportError:  # matplotlib present but broken: keep the numbers, skip the figure
         paths = write_reports(doc, out, figure=False)
-    return {"variant": record["variant"], "paths": paths, "recommendation": doc["recommendation"]}
+    return {"variant": record.variant, "tuned_variant": doc.get("tuned_variant", UNIFORM), "seed": record.seed,
+            "lr": record.lr, "adapter_dir": record.adapter_dir, "paths": paths, "recommendation": doc["recommendation"],
+            "recommended_layers": doc.get("recommended_layers", doc["recommendation"].get("layers"))}
