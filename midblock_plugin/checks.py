@@ -13,7 +13,8 @@ the bad value and the fix. ``FileNotFoundError`` for a path that is not there,
 * :func:`check_adapter`: a PEFT adapter directory fits a base model (layers, module names,
   widths), from ``adapter_config.json`` and the safetensors header only.
 * :func:`check_device`, :func:`check_output_dir`, :func:`check_output_file`,
-  :func:`check_dependency`, :func:`check_gsm8k_dir` (every line of both splits parsed).
+  :func:`check_dependency` (re-exported from :mod:`midblock_plugin.rules`, the one home of the
+  install hints), :func:`check_gsm8k_dir` (every line of both splits parsed).
 
 >>> check_output_dir("runs/new-run", "--output-dir")   # creates nothing
 """
@@ -21,38 +22,19 @@ the bad value and the fix. ``FileNotFoundError`` for a path that is not there,
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
+from midblock_plugin.rules import INSTALL_HINTS, MissingDependency, check_dependency  # noqa: F401  (their one home)
 
-#: Optional packages and how to install them (the extras of ``pyproject.toml``).
-INSTALL_HINTS = {
-    "lm_eval": ("lm-eval", "pip install 'midblock-plugin[eval]'"),
-    "matplotlib": ("matplotlib", "pip install 'midblock-plugin[analysis]'"),
-    "deepspeed": ("deepspeed", "pip install 'midblock-plugin[deepspeed]'"),
-    "trl": ("trl", "pip install 'midblock-plugin[trl]'"),
-    "peft": ("peft", "pip install 'midblock-plugin[trl]'"),
-    "datasets": ("datasets", "pip install 'midblock-plugin[trl]'"),
-    "transformers": ("transformers", "pip install 'midblock-plugin[trl]'"),
-    "torch": ("torch", "pip install 'midblock-plugin[trl]'"),
-    "accelerate": ("accelerate", "pip install 'midblock-plugin[trl]'"),
-    "vllm": ("vllm", "pip install 'midblock-plugin[vllm]'"),
-    "bitsandbytes": ("bitsandbytes", "pip install 'midblock-plugin[qlora]'"),
-}
 
 #: Files that hold a model's weights (one of them must be present in a local model directory).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
-
-
-class MissingDependency(ImportError):
-    """An optional package a feature needs is not installed."""
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -88,20 +70,6 @@ def read_json_object(path: str | os.PathLike, what: str) -> dict:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-# --------------------------------------------------------------------------- dependencies
-
-
-def check_dependency(module: str, purpose: str) -> None:
-    """Raise :class:`MissingDependency` if ``module`` cannot be imported (not installed)."""
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a parent package missing, or a module without __spec__
-        found = sys.modules.get(module) is not None
-    if not found:
-        dist, install = INSTALL_HINTS.get(module, (module, f"pip install {module}"))
-        raise MissingDependency(f"{purpose} needs the optional package {dist!r}, which is not installed: {install}.")
 
 
 # --------------------------------------------------------------------------- devices

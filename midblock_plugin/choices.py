@@ -22,8 +22,8 @@ Budget = Literal["match", "none", "serve"]
 AlphaPolicy = Literal["ratio", "fixed"]
 #: Named groups of target modules, resolved per architecture.
 TargetPreset = Literal["attention", "mlp", "all-linear"]
-#: GSM8K evaluation protocols (see :mod:`midblock_plugin.evaluation.settings`).
-Protocol = Literal["lm-eval", "paper"]
+#: GSM8K evaluation protocols (see :mod:`midblock_plugin.evaluation.settings`; ``authors``: the authors' scripts).
+Protocol = Literal["lm-eval", "paper", "authors"]
 #: Where an evaluation runs: the model in memory, or after the save in its own process.
 Backend = Literal["in-memory", "hf", "vllm"]
 #: How ZeRO-3 / FSDP ranks share an evaluation.

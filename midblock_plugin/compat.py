@@ -1,4 +1,4 @@
-"""Every touch of a private or version-dependent API of transformers, DeepSpeed or accelerate.
+"""Every touch of a private or version-dependent API of transformers, DeepSpeed, accelerate or lm-eval.
 
 Each function says what it reaches into, why no public API serves, and the versions it
 was verified on; ``tests/test_compat.py`` exercises each one against the installed
@@ -6,7 +6,7 @@ libraries, so an upgrade that breaks one fails there, not silently in a training
 Nothing else in the package touches these internals.
 
 Verified on: transformers 5.16.1 (Axolotl 0.19 environment) and 5.24; DeepSpeed 0.18.9
-and 0.19.8; accelerate 1.13 and 1.15; PEFT 0.20 and 0.21.2.
+and 0.19.8; accelerate 1.13 and 1.15; PEFT 0.20 and 0.21.2; lm-eval 0.4.
 """
 
 from __future__ import annotations
@@ -272,3 +272,39 @@ def release_partitioned_parameters(model: Any, engine: Any = None) -> bool:
             param.ds_active_sub_modules.clear()  # no forward is running any more
             param.partition()
     return False
+
+
+# --------------------------------------------------------------------------- lm-eval
+
+
+def lm_eval_collator() -> Any:
+    """lm-eval's ``Collator`` (``lm_eval.models.utils``, internal): the batching ``HFLM.generate_until``
+    uses, so a data-parallel split reproduces its batches exactly (no public API exposes them).
+    Verified on lm-eval 0.4."""
+    from lm_eval.models.utils import Collator
+
+    return Collator
+
+
+def parse_lm_eval_args(text: str) -> dict[str, Any]:
+    """``"k=v,k=v"`` typed as lm-eval's ``--model_args`` parser types it (``lm_eval.utils.simple_parse_args_string``,
+    internal: no public parser). Verified on lm-eval 0.4."""
+    from lm_eval.utils import simple_parse_args_string
+
+    return simple_parse_args_string(text)
+
+
+def count_generate_calls(hflm_class: Any) -> Any:
+    """A subclass of lm-eval's ``HFLM`` that counts its ``generate`` calls in ``generate_calls``
+    (overrides the private ``HFLM._model_generate``, the one method every generation goes through).
+    Verified on lm-eval 0.4."""
+
+    class Counting(hflm_class):
+        generate_calls = 0
+
+        def _model_generate(self, *args: Any, **kwargs: Any) -> Any:
+            self.generate_calls += 1
+            return super()._model_generate(*args, **kwargs)
+
+    Counting.__name__ = Counting.__qualname__ = f"Counting{hflm_class.__name__}"
+    return Counting

@@ -153,6 +153,31 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(fh)
 
 
+def read_window_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The recommendation of a ``midblock analyze`` JSON (``window_from`` / ``--window-from``).
+
+    The file must hold ``{"recommendation": {"layers": [...], ...}}``; the layers and the
+    layer count they were computed for are returned. Errors are
+    :class:`~midblock_plugin.window.WindowOptionError` about ``window_from``.
+    """
+    from midblock_plugin.window import WindowOptionError
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise WindowOptionError("window_from", str(path), ": no such file; give the JSON written by 'midblock analyze'") from None
+    except json.JSONDecodeError as exc:
+        raise WindowOptionError("window_from", str(path), f"is not valid JSON ({exc})") from None
+    rec = data.get("recommendation") if isinstance(data, dict) else None
+    if not isinstance(rec, dict) or "layers" not in rec:
+        raise WindowOptionError(
+            "window_from", str(path), "has no 'recommendation.layers' entry; give the JSON "
+            "written by 'midblock analyze' (analysis.json)"
+        )
+    return rec
+
+
 # ---------------------------------------------------------------------------- run directories
 RUNNING, COMPLETE, INCOMPLETE = "running", "complete", "incomplete"
 

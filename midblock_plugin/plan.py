@@ -24,8 +24,9 @@ from typing import Any
 
 from midblock_plugin.architecture import ModelLayout, layout_of, load_config, num_layers_from_config
 from midblock_plugin.config import MidBlockConfig
-from midblock_plugin.serving import lora_flops_per_token, serve_rank, vllm_max_lora_rank
-from midblock_plugin.window import WindowError, describe_window, matched_rank, resolve_layers
+from midblock_plugin.rules import check_quantized_full
+from midblock_plugin.serving import VLLM_MAX_LORA_RANKS, lora_flops_per_token, serve_rank, vllm_max_lora_rank
+from midblock_plugin.window import WindowError, WindowOptionError, describe_window, matched_rank, resolve_layers
 
 
 @dataclass
@@ -247,7 +248,7 @@ class MidBlockPlan:
 
 def _serving_line(cost: dict[str, Any], baseline_rank: int) -> str:
     if cost["max_lora_rank"] is None:
-        return ("  serving        vLLM: rank above its largest --max-lora-rank 512; serve the merged model "
+        return (f"  serving        vLLM: rank above its largest --max-lora-rank {VLLM_MAX_LORA_RANKS[-1]}; serve the merged model "
                 "('midblock export --target merged') or use budget='serve'")
     line = f"  serving        vLLM --max-lora-rank {cost['max_lora_rank']} (on every layer)"
     if cost["lora_flops_per_token"] is None:
@@ -298,11 +299,7 @@ def build_plan(
 
 def plan_for_layout(layout: ModelLayout, config: MidBlockConfig, layers: list[int] | None = None) -> MidBlockPlan:
     """The plan of ``config`` on ``layout`` (``layers`` if already resolved)."""
-    if config.mode == "full" and layout.quantization:
-        raise WindowError(
-            f"mode='full' trains the base weights, but the model is quantized ({layout.quantization}); quantized "
-            "weights cannot be trained. Use mode='lora' (QLoRA), or load the model without quantization."
-        )
+    check_quantized_full(config.mode, layout.quantization, error=WindowOptionError)
     layers = layers if layers is not None else resolve_layers(layout.num_layers, **config.window_kwargs())
     matched = matched_rank(config.rank, layout.num_layers, len(layers)) if config.mode == "lora" else None
     if config.mode == "lora":
@@ -317,7 +314,7 @@ def plan_for_layout(layout: ModelLayout, config: MidBlockConfig, layers: list[in
     if matched is not None and config.budget == "serve" and 2 * r <= matched:
         plan.warnings.append(
             f"budget 'serve' trains rank {r}, under half the matched rank {matched}: vLLM's --max-lora-rank sizes "
-            "are 1, 8, 16, 32, 64, 128, 256, 320, 512; use budget='match' (served at the next size up) or a "
+            f"are {', '.join(map(str, VLLM_MAX_LORA_RANKS))}; use budget='match' (served at the next size up) or a "
             "larger rank."
         )
     if layout.has_shapes:

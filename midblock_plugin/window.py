@@ -24,18 +24,25 @@ True
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from fractions import Fraction
 from typing import Any, Iterable, Sequence
 
+from midblock_plugin.rules import OptionError
+
 
 DEFAULT_WINDOW = "0.2:0.8"
 
+
 class WindowError(ValueError):
     """A window, mask, layer list or model that cannot be resolved to layers."""
+
+
+class WindowOptionError(WindowError, OptionError):
+    """A :class:`WindowError` about one window field's value (``field``, ``value``, ``rule``:
+    see :class:`midblock_plugin.rules.OptionError`), so each surface can spell the field its way."""
 
 
 # --------------------------------------------------------------------------- window
@@ -63,15 +70,13 @@ def fraction_to_layers(start: float, end: float, num_layers: int) -> list[int]:
 def parse_fraction_window(spec: str) -> tuple[float, float]:
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*:\s*([0-9]*\.?[0-9]+)\s*", str(spec))
     if not m:
-        raise WindowError(
-            f"window={spec!r} is not of the form 'a:b' with fractions of depth, e.g. '0.2:0.8'. "
-            "For a segment mask use segments='01110'; for explicit layers use layers='3-11'."
+        raise WindowOptionError(
+            "window", spec, "is not of the form 'a:b' with fractions of depth, e.g. '0.2:0.8'. "
+            "For a segment mask use segments='01110'; for explicit layers use layers='3-11'"
         )
     a, b = float(m.group(1)), float(m.group(2))
     if not (0.0 <= a < b <= 1.0):
-        raise WindowError(
-            f"window={spec!r}: need 0 <= a < b <= 1 (got a={a}, b={b}), e.g. '0.2:0.8'."
-        )
+        raise WindowOptionError("window", spec, f": need 0 <= a < b <= 1 (got a={a}, b={b}), e.g. '0.2:0.8'")
     return a, b
 
 
@@ -88,15 +93,13 @@ def validate_mask(mask: str) -> str:
     mask = str(mask).strip()
     bad = sorted({c for c in mask if c not in "01"})
     if not mask or bad:
-        raise WindowError(
-            f"segments={mask!r} is not a mask of '0'/'1' characters"
+        raise WindowOptionError(
+            "segments", mask, "is not a mask of '0'/'1' characters"
             + (f" (stray {', '.join(repr(c) for c in bad)})" if bad else " (it is empty)")
-            + "; write one character per segment, bottom first, e.g. '01110'."
+            + "; write one character per segment, bottom first, e.g. '01110'"
         )
     if "1" not in mask:
-        raise WindowError(
-            f"segments={mask!r} activates no segment; put a '1' on at least one segment, e.g. '01110'."
-        )
+        raise WindowOptionError("segments", mask, "activates no segment; put a '1' on at least one segment, e.g. '01110'")
     return mask
 
 
@@ -104,9 +107,9 @@ def segments_to_layers(mask: str, num_layers: int) -> list[int]:
     """Layers of the active segments of a mask like ``"01110"`` (bottom segment first)."""
     mask = validate_mask(mask)
     if len(mask) > num_layers:
-        raise WindowError(
-            f"segments={mask!r} has {len(mask)} segments but the model has only {num_layers} "
-            "layers, so some segments would be empty; use at most one segment per layer."
+        raise WindowOptionError(
+            "segments", mask, f"has {len(mask)} segments but the model has only {num_layers} "
+            "layers, so some segments would be empty; use at most one segment per layer"
         )
     layers: list[int] = []
     for (lo, hi), bit in zip(segment_bounds(num_layers, len(mask)), mask):
@@ -119,38 +122,38 @@ def explicit_layers(spec: str | int | Iterable[int], num_layers: int) -> list[in
     """Parse ``"3-11"``, ``"3,4,9-12"``, ``"-4--1"``, an int or a list of ints."""
     items: list[int] = []
     if isinstance(spec, bool):
-        raise WindowError(f"layers={spec!r} is not a layer list; use e.g. '3-11' or [3, 4, 5].")
+        raise WindowOptionError("layers", spec, "is not a layer list; use e.g. '3-11' or [3, 4, 5]")
     if isinstance(spec, int):
         items = [spec]
     elif isinstance(spec, str):
         text = spec.strip().strip("[]")
         if not text:
-            raise WindowError("layers='' names no layer; use e.g. '3-11' or '3,4,9-12'.")
+            raise WindowOptionError("layers", "", "names no layer; use e.g. '3-11' or '3,4,9-12'")
         for part in text.split(","):
             part = part.strip()
             m = re.fullmatch(r"(-?\d+)\s*(?:-\s*(-?\d+))?", part)
             if not m:
-                raise WindowError(
-                    f"layers={spec!r}: cannot read {part!r}; write indices and inclusive ranges "
-                    "separated by commas, e.g. '3,4,9-12' (negative indices count from the top)."
+                raise WindowOptionError(
+                    "layers", spec, f": cannot read {part!r}; write indices and inclusive ranges "
+                    "separated by commas, e.g. '3,4,9-12' (negative indices count from the top)"
                 )
             lo = _norm_index(int(m.group(1)), num_layers, spec)
             hi = _norm_index(int(m.group(2)), num_layers, spec) if m.group(2) else lo
             if hi < lo:
-                raise WindowError(f"layers={spec!r}: range {part!r} runs backwards; write it as lo-hi.")
+                raise WindowOptionError("layers", spec, f": range {part!r} runs backwards; write it as lo-hi")
             items.extend(range(lo, hi + 1))
         return _check_nonempty(sorted(set(items)), spec)
     else:
         try:
             raw = list(spec)
         except TypeError:
-            raise WindowError(f"layers={spec!r} is not a layer list; use e.g. '3-11' or [3, 4, 5].") from None
+            raise WindowOptionError("layers", spec, "is not a layer list; use e.g. '3-11' or [3, 4, 5]") from None
         for x in raw:
             if isinstance(x, bool) or not isinstance(x, int):
                 try:
                     x = int(str(x))
                 except ValueError:
-                    raise WindowError(f"layers={spec!r}: {x!r} is not a layer index.") from None
+                    raise WindowOptionError("layers", spec, f": {x!r} is not a layer index") from None
             items.append(x)
     return _check_nonempty(sorted({_norm_index(i, num_layers, spec) for i in items}), spec)
 
@@ -158,39 +161,17 @@ def explicit_layers(spec: str | int | Iterable[int], num_layers: int) -> list[in
 def _norm_index(i: int, num_layers: int, spec: Any) -> int:
     j = i + num_layers if i < 0 else i
     if not 0 <= j < num_layers:
-        raise WindowError(
-            f"layers={spec!r}: layer {i} is out of range for a {num_layers}-layer model "
-            f"(allowed 0..{num_layers - 1}, or -{num_layers}..-1 from the top)."
+        raise WindowOptionError(
+            "layers", spec, f": layer {i} is out of range for a {num_layers}-layer model "
+            f"(allowed 0..{num_layers - 1}, or -{num_layers}..-1 from the top)"
         )
     return j
 
 
 def _check_nonempty(layers: list[int], spec: Any) -> list[int]:
     if not layers:
-        raise WindowError(f"layers={spec!r} names no layer; use e.g. '3-11'.")
+        raise WindowOptionError("layers", spec, "names no layer; use e.g. '3-11'")
     return layers
-
-
-def read_window_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read the recommendation of a ``midblock analyze`` JSON (``--window-from``).
-
-    The file must hold ``{"recommendation": {"layers": [...], ...}}``; the layers and the
-    layer count they were computed for are returned.
-    """
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise WindowError(f"window_from={str(path)!r}: no such file; give the JSON written by 'midblock analyze'.") from None
-    except json.JSONDecodeError as exc:
-        raise WindowError(f"window_from={str(path)!r} is not valid JSON ({exc}).") from None
-    rec = data.get("recommendation") if isinstance(data, dict) else None
-    if not isinstance(rec, dict) or "layers" not in rec:
-        raise WindowError(
-            f"window_from={str(path)!r} has no 'recommendation.layers' entry; give the JSON "
-            "written by 'midblock analyze' (analysis.json)."
-        )
-    return rec
 
 
 #: The four ways to say the window, in the order they are documented.
@@ -238,12 +219,14 @@ def resolve_layers(
     if "layers" in given:
         return explicit_layers(layers, num_layers)  # type: ignore[arg-type]
     if "window_from" in given:
+        from midblock_plugin.io import read_window_file  # the one JSON read of the window
+
         rec = read_window_file(window_from)  # type: ignore[arg-type]
         expected = rec.get("num_layers")
         if expected is not None and int(expected) != num_layers:
-            raise WindowError(
-                f"window_from={str(window_from)!r} was computed for a {expected}-layer model, "
-                f"but this model has {num_layers} layers; rerun 'midblock analyze' on this model."
+            raise WindowOptionError(
+                "window_from", str(window_from), f"was computed for a {expected}-layer model, "
+                f"but this model has {num_layers} layers; rerun 'midblock analyze' on this model"
             )
         return explicit_layers(rec["layers"], num_layers)
     a, b = parse_fraction_window(DEFAULT_WINDOW if window is None else window)

@@ -153,3 +153,22 @@ def test_checkpointing_mode_follows_the_deepspeed_version():
     import deepspeed
 
     assert compat.deepspeed_version()[:2] == tuple(int(x) for x in deepspeed.__version__.split(".")[:2])
+
+
+# --------------------------------------------------------------------------- lm-eval
+def test_lm_eval_internals_still_answer():
+    """The lm-eval internals compat.py touches: the Collator's batching, the model_args parser, HFLM's _model_generate."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.models.huggingface import HFLM
+
+    from midblock_plugin import compat
+
+    Collator = compat.lm_eval_collator()
+    items = [("bb", {"k": 1}, 0), ("a", {"k": 1}, 1), ("ccc", {"k": 1}, 2)]
+    collator = Collator(items, sort_fn=lambda x: (-len(x[0]), x[0]), group_by="gen_kwargs", group_fn=lambda x: x[1])
+    batches = [[x[2] for x in batch] for batch in collator.get_batched(n=2)]
+    assert batches == [[2, 0], [1]]  # longest first, two per batch
+    assert compat.parse_lm_eval_args("gpu_memory_utilization=0.8,enforce_eager=True,name=x") == {
+        "gpu_memory_utilization": 0.8, "enforce_eager": True, "name": "x"}
+    counting = compat.count_generate_calls(HFLM)
+    assert issubclass(counting, HFLM) and "_model_generate" in vars(counting) and hasattr(HFLM, "_model_generate")

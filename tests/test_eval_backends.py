@@ -56,16 +56,16 @@ def _one_thread(fn):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(protocol="paper", num_fewshot=5), "protocol='paper' fixes num_fewshot=0"),
-        (dict(protocol="paper", max_gen_toks=256), "protocol='paper' fixes max_gen_toks=64"),
-        (dict(protocol="paper", tasks="gsm8k_cot"), "evaluates tasks=['gsm8k'] only"),
-        (dict(protocol="zero-shot"), "allowed: 'lm-eval', 'paper'"),
-        (dict(backend="sglang"), "allowed: 'in-memory', 'hf', 'vllm'"),
+        (dict(protocol="paper", num_fewshot=5), "num_fewshot=5 contradicts protocol='paper', which fixes num_fewshot=0"),
+        (dict(protocol="paper", max_gen_toks=256), "contradicts protocol='paper', which fixes max_gen_toks=64"),
+        (dict(protocol="paper", tasks="gsm8k_cot"), "tasks=['gsm8k_cot'] contradicts protocol='paper', the paper's GSM8K protocol, which evaluates gsm8k only"),
+        (dict(protocol="zero-shot"), "choose one of 'lm-eval', 'paper'"),
+        (dict(backend="sglang"), "choose one of 'in-memory', 'hf', 'vllm'"),
         (dict(tensor_parallel_size=2), "needs backend='vllm'"),
         (dict(backend="vllm", tensor_parallel_size=0), "tensor_parallel_size=0 must be a positive integer"),
         (dict(backend="vllm", vllm_args="gpu_memory_utilization"), "is not key=value"),
         (dict(backend="vllm", processes=2), "needs backend='hf'"),
-        (dict(partitioned_mode="gather"), "allowed: 'sharded', 'lockstep'"),
+        (dict(partitioned_mode="gather"), "choose one of 'sharded', 'lockstep'"),
     ],
 )
 def test_protocol_and_backend_settings_are_validated(kwargs, message):
@@ -114,7 +114,7 @@ def test_paper_protocol_is_lm_evals_gsm8k_zero_shot_64_tokens(tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--protocol", "paper", "--num-fewshot", "5"], "--protocol 'paper' fixes --num-fewshot 0"),
+        (["--protocol", "paper", "--num-fewshot", "5"], "--num-fewshot 5: contradicts --protocol 'paper', which fixes --num-fewshot 0"),
         (["--protocol", "paper", "--max-gen-toks", "100"], "Leave --max-gen-toks unset"),
         (["--tensor-parallel-size", "2"], "needs --backend 'vllm'"),
     ],
@@ -203,7 +203,7 @@ def test_vllm_missing_is_named_before_any_work(tmp_path, capsys):
     (model_dir / "config.json").write_text("{}")  # not loadable: loading would fail differently
     assert main(["eval", str(model_dir), "--backend", "vllm", "--data-dir", str(GSM8K_DIR)]) == 2
     err = capsys.readouterr().err
-    assert "--backend vllm needs vLLM" in err and "pip install 'midblock-plugin[vllm]'" in err
+    assert "--backend vllm needs the optional package 'vllm'" in err and "pip install 'midblock-plugin[vllm]'" in err
     settings = EvalSettings(backend="vllm", data_dir=str(GSM8K_DIR))
     with pytest.raises(ImportError, match=r"midblock-plugin\[vllm\]"):
         evaluate_after_save(model_dir, settings)

@@ -307,8 +307,8 @@ def test_hub_gsm8k_offline_fails_with_a_clear_message(monkeypatch):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--limit", "0"], "--limit 0 must be a positive integer"),
-        (["--tasks", "gsm9k", "--data-dir", "hub"], "--tasks: 'gsm9k' is not an lm-eval task"),
+        (["--limit", "0"], "--limit 0: must be a positive integer"),
+        (["--tasks", "gsm9k", "--data-dir", "hub"], "--tasks 'gsm9k': 'gsm9k' is not an lm-eval task"),
         (["--data-dir", "{tmp}"], "lacks train.jsonl and test.jsonl"),
         (["--adapter", "{tmp}"], "no adapter_config.json"),
         (["--fewshot-as-multiturn"], "--fewshot-as-multiturn"),

@@ -5,7 +5,8 @@
 * the package knows nothing of a ``../shared`` folder (GSM8K comes from --data-dir,
   ``$MIDBLOCK_GSM8K_DIR`` or the hub);
 * ``window.py`` is pure arithmetic: it imports no torch and no transformers;
-* private APIs of transformers / DeepSpeed are touched in ``compat.py`` only.
+* private APIs of transformers / DeepSpeed / lm-eval are touched in ``compat.py`` only;
+* a subcommand module that fails to import stops ``midblock`` loudly.
 """
 
 import ast
@@ -63,7 +64,9 @@ def test_the_package_knows_no_shared_folder():
 
 
 def test_private_api_touches_live_in_compat():
-    pattern = re.compile(r"_model_mapping|_gradient_checkpointing_func|_forward_hooks|_getframe|__closure__|_invalidate_trace")
+    pattern = re.compile(r"_model_mapping|_gradient_checkpointing_func|_forward_hooks|_getframe|__closure__|_invalidate_trace"
+                         # lm-eval internals: its helper modules, its registry, HFLM's private generate
+                         r"|lm_eval\.models\.utils|lm_eval\.utils|lm_eval\.api\.registry|_model_generate")
     offenders = [n for n, p in _modules() if n != "midblock_plugin.compat" and pattern.search(p.read_text(encoding="utf-8"))]
     assert not offenders
 
@@ -78,3 +81,11 @@ def test_experiments_import_nothing_from_the_cli():
     offenders = sorted(n for n, p in _modules() if n.startswith("midblock_plugin.experiments")
                        and any(i.startswith("midblock_plugin.cli") for i in _imports(p)))
     assert not offenders
+
+
+def test_a_subcommand_that_fails_to_import_fails_loudly(monkeypatch):
+    from midblock_plugin import cli
+
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", (*cli.SUBCOMMAND_MODULES, "midblock_plugin.cli.no_such_command"))
+    with pytest.raises(ImportError, match=r"midblock_plugin\.cli\.no_such_command.*fails to import"):
+        cli.build_parser()

@@ -122,7 +122,7 @@ def test_cli_plan_num_layers_and_summary(tmp_path):
 @pytest.mark.parametrize(
     "args, pattern",
     [
-        (["--num-layers", "16", "--window", "0.8:0.2"], "window='0.8:0.2'"),
+        (["--num-layers", "16", "--window", "0.8:0.2"], "--window '0.8:0.2': need 0 <= a < b <= 1"),  # the flag, as typed
         (["--num-layers", "16", "--segments", "0000"], "activates no segment"),
         (["--num-layers", "4", "--layers", "7"], "layer 7 is out of range"),
         ([], "give a MODEL"),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fine-tune a Hugging Face decoder with Mid-Block Efficient Tuning through TRL's SFTTrainer.
 
-    python examples/trl/sft_midblock.py --model tiny --data ../shared/data/gsm8k/train.jsonl \
+    python examples/trl/sft_midblock.py --model tiny --data /path/to/gsm8k/train.jsonl \
         --segments 01110 --rank 16 --max-steps 20 --output-dir runs/tiny-midblock
 
 ``--model tiny`` builds a tiny random Llama (no download); any other value is passed to
@@ -16,15 +16,34 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 
 from midblock_plugin import checks
+from midblock_plugin.cli.fields import add_dataclass_arguments
 from midblock_plugin.cli.options import add_config_arguments, config_from_args, join_dash_values
 from midblock_plugin.data import gsm8k
+from midblock_plugin.evaluation.settings import EvalSettings
+from midblock_plugin.rules import respell
 
 
 TINY_LAYERS = 8  # --model tiny: a random 8-layer Llama
+#: The EvalSettings fields this script takes, and their flags (dest ``eval_<field>``).
+_EVAL_FLAGS = {"limit": "--eval-limit", "num_fewshot": "--eval-fewshot", "max_gen_toks": "--eval-max-gen-toks",
+               "data_dir": "--eval-data-dir", "baseline": "--eval-baseline", "protocol": "--eval-protocol",
+               "backend": "--eval-backend", "tensor_parallel_size": "--eval-tensor-parallel-size"}
+
+
+class _EvalFlags:
+    """An argument group that files each generated EvalSettings flag under its ``--eval-*`` name."""
+
+    def __init__(self, group):
+        self.group = group
+
+    def add_argument(self, *names, dest, **kw):
+        flag = _EVAL_FLAGS[dest]
+        if kw.get("action") is argparse.BooleanOptionalAction:
+            kw["action"] = "store_true"  # --eval-baseline: on when given
+        return self.group.add_argument(flag, dest="eval_" + dest, **kw)
 
 
 def parse_args(argv=None):
@@ -51,16 +70,8 @@ def parse_args(argv=None):
     p.add_argument("--output-dir", required=True)
     p.add_argument("--deepspeed", help="ZeRO-3: 'zero3', 'zero3_offload' (configs shipped with midblock) or a JSON path")
     g = p.add_argument_group("GSM8K evaluation at the end of training (lm-eval; off unless --eval-limit is given)")
-    g.add_argument("--eval-limit", type=int, help="GSM8K test questions to score after training")
-    g.add_argument("--eval-fewshot", type=int, help="few-shot examples (default: the task's 5)")
-    g.add_argument("--eval-max-gen-toks", type=int, default=None)
-    g.add_argument("--eval-data-dir", help="local GSM8K dir (train.jsonl/test.jsonl); default: ../shared/data/gsm8k, else the hub")
-    g.add_argument("--eval-baseline", action="store_true", help="also evaluate the untrained model at train start")
-    g.add_argument("--eval-protocol", choices=["lm-eval", "paper"], default="lm-eval",
-                   help="lm-eval: the task's defaults (5-shot); paper: zero-shot, greedy, 64 new tokens, last number")
-    g.add_argument("--eval-backend", choices=["in-memory", "hf", "vllm"], default="in-memory",
-                   help="hf/vllm: evaluate the saved model in its own process (rank 0, after the save)")
-    g.add_argument("--eval-tensor-parallel-size", type=int, default=1, help="--eval-backend vllm: GPUs per model copy")
+    # generated from EvalSettings' fields (help, default, choices), under this script's --eval-* names
+    add_dataclass_arguments(_EvalFlags(g), EvalSettings, only=list(_EVAL_FLAGS))
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)  # the deepspeed launcher adds it
     add_config_arguments(p)
     # "--layers -4--1": a value that starts with "-" is joined to its flag, as in the midblock CLI
@@ -121,26 +132,14 @@ def check_setup(args) -> None:
         checks.check_model_dir(args.model, "--model", weights=True)
 
 
-_EVAL_FLAGS = {"limit": "--eval-limit", "num_fewshot": "--eval-fewshot", "max_gen_toks": "--eval-max-gen-toks",
-               "data_dir": "--eval-data-dir", "protocol": "--eval-protocol", "backend": "--eval-backend",
-               "tensor_parallel_size": "--eval-tensor-parallel-size"}
-
-
 def eval_settings_from_args(args):
     """The end-of-training evaluation (``None`` without --eval-limit); errors name the flags."""
     if args.eval_limit is None:
         return None
-    from midblock_plugin.evaluation import EvalSettings
-
     try:
-        settings = EvalSettings(limit=args.eval_limit, num_fewshot=args.eval_fewshot, max_gen_toks=args.eval_max_gen_toks,
-                            data_dir=args.eval_data_dir, baseline=args.eval_baseline, save_samples=True,
-                            protocol=args.eval_protocol, backend=args.eval_backend,
-                            tensor_parallel_size=args.eval_tensor_parallel_size)
-    except (ValueError, FileNotFoundError) as exc:
-        text = re.sub(r"\b(" + "|".join(_EVAL_FLAGS) + r")(=|:)",
-                      lambda m: _EVAL_FLAGS[m.group(1)] + (" " if m.group(2) == "=" else ":"), str(exc))
-        raise type(exc)(text) from None
+        settings = EvalSettings(**{name: getattr(args, "eval_" + name) for name in _EVAL_FLAGS}, save_samples=True)
+    except ValueError as exc:
+        raise respell(exc, lambda field: _EVAL_FLAGS.get(field, "--eval-" + field.replace("_", "-"))) from None
     from midblock_plugin.evaluation.saved import check_backend
 
     check_backend(settings.backend, settings)  # vLLM missing: fail now, not after training

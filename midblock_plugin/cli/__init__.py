@@ -1,9 +1,10 @@
 """The ``midblock`` command line: ``plan``, ``eval``, ``analyze``, ``run``, ``compare``, ``export``.
 
 One module per command in this package, each exposing ``register(subparsers)``, which adds
-its parser and sets ``func``; shared flags are generated once in :mod:`.options`. This
-file only assembles them. Registering must stay cheap (no torch import) so
-``midblock --help`` is instant.
+its parser and sets ``func``; flags are generated from the dataclass fields that own them
+(:mod:`.fields`, :mod:`.options`). This file only assembles them; a subcommand module that
+fails to import stops ``midblock`` with an error naming it (never a silently missing command).
+Registering must stay cheap (no torch import) so ``midblock --help`` is instant.
 """
 
 from __future__ import annotations
@@ -33,10 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a subcommand whose module is not installed
-            if exc.name and exc.name.startswith("midblock_plugin"):
-                continue
-            raise
+        except Exception as exc:  # every subcommand ships with the package: a broken one is a bug, said at once
+            raise ImportError(f"midblock: the module of a subcommand, {name}, fails to import: "
+                              f"{type(exc).__name__}: {exc}", name=name) from exc
         module.register(sub)
     return parser
 
@@ -66,7 +66,7 @@ def user_message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:  # raised by the OS, not by midblock
         text = f"{exc.filename}: {exc.strerror}"
     if isinstance(exc, ImportError):
-        from midblock_plugin.checks import INSTALL_HINTS, MissingDependency
+        from midblock_plugin.rules import INSTALL_HINTS, MissingDependency
 
         top = (exc.name or "").split(".")[0]
         if not isinstance(exc, MissingDependency) and top in INSTALL_HINTS:

@@ -82,11 +82,6 @@ class EvalCallback(TrainerCallback):
 
                 check_backend(self.settings.backend, self.settings)  # vLLM missing: fail before training
 
-    def bind(self, trainer: Any) -> "EvalCallback":
-        """Log through ``trainer.log`` (reaches the trainer's reporters); returns self."""
-        self.trainer = trainer
-        return self
-
     # ------------------------------------------------------------------ events
     def on_train_begin(self, args, state, control, **kwargs):
         if not (self.settings.enabled and self.settings.baseline) or "baseline" in self.reports:

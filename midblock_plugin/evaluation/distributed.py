@@ -89,9 +89,12 @@ def sharded_hflm_class():
     """lm-eval's ``HFLM`` with its model calls shared between ranks and its ``generate``
     calls counted (built on first use, so importing this module does not import lm-eval)."""
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.models.utils import Collator
 
-    class ShardedHFLM(HFLM):
+    from midblock_plugin.compat import count_generate_calls, lm_eval_collator
+
+    Collator = lm_eval_collator()
+
+    class ShardedHFLM(count_generate_calls(HFLM)):
         """HFLM over an in-memory model whose generation is split across ranks by batch.
 
         ``partitioned``: the model is ZeRO-3 / FSDP partitioned, so every rank must run the
@@ -107,10 +110,6 @@ def sharded_hflm_class():
             self.partitioned, self.lockstep = partitioned, lockstep
             self.generate_calls = 0
             self.stats: dict[str, list[int]] = {}
-
-        def _model_generate(self, *args, **kwargs):
-            self.generate_calls += 1
-            return super()._model_generate(*args, **kwargs)
 
         # ---------------------------------------------------------------- helpers
         def _gather(self, obj: Any) -> list[Any]:

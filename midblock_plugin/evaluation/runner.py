@@ -128,6 +128,11 @@ def evaluate_model(
     0.0
     """
     settings = settings or EvalSettings()
+    if settings.protocol == "authors":  # the authors' own scoring with HF generate, not lm-eval's task
+        from midblock_plugin.evaluation.authors import evaluate_authors
+
+        return evaluate_authors(model, tokenizer, settings, output_dir=output_dir, label=label, is_main_process=is_main_process,
+                                baseline=baseline, print_table=print_table, engine=engine)
     t0 = time.perf_counter()
     created = results.now()
     from midblock_plugin.evaluation.tasks import plan_tasks

@@ -22,7 +22,6 @@ in a subprocess and reads back its JSON; the other ranks return at once.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -33,10 +32,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from midblock_plugin.evaluation.settings import EvalSettings, parse_model_args
+from midblock_plugin.rules import check_dependency, install_hint
 
 
-#: The pip extra that installs vLLM for ``--backend vllm``.
-VLLM_EXTRA = "pip install 'midblock-plugin[vllm]'"
+#: The pip extra that installs vLLM for ``--backend vllm`` (from :data:`midblock_plugin.rules.INSTALL_HINTS`).
+VLLM_EXTRA = install_hint("vllm")
 
 
 def check_backend(backend: str, settings: EvalSettings | None = None) -> None:
@@ -44,19 +44,12 @@ def check_backend(backend: str, settings: EvalSettings | None = None) -> None:
 
     ``vllm`` needs the ``vllm`` package (and ``ray`` for ``data_parallel_size > 1``, which
     lm-eval dispatches through Ray workers)."""
-    from midblock_plugin.checks import MissingDependency
-
     if backend == "vllm":
-        if importlib.util.find_spec("vllm") is None:
-            raise MissingDependency(
-                "--backend vllm needs vLLM, which is not installed: " + VLLM_EXTRA
-                + " (or pip install vllm; a CUDA GPU is required). Without it use --backend hf."
-            )
-        if settings is not None and settings.data_parallel_size > 1 and importlib.util.find_spec("ray") is None:
-            raise MissingDependency(
-                f"--data-parallel-size {settings.data_parallel_size} with --backend vllm needs Ray (lm-eval runs one vLLM "
-                "engine per Ray worker), which is not installed: pip install ray. Or use --data-parallel-size 1."
-            )
+        check_dependency("vllm", "--backend vllm", "or pip install vllm; a CUDA GPU is required. Without it "
+                         "use --backend hf")
+        if settings is not None and settings.data_parallel_size > 1:
+            check_dependency("ray", f"--data-parallel-size {settings.data_parallel_size} with --backend vllm (lm-eval "
+                             "runs one vLLM engine per Ray worker)", "or use --data-parallel-size 1")
     elif backend not in ("hf", "in-memory"):
         raise ValueError(f"--backend {backend!r} is not a backend; allowed: 'hf', 'vllm'.")
 
@@ -102,8 +95,6 @@ def vllm_model_args(pretrained: str | os.PathLike, settings: EvalSettings, dtype
     """The keyword arguments of lm-eval's ``VLLM`` for ``settings``: the model, its tokenizer,
     tensor / data parallel sizes, dtype, batch size, context length, plus ``vllm_args``
     (typed as lm-eval's ``--model_args`` parser types them; they override the others)."""
-    from lm_eval.utils import simple_parse_args_string
-
     args: dict[str, Any] = {
         "pretrained": str(pretrained),
         "tokenizer": str(pretrained),
@@ -117,7 +108,9 @@ def vllm_model_args(pretrained: str | os.PathLike, settings: EvalSettings, dtype
         args["max_model_len"] = settings.max_length
     if settings.vllm_args:
         parse_model_args(settings.vllm_args)  # a clear error for a malformed entry
-        args.update(simple_parse_args_string(settings.vllm_args))
+        from midblock_plugin.compat import parse_lm_eval_args
+
+        args.update(parse_lm_eval_args(settings.vllm_args))
     return args
 
 

@@ -40,6 +40,7 @@ from typing import Any
 from midblock_plugin.data import gsm8k
 from midblock_plugin.evaluation.settings import EvalSettings
 from midblock_plugin.io import cache_dir, write_text_atomic
+from midblock_plugin.rules import OptionError
 
 
 _TASK_LINE = re.compile(r"^task:\s*['\"]?([A-Za-z0-9_.\-]+)['\"]?\s*$", re.MULTILINE)
@@ -49,10 +50,9 @@ def lm_eval_tasks_dir() -> Path:
     """The ``lm_eval/tasks`` directory of the installed lm-eval (without importing it)."""
     spec = importlib.util.find_spec("lm_eval")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "lm-eval is not installed; the evaluation needs it: pip install 'midblock-plugin[eval]' "
-            "(or pip install lm-eval)."
-        )
+        from midblock_plugin.rules import missing_dependency
+
+        raise missing_dependency("lm_eval", "the evaluation", "or pip install lm-eval")
     return Path(list(spec.submodule_search_locations)[0]) / "tasks"
 
 
@@ -83,20 +83,21 @@ def _write_if_changed(path: Path, text: str) -> None:
     write_text_atomic(path, text)
 
 
-def write_offline_tasks(data_dir: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
+def write_offline_tasks(data_dir: str | os.PathLike, dest: str | os.PathLike | None = None, checked: bool = False) -> Path:
     """Write lm-eval task overrides reading GSM8K from ``data_dir``; return their directory.
 
     One YAML per lm-eval GSM8K-family task (``gsm8k``, ``gsm8k_cot``, ...), each including
     lm-eval's own file by absolute path. ``dest`` defaults to a cache directory keyed by the
     data directory and the lm-eval install (``$MIDBLOCK_CACHE_DIR/lm_eval_tasks/<key>``).
-    Safe to call from several processes at once (files are replaced atomically).
+    Safe to call from several processes at once (files are replaced atomically). ``checked``:
+    ``data_dir`` is already a checked, resolved GSM8K directory (:meth:`EvalSettings.resolved_data_dir`).
 
     >>> d = write_offline_tasks("/data/gsm8k")  # doctest: +SKIP
     >>> # lm_eval --model hf --model_args pretrained=out --tasks gsm8k --include_path {d}
     """
     import yaml
 
-    data = gsm8k.check_dir(data_dir)
+    data = Path(data_dir) if checked else gsm8k.check_dir(data_dir)
     yamls = gsm8k_task_yamls()
     if dest is None:
         key = hashlib.sha1(f"{data}\n{lm_eval_tasks_dir().resolve()}".encode()).hexdigest()[:16]
@@ -161,7 +162,7 @@ def plan_tasks(settings: EvalSettings) -> TaskPlan:
     data_dir = settings.resolved_data_dir()
     # With local data the override directory is always included (even for other tasks), so
     # one cached TaskManager serves every evaluation of the run.
-    include_path = str(write_offline_tasks(data_dir)) if data_dir is not None else None
+    include_path = str(write_offline_tasks(data_dir, checked=True)) if data_dir is not None else None
     # Only local GSM8K tasks: lm-eval's index of built-in tasks is not needed.
     include_defaults = not (include_path and all(name in family for name in settings.tasks))
     manager = get_task_manager(include_path, include_defaults)
@@ -170,10 +171,10 @@ def plan_tasks(settings: EvalSettings) -> TaskPlan:
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(
-                f"tasks: {name!r} is not an lm-eval task, group or tag.{hint} "
+            raise OptionError(
+                "tasks", ",".join(settings.tasks), f": {name!r} is not an lm-eval task, group or tag.{hint} "
                 f"lm-eval {_lm_eval_version()} knows {len(known)} names; list them with `lm-eval ls tasks`. "
-                "The default is 'gsm8k'."
+                "The default is 'gsm8k'"
             )
     sources: dict[str, dict[str, Any]] = {}
     for name in settings.tasks:
@@ -190,11 +191,6 @@ def plan_tasks(settings: EvalSettings) -> TaskPlan:
         else:
             sources[name] = {"kind": "hub", "gsm8k_family": name in family}
     return TaskPlan(names=list(settings.tasks), include_path=include_path, sources=sources, include_defaults=include_defaults)
-
-
-def check_tasks(settings: EvalSettings) -> TaskPlan:
-    """Alias of :func:`plan_tasks`, for validating before a model is loaded."""
-    return plan_tasks(settings)
 
 
 def _lm_eval_version() -> str:
