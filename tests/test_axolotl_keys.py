@@ -1,6 +1,7 @@
 """The one table of the Axolotl YAML keys (docs/axolotl.md, "### Keys") lists exactly the
 fields of ``MidBlockArgs``, maps each key to the ``MidBlockConfig`` field the plugin sets,
-and states the defaults an Axolotl config without the key gets.
+states the defaults an Axolotl config without the key gets, and describes every value of each
+closed choice (the ``Literal`` types of ``midblock_plugin.choices``, which ``MidBlockArgs`` uses).
 
 Needs the midblock core only (no Axolotl; pydantic for ``MidBlockArgs``), so it runs in the main suite.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from midblock_plugin import choices
 from midblock_plugin.config import MidBlockConfig
 from midblock_plugin.integrations.axolotl.keys import (
     AXOLOTL_KEYS,
@@ -130,3 +132,36 @@ def test_defaults_in_the_table_are_what_an_axolotl_config_without_the_key_gets(t
         assert actual == expected, f"{_code(row[table])}: the table says {row['default']}, the plugin uses {actual!r}"
         compared += 1
     assert compared >= 4
+
+
+#: The closed choices among the keys: key -> its ``Literal`` in :mod:`midblock_plugin.choices`.
+CHOICE_KEYS = {
+    "midblock_mode": choices.Mode,
+    "midblock_budget": choices.Budget,
+    "midblock_alpha_policy": choices.AlphaPolicy,
+    "midblock_target_modules": choices.TargetPreset,
+}
+
+
+def test_the_choices_in_the_table_are_those_of_midblock_plugin_choices(tables):
+    pytest.importorskip("pydantic")
+    from midblock_plugin.integrations.axolotl.args import MidBlockArgs
+
+    rows = {_code(row["plugin key"]): row for row in tables["plugin key"]}
+    for key, choice in CHOICE_KEYS.items():
+        allowed = choices.values(choice)
+        assert len(allowed) >= 2, key
+        # the pydantic model takes its choices from the same Literal
+        assert set(allowed) <= set(choices.values(MidBlockArgs.model_fields[key].annotation)), key
+        # the table describes every value (as `value`), and its default is one of them
+        described = set(re.findall(r"`([a-z][a-z-]*)`", rows[key]["what it does"]))
+        assert set(allowed) <= described, f"{key}: the table does not describe {sorted(set(allowed) - described)}"
+        default = _literal(rows[key]["default"])
+        assert default is _WORDS or default in allowed, key
+    # midblock_eval's closed choices are the EvalSettings Literals too
+    eval_args = MidBlockArgs.model_fields["midblock_eval"].annotation
+    typed = next(a for a in eval_args.__args__ if hasattr(a, "__annotations__"))
+    hints = {name: choices.values(t) for name, t in typed.__annotations__.items()}
+    assert hints["protocol"] == choices.values(choices.Protocol)
+    assert hints["backend"] == choices.values(choices.Backend)
+    assert hints["partitioned_mode"] == choices.values(choices.PartitionedMode)

@@ -75,13 +75,13 @@ YAML_CASES = [
                                    "Fix the spelling or remove the key"]),
     ("midblock_rank: 8", ["unknown midblock key 'midblock_rank' (did you mean 'lora_r'?)"]),
     # Axolotl's LoRA keys, as the plugin reads them
-    ("lora_r: 0", ["lora_r: 0 must be a positive integer", "e.g. lora_r: 16"]),
-    ("lora_r: 8.5", ["lora_r: 8.5 must be a positive integer", "e.g. lora_r: 8"]),
+    ("lora_r: 0", ["lora_r: 0 must be a positive integer", "e.g. 16"]),
+    ("lora_r: 8.5", ["lora_r: 8.5 must be a positive integer"]),
     ('lora_r: "16"', ["lora_r: '16' is a string", "without quotes: lora_r: 16"]),
-    ("lora_alpha: .inf", ["lora_alpha: inf must be a finite number > 0", "e.g. lora_alpha: 32"]),
-    ("lora_alpha: .nan", ["lora_alpha: nan must be a finite number > 0"]),
+    ("lora_alpha: .inf", ["lora_alpha: inf must be a positive finite number", "e.g. 32"]),
+    ("lora_alpha: .nan", ["lora_alpha: nan must be a positive finite number"]),
     ("lora_alpha: 12.5", ["lora_alpha: 12.5 must be a whole number", "e.g. lora_alpha: 12"]),
-    ("lora_dropout: 1.5", ["lora_dropout: 1.5 must be a number in [0, 1)", "e.g. lora_dropout: 0.05"]),
+    ("lora_dropout: 1.5", ["lora_dropout: 1.5 must be a number in [0, 1)", "e.g. 0.05"]),
     ("midblock_target_modules: []", ["midblock_target_modules: [] must be a preset",
                                      "midblock_target_modules: [q_proj, v_proj]"]),
 ]

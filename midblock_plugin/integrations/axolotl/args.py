@@ -1,33 +1,49 @@
 """The Axolotl YAML keys of the mid-block plugin, as a pydantic model (``MidBlockArgs``).
 
 Axolotl merges this model into its own config schema (``get_input_args``), so the keys
-are validated, with the messages of :mod:`.keys`, when the config is loaded: before any
-model weights are read. Each ``midblock_<field>`` key is the
-:class:`midblock_plugin.config.MidBlockConfig` field of that name and reuses its help text;
-the table of every key is in ``docs/axolotl.md#keys``. The mapping to ``MidBlockConfig``
-and the checks live in :mod:`.keys`.
+are validated, by :mod:`.validate`, when the config is loaded: before any model weights are
+read. Each ``midblock_<field>`` key is the :class:`midblock_plugin.config.MidBlockConfig`
+field of that name and reuses its help text; ``midblock_eval`` is a mapping of
+:class:`~midblock_plugin.evaluation.EvalSettings` fields (:data:`MidBlockEvalArgs`, with their
+help text). Closed choices are the ``Literal`` types of :mod:`midblock_plugin.choices`. The
+table of every key is in ``docs/axolotl.md#keys``; the mapping to the fields is :mod:`.keys`.
 
 This module needs pydantic and the midblock core only (no Axolotl import).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
+from typing import Annotated, Any, Mapping, get_type_hints
 
 from pydantic import BaseModel, Field, field_validator, model_validator
+from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
+from midblock_plugin.choices import AlphaPolicy, Backend, Budget, Mode, PartitionedMode, Protocol, TargetPreset
 from midblock_plugin.config import MidBlockConfig
-from midblock_plugin.integrations.axolotl.keys import (
-    EVAL_KEY,
-    eval_fields,
-    normalize_eval_value,
-    validate_midblock_keys,
-)
+from midblock_plugin.evaluation.settings import EvalSettings
+from midblock_plugin.integrations.axolotl.keys import EVAL_KEY, eval_fields
+from midblock_plugin.integrations.axolotl.validate import normalize_eval_value, validate_midblock_keys
 
 
 def _help(field_name: str, extra: str = "") -> str:
     text = MidBlockConfig.field_help()[field_name]
     return f"{text} {extra}".strip()
+
+
+#: The closed choices among the EvalSettings fields.
+_EVAL_CHOICES = {"protocol": Protocol, "backend": Backend, "partitioned_mode": PartitionedMode}
+_EVAL_TYPES = get_type_hints(EvalSettings)
+
+#: ``midblock_eval``'s mapping: every EvalSettings field (all optional), typed and described by the field.
+MidBlockEvalArgs = TypedDict(
+    "MidBlockEvalArgs",
+    {
+        f.name: Annotated[_EVAL_CHOICES.get(f.name, _EVAL_TYPES[f.name]), Field(description=f.metadata.get("help", ""))]
+        for f in dataclasses.fields(EvalSettings)
+    },
+    total=False,
+)
 
 
 class MidBlockArgs(BaseModel):
@@ -41,14 +57,14 @@ class MidBlockArgs(BaseModel):
     midblock_segments: str | None = Field(default=None, description=_help("segments"))
     midblock_layers: str | list[int] | None = Field(default=None, description=_help("layers"))
     midblock_window_from: str | None = Field(default=None, description=_help("window_from"))
-    midblock_mode: str | None = Field(default=None, description=_help("mode", "Default 'lora'."))
-    midblock_budget: str | None = Field(
+    midblock_mode: Mode | None = Field(default=None, description=_help("mode", "Default 'lora'."))
+    midblock_budget: Budget | None = Field(
         default=None, description=_help("budget", "r is Axolotl's lora_r. Default 'match'.")
     )
-    midblock_alpha_policy: str | None = Field(
+    midblock_alpha_policy: AlphaPolicy | None = Field(
         default=None, description=_help("alpha_policy", "The baseline alpha is Axolotl's lora_alpha. Default 'ratio'.")
     )
-    midblock_target_modules: str | list[str] | None = Field(
+    midblock_target_modules: TargetPreset | list[str] | None = Field(
         default=None,
         description=_help(
             "target_modules",
@@ -59,7 +75,7 @@ class MidBlockArgs(BaseModel):
     midblock_train_embeddings: bool | None = Field(default=None, description=_help("train_embeddings"))
     midblock_truncate_backward: bool | None = Field(default=None, description=_help("truncate_backward"))
     midblock_drift_monitor: bool | None = Field(default=None, description=_help("drift_monitor"))
-    midblock_eval: dict[str, Any] | bool | None = Field(
+    midblock_eval: MidBlockEvalArgs | bool | None = Field(
         default=None,
         description=(
             "lm-eval evaluation (GSM8K by default) of the trained model, in memory, after it is saved: "

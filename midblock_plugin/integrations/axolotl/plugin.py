@@ -8,7 +8,7 @@ says ``adapter: midblock``, because Axolotl 0.21+ loads installed plugins for ev
   under ZeRO-3 on DeepSpeed < 0.19.3, where an explicit non-reentrant request is refused),
   and for ``load_in_4bit`` / ``load_in_8bit`` (QLoRA) the ``BitsAndBytesConfig`` Axolotl builds
   for ``adapter: qlora`` / ``lora`` only, handed to ``from_pretrained`` through ``model_kwargs``;
-* ``get_input_args``: the YAML keys (:class:`~.args.MidBlockArgs`, checked by :mod:`.keys`),
+* ``get_input_args``: the YAML keys (:class:`~.args.MidBlockArgs`, checked by :mod:`.validate`),
   validated with the rest of the config, before anything is loaded;
 * ``get_adapter_capabilities``: registers the adapter name ``midblock``, so Axolotl's
   ``adapter:`` validator accepts it;
@@ -57,8 +57,9 @@ from midblock_plugin.integrations.axolotl.keys import (
     is_midblock,
     midblock_config_from_cfg,
     settings_diff,
-    yaml_names,
+    yaml_error,
 )
+from midblock_plugin.integrations.axolotl.validate import check_quantized_checkpoint
 from midblock_plugin.training.resume import (
     PlanMismatch,
     check_adapter_dir,
@@ -165,13 +166,8 @@ class MidBlockPlugin(BasePlugin):
         try:  # a preview from the config (no weights): the window is checked, and a resume too
             plan = build_plan(hf_config, config)
         except ValueError as exc:
-            raise ValueError(f"adapter: midblock: {yaml_names(str(exc))}") from None
-        if plan.mode == "full" and getattr(hf_config, "quantization_config", None) is not None:
-            raise ValueError(
-                f"adapter: midblock with midblock_mode: full trains the base weights, but {cfg.base_model!r} is a "
-                "quantized checkpoint (its config.json has a quantization_config), whose weights cannot be trained. "
-                "Set midblock_mode: lora (QLoRA), or use the unquantized model as base_model."
-            )
+            raise yaml_error(exc) from None
+        check_quantized_checkpoint(plan.mode, cfg.base_model, getattr(hf_config, "quantization_config", None))
         LOG.info(
             f"midblock: {plan.mode} mode on layers {plan.window} of {plan.num_layers}"
             + (f", rank {plan.layer_rank} per layer" if plan.mode == "lora" else "")
@@ -398,12 +394,12 @@ def _sharded_training(cfg) -> bool:
 def _request_quantization(cfg) -> None:
     """``load_in_4bit`` / ``load_in_8bit`` with ``adapter: midblock`` (LoRA mode): Axolotl builds
     its ``BitsAndBytesConfig`` for ``adapter: qlora`` / ``lora`` only, so the plugin hands the
-    same settings (:func:`~.keys.bnb_quantization_config`) to ``from_pretrained`` through
+    same settings (:func:`~.axolotl_compat.bnb_quantization_config`) to ``from_pretrained`` through
     Axolotl's ``model_kwargs`` (its overrides of the ``from_pretrained`` arguments). A
     ``quantization_config`` the user put in ``model_kwargs`` is kept."""
     from transformers.utils import is_torch_bf16_gpu_available
 
-    from midblock_plugin.integrations.axolotl.keys import bnb_quantization_config
+    from midblock_plugin.integrations.axolotl.axolotl_compat import bnb_quantization_config
 
     if cfg.get("load_in_4bit") is not True and cfg.get("load_in_8bit") is not True:
         return
