@@ -15,10 +15,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+
 __version__ = "0.1.0"
 
 from midblock_plugin.config import MidBlockConfig  # noqa: E402
 from midblock_plugin.window import WindowError, resolve_layers  # noqa: E402
+
 
 #: Public names loaded lazily, and the module that defines each (the old import paths keep working).
 _LAZY = {

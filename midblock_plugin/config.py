@@ -80,9 +80,9 @@ class MidBlockConfig:
         elif not (isinstance(tm, (list, tuple)) and tm and all(isinstance(x, str) and x.strip() for x in tm)):
             raise rules.OptionError("target_modules", tm, "must be a preset name or a non-empty list of module names")
         if self.mode == "lora" and (self.train_final_norm or self.train_embeddings):
-            raise ValueError(
-                "train_final_norm / train_embeddings apply to mode='full' only; set mode='full' or turn them off."
-            )
+            name = "train_final_norm" if self.train_final_norm else "train_embeddings"
+            raise rules.OptionError(name, True, "(train_final_norm / train_embeddings) apply to {mode} only; set {mode} "
+                                    "or turn them off", refs={"mode": ("mode", "full")})
 
     @property
     def base_alpha(self) -> float:

@@ -8,7 +8,7 @@ A run directory (a trainer's ``output_dir``, or ``midblock run --output-dir``) h
 ``eval/<task>.json``            lm-eval results (:data:`EVAL_SUBDIR`); ``eval/error.json`` on failure
 ``analysis/analysis.json``      the layer-wise analysis (+ ``.csv``, ``.png``)
 ``report.md``, ``results.json`` the main job's report and its numbers
-``loss_curves.png``, ``drift.png``, ``heldout_loss.png``, ``gain_vs_forgetting.png`` the main job's figures (``JOB_*_PNG``)
+``loss_curves.png``, ``drift.png``, ``heldout_loss.png``, ``gain_vs_forgetting.png``, ``paired_differences.png`` the main job's figures (``JOB_*_PNG``)
 ``base/``, ``variant-<mask>/``  the job's untrained baseline and one trainer ``output_dir`` per variant
 ``midblock-run.json``           the job's status: running / complete / incomplete (:data:`RUN_STATUS_JSON`)
 ``.midblock.lock``              held (``flock``) while a job runs in the directory (:data:`RUN_LOCK`)
@@ -58,6 +58,7 @@ JOB_LOSS_PNG = "loss_curves.png"
 JOB_DRIFT_PNG = "drift.png"
 JOB_HELDOUT_PNG = "heldout_loss.png"
 JOB_TRADEOFF_PNG = "gain_vs_forgetting.png"
+JOB_PAIRED_PNG = "paired_differences.png"
 #: The job's untrained baseline (its lm-eval results), its analysis, and one directory per variant.
 BASE_SUBDIR = "base"
 ANALYSIS_SUBDIR = "analysis"
@@ -68,7 +69,8 @@ RUN_LOCK = ".midblock.lock"
 #: Everything a job writes at the top of its directory (glob patterns): a previous run's
 #: files, which :class:`RunDirectory` refuses to mix with, and removes on ``overwrite``.
 #: (``.*.tmp``: what an atomic write leaves when its process is killed.) Other files are left alone.
-JOB_ARTIFACTS = (RUN_STATUS_JSON, REPORT_MD, RESULTS_JSON, JOB_LOSS_PNG, JOB_DRIFT_PNG, JOB_HELDOUT_PNG, JOB_TRADEOFF_PNG, BASE_SUBDIR,
+JOB_ARTIFACTS = (RUN_STATUS_JSON, REPORT_MD, RESULTS_JSON, JOB_LOSS_PNG, JOB_DRIFT_PNG, JOB_HELDOUT_PNG, JOB_TRADEOFF_PNG,
+                 JOB_PAIRED_PNG, BASE_SUBDIR,
                  ANALYSIS_SUBDIR, f"{VARIANT_PREFIX}*", RUN_SUBDIR, EVAL_SUBDIR, ".*.tmp")
 
 #: The one environment variable for midblock's cache (converted models, generated lm-eval tasks).
@@ -175,6 +177,8 @@ def read_window_file(path: str | os.PathLike) -> dict[str, Any]:
             "window_from", str(path), "has no 'recommendation.layers' entry; give the JSON "
             "written by 'midblock analyze' (analysis.json)"
         )
+    if rec.get("refused"):
+        raise WindowOptionError("window_from", str(path), f"recommends no window: {rec['refused']}")
     return rec
 
 

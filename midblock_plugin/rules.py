@@ -98,7 +98,17 @@ class OptionError(ValueError):
             return f"{name}={self.value!r}{sep}{rule}{end}"
         if style == "flag":
             return f"{name} {self.value!r}: {rule.lstrip(':;, ')}{end}"
-        return f"{name}: {yaml_value(self.value)} {rule.lstrip(':;, ')}{end}"
+        sep = "" if rule[:1] in ":;," else " "
+        return f"{name}: {yaml_value(self.value)}{sep}{rule}{end}"
+
+
+def as_option_error(field: str, value: Any, exc: Exception) -> OptionError:
+    """A check's error about ``field`` as an :class:`OptionError` (so each surface can spell it):
+    a message starting with ``field=value`` keeps the rest as the rule."""
+    text = str(exc)
+    prefix = f"{field}={value!r}"
+    rule = text[len(prefix):].lstrip() if text.startswith(prefix) else f": {text}"
+    return OptionError(field, value, rule)
 
 
 _NO_VALUE = object()
@@ -288,10 +298,10 @@ def check_quantized_full(mode: Any, quantized: Any, field: str = "mode", error: 
 def check_vllm_rank(rank: Any, field: str = "rank") -> int:
     """A LoRA rank vLLM can serve: a positive integer at most its largest ``--max-lora-rank``
     (:data:`midblock_plugin.serving.VLLM_MAX_LORA_RANKS`); returns the ``--max-lora-rank`` it is served at."""
-    from midblock_plugin.serving import VLLM_MAX_LORA_RANKS
+    from midblock_plugin.serving import VLLM_MAX_LORA_RANKS, vllm_max_lora_rank
 
     check_rank(rank, field)
-    served = next((s for s in VLLM_MAX_LORA_RANKS if s >= rank), None)
+    served = vllm_max_lora_rank(rank)
     if served is None:
         raise OptionError(
             field, rank,

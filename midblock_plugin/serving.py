@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from midblock_plugin.rules import check_rank
+
 
 #: ``--max-lora-rank`` values vLLM accepts (``MaxLoRARanks``, vllm/config/lora.py).
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -28,15 +30,13 @@ VLLM_MAX_LORA_RANKS_TEXT = ", ".join(map(str, VLLM_MAX_LORA_RANKS))
 
 def vllm_max_lora_rank(rank: int) -> int | None:
     """The smallest ``--max-lora-rank`` vLLM accepts that holds ``rank`` (``None`` above 512)."""
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank={rank!r} must be a positive integer.")
+    check_rank(rank)
     return next((s for s in VLLM_MAX_LORA_RANKS if s >= rank), None)
 
 
 def serve_rank(rank: int) -> int:
     """The largest rank vLLM accepts at or below ``rank`` (``budget='serve'``)."""
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank={rank!r} must be a positive integer.")
+    check_rank(rank)
     return max(s for s in VLLM_MAX_LORA_RANKS if s <= rank)
 
 

@@ -81,10 +81,10 @@ def test_settings_accept_and_normalise():
 
 
 def test_settings_check_the_data_dir(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a directory"):
+    with pytest.raises(ValueError, match="not a directory"):  # an OptionError about data_dir, spelled per surface
         EvalSettings(data_dir=str(tmp_path / "missing"))
     (tmp_path / "train.jsonl").write_text('{"question": "q", "answer": "a #### 1"}\n')
-    with pytest.raises(FileNotFoundError, match="test.jsonl"):
+    with pytest.raises(ValueError, match="test.jsonl"):
         EvalSettings(data_dir=str(tmp_path))
     (tmp_path / "test.jsonl").write_text('{"prompt": "q"}\n')
     with pytest.raises(ValueError, match="'question' and 'answer'"):

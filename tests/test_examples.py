@@ -48,7 +48,7 @@ def test_example_bad_window_fails_before_any_work(tmp_path):
     out = tmp_path / "never"
     r = run("--data", str(GSM8K_DIR / "train.jsonl"), "--window", "0.8:0.2", "--output-dir", str(out))
     assert r.returncode != 0
-    assert "window='0.8:0.2'" in r.stderr and "0 <= a < b <= 1" in r.stderr and "Traceback" not in r.stderr
+    assert "--window '0.8:0.2'" in r.stderr and "0 <= a < b <= 1" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
     r = run("--data", str(tmp_path / "missing.jsonl"), "--output-dir", str(out))
     assert r.returncode != 0 and "--data" in r.stderr and "does not exist" in r.stderr

@@ -15,7 +15,11 @@ import pytest
 
 from midblock_plugin import MidBlockConfig
 from midblock_plugin.architecture import ModelLayout, config_quantization
-from midblock_plugin.integrations.axolotl.axolotl_compat import QUANTIZATION_KEYS, bnb_quantization_config, training_dtype
+from midblock_plugin.integrations.axolotl.axolotl_compat import (
+    QUANTIZATION_KEYS,
+    bnb_quantization_config,
+    training_dtype,
+)
 from midblock_plugin.integrations.axolotl.validate import CONFLICTING_KEYS, validate_midblock_keys
 from midblock_plugin.memory import QUANTIZED_WEIGHT_BYTES, WEIGHT_BYTES, zero3_estimates
 from midblock_plugin.plan import build_plan
@@ -55,7 +59,7 @@ def test_full_mode_on_a_prequantized_checkpoint_is_refused_at_config_load(tmp_pa
     config = _quantized_config(load_in_4bit=True)
     config.save_pretrained(tmp_path)
     validate_midblock_keys({**BASE, "base_model": str(tmp_path)})  # LoRA mode: QLoRA on it
-    with pytest.raises(ValueError, match="is a quantized checkpoint .* Set midblock_mode: lora \\(QLoRA\\)"):
+    with pytest.raises(ValueError, match=r"quantized \(a quantization_config in its config.json\).*Use midblock_mode: 'lora' \(QLoRA\)"):
         validate_midblock_keys({**BASE, "base_model": str(tmp_path), "midblock_mode": "full"})
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from typing import Any, Iterable, Literal, Optional, Union, get_args, get_origin
 
@@ -36,8 +37,8 @@ def flag(name: str) -> str:
 
 
 def _unwrap(tp: Any) -> Any:
-    """``Optional[X]`` -> ``X`` (other unions are kept)."""
-    if get_origin(tp) is Union:
+    """``Optional[X]`` and ``X | None`` -> ``X`` (other unions are kept)."""
+    if get_origin(tp) in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         if len(args) == 1:
             return args[0]
@@ -45,7 +46,7 @@ def _unwrap(tp: Any) -> Any:
 
 
 def _is_literal(tp: Any) -> bool:
-    return get_origin(tp) is Literal or (get_origin(tp) is Union and all(get_origin(a) is Literal for a in get_args(tp)
+    return get_origin(tp) is Literal or (get_origin(tp) in (Union, types.UnionType) and all(get_origin(a) is Literal for a in get_args(tp)
                                                                          if a is not type(None)))
 
 

@@ -13,10 +13,13 @@ One module per concern:
 * ``results.py``: the report, its table, its log metrics and its files (``<task>.json``).
 * ``callback.py``: :class:`EvalCallback`, a ``TrainerCallback`` running it at train end
   (and optionally at train start as a baseline), for TRL, the HF Trainer and Axolotl.
+* ``standalone.py``: the driver of ``midblock eval`` on a saved model (loading, process group,
+  the vLLM path); :mod:`midblock_plugin.cli.eval` only parses its flags and calls it.
+* ``authors.py``: the authors' own GSM8K scoring (``protocol="authors"``), without lm-eval.
 
-``midblock eval`` (:mod:`midblock_plugin.cli.eval`) runs the same evaluation on a saved model.
-``EvalSettings.protocol`` is ``"lm-eval"`` (the task's defaults) or ``"paper"`` (zero-shot,
-greedy, 64 new tokens, last number); every report says which.
+``EvalSettings.protocol`` is ``"lm-eval"`` (the task's defaults), ``"paper"`` (zero-shot,
+greedy, 64 new tokens, last number, through lm-eval) or ``"authors"`` (the authors' scripts:
+100 shuffled test questions, no stop sequence, numbers compared as floats); every report says which.
 
 Importing this package is cheap; torch, transformers and lm-eval load on first use.
 

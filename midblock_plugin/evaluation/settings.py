@@ -200,7 +200,10 @@ class EvalSettings:
             if self.data_dir != gsm8k.HUB:
                 from midblock_plugin.checks import check_gsm8k_dir
 
-                path = check_gsm8k_dir(self.data_dir)  # every line of both splits, before any model is loaded
+                try:
+                    path = check_gsm8k_dir(self.data_dir)  # every line of both splits, before any model is loaded
+                except (FileNotFoundError, ValueError) as exc:
+                    raise rules.as_option_error("data_dir", self.data_dir, exc) from None
                 self._located = ((self.data_dir, os.environ.get(gsm8k.ENV)), path)  # checked once: resolved_data_dir
         sub = self.output_subdir
         if not isinstance(sub, str) or not sub.strip() or Path(sub).is_absolute() or ".." in Path(sub).parts:

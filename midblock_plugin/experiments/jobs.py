@@ -22,12 +22,11 @@ marked ``running``; ``midblock-run.json`` says ``complete`` once the report is w
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from midblock_plugin import io
+from midblock_plugin import io, rules
 from midblock_plugin.choices import DEFAULT_SEGMENTS
 from midblock_plugin.data import gsm8k
 from midblock_plugin.experiments import forgetting
@@ -45,19 +44,6 @@ DEFAULT_MODEL_LAYERS = 30
 
 #: What every job imports to train (the ``trl`` extra), by import name.
 TRAIN_MODULES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "psutil")
-#: ``pip install`` line of each optional part (pyproject.toml's extras).
-EXTRA_TRL = 'pip install "midblock-plugin[trl]"'
-EXTRA_EVAL = 'pip install "midblock-plugin[eval]"'
-EXTRA_ANALYSIS = 'pip install "midblock-plugin[analysis]"'
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a broken or blocked install
-        return False
-
-
 def _default_model_cached() -> bool:
     """Whether :func:`midblock_plugin.models.smollm2_dir` finds its converted model in the cache."""
     out = io.cache_dir() / "SmolLM2-135M-Instruct"
@@ -68,20 +54,21 @@ def check_dependencies(opts: JobOptions, command: str = "midblock run") -> Optio
     """Check, before any work, every package the job will import; raise a ``ValueError`` naming
     what to install for a missing required one. Returns ``None`` when figures can be drawn,
     else the sentence the report prints instead of them (matplotlib is optional)."""
-    missing = [m for m in TRAIN_MODULES if not _installed(m)]
+    missing = [m for m in TRAIN_MODULES if not rules.installed(m)]
     if missing:
         raise ValueError(f"{command} trains with {', '.join(TRAIN_MODULES)}; not installed: {', '.join(missing)}. "
-                         f"Install them with {EXTRA_TRL}.")
-    if not opts.skip_eval and not _installed("lm_eval"):
-        raise ValueError(f"{command} evaluates with lm-eval, which is not installed: {EXTRA_EVAL}, "
+                         f"Install them with {rules.install_hint('trl')}.")
+    if not opts.skip_eval and not rules.installed("lm_eval"):
+        raise ValueError(f"{command} evaluates with lm-eval, which is not installed: {rules.install_hint('lm_eval')}, "
                          "or pass --skip-eval to train and report without the GSM8K evaluation.")
     if str(opts.model) == DEFAULT_MODEL and not _default_model_cached():
-        if not _installed("gguf"):
+        if not rules.installed("gguf"):
             raise ValueError(f"the default model {DEFAULT_MODEL!r} is converted from a GGUF file once, which needs the "
-                             "gguf package (not installed): pip install gguf, or pass --model with a model directory.")
-    if not _installed("matplotlib"):
+                             f"gguf package (not installed): {rules.install_hint('gguf')}, or pass --model with a "
+                             "model directory.")
+    if not rules.installed("matplotlib"):
         return ("Figures were skipped: matplotlib is not installed. Install it with "
-                f"`{EXTRA_ANALYSIS}` to get the loss, drift and analysis plots.")
+                f"`{rules.install_hint('matplotlib')}` to get the loss, drift and analysis plots.")
     return None
 
 

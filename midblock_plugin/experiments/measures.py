@@ -85,7 +85,7 @@ def heldout_answer_loss(model, tok, rows: list[dict], max_length: int = 256, bat
     """Mean token loss of the gold answers of held-out rows (the question is context only).
 
     A continuous measure that tells variants apart where GSM8K accuracy of a small model
-    sits near zero (offline-recipes.md)."""
+    sits near zero."""
     sums, counts = heldout_row_losses(model, tok, rows, max_length=max_length)
     return sum(sums) / max(sum(counts), 1)
 

@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
+from midblock_plugin import rules
 from midblock_plugin.choices import DEFAULT_SEGMENTS, AlphaPolicy, Preset, Protocol, Recipe
 from midblock_plugin.choices import values as choice_values
 from midblock_plugin.config import MidBlockConfig
@@ -44,11 +45,11 @@ RECIPES = choice_values(Recipe)
 PROTOCOLS = choice_values(Protocol)
 
 #: Integer options and their smallest allowed value (``max_steps`` also takes -1 = one epoch).
-_MIN_INT = {"rank": 1, "num_examples": 1, "max_steps": 1, "batch_size": 1, "grad_accum": 1, "max_length": 8,
+_MIN_INT = {"num_examples": 1, "max_steps": 1, "batch_size": 1, "grad_accum": 1, "max_length": 8,
             "eval_limit": 1, "num_fewshot": 0, "max_gen_toks": 1, "eval_batch_size": 1, "heldout": 1,
             "analysis_prompts": 2, "seed": 0, "seeds": 1, "forgetting_blocks": 1, "shuffle_seed": 0, "validation": 1}
 _MEANING = {
-    "rank": "the uniform-LoRA rank r", "num_examples": "GSM8K training examples", "max_steps": "optimizer steps",
+    "num_examples": "GSM8K training examples", "max_steps": "optimizer steps",
     "batch_size": "examples per device step", "grad_accum": "gradient-accumulation steps",
     "max_length": "tokens per training example", "eval_limit": "GSM8K test questions scored",
     "num_fewshot": "few-shot examples per prompt", "max_gen_toks": "generated tokens per answer",
@@ -228,16 +229,18 @@ class JobOptions:
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool)
                                         and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr {self.lr!r}: must be a finite number > 0 (the learning rate), e.g. 1e-4.")
-        if self.lora_alpha is not None and not (isinstance(self.lora_alpha, (int, float)) and not isinstance(self.lora_alpha, bool)
-                                                and math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
-            raise ValueError(f"--lora-alpha {self.lora_alpha!r}: must be a finite number > 0 (default 2 * rank).")
+        try:  # the LoRA values' rules live in rules.py, spelled here as flags
+            if self.rank is not None:
+                rules.check_rank(self.rank)
+            rules.check_alpha(self.lora_alpha)
+            if self.lora_dropout is not None:
+                rules.check_dropout(self.lora_dropout)
+        except rules.OptionError as exc:
+            raise rules.respell(exc, rules.flag_spelling) from None
         for name, allowed in (("recipe", RECIPES), ("eval_protocol", PROTOCOLS), ("alpha_policy", choice_values(AlphaPolicy))):
             v = getattr(self, name)
             if v is not None and v not in allowed:
                 raise ValueError(f"{flag(name)} {v!r}: must be one of {', '.join(allowed)}.")
-        if self.lora_dropout is not None and not (isinstance(self.lora_dropout, (int, float)) and not isinstance(self.lora_dropout, bool)
-                                                  and 0.0 <= self.lora_dropout < 1.0):
-            raise ValueError(f"--lora-dropout {self.lora_dropout!r}: must be a number in [0, 1), e.g. 0.05.")
         if self.general_text is not None and (not isinstance(self.general_text, (str, os.PathLike)) or not str(self.general_text).strip()):
             raise ValueError(f"--general-text {self.general_text!r}: give a UTF-8 text file, 'python-docs' or 'wikitext'.")
         for name in ("skip_eval", "skip_analysis", "overwrite", "skip_forgetting"):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Optional
 from midblock_plugin import io
 from midblock_plugin.experiments.options import UNIFORM, JobOptions
 from midblock_plugin.experiments.record import METRICS, Metric
+from midblock_plugin.rules import install_hint
 
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ DRIFT_PNG = io.JOB_DRIFT_PNG
 HELDOUT_PNG = io.JOB_HELDOUT_PNG
 TRADEOFF_PNG = io.JOB_TRADEOFF_PNG
 #: Paired differences to uniform with their intervals (every metric of :data:`~.record.METRICS`).
-PAIRED_PNG = getattr(io, "JOB_PAIRED_PNG", "paired_differences.png")
+PAIRED_PNG = io.JOB_PAIRED_PNG
 #: Fewest seeds for an interval (:data:`midblock_plugin.experiments.stats.MIN_SEEDS`).
 MIN_SEEDS = 3
 
@@ -234,7 +235,7 @@ def write_report(opts: JobOptions, source: str, base: dict, entries: list[dict],
             figs.update(sweep_plots(entries, base, out))
         except ImportError as exc:  # found at start, yet it does not import: say so, keep the results
             no_figures = (f"Figures were skipped: matplotlib could not be imported ({exc}). Reinstall it with "
-                          '`pip install "midblock-plugin[analysis]"` to get the loss, drift and analysis plots.')
+                          f"`{install_hint('matplotlib')}` to get the loss, drift and analysis plots.")
     skipped = "Figure skipped (see the note under Setup)."
     seeds = entries[0]["seeds"]
     lrs = extra.get("lrs") or sorted({e["best_lr"] for e in entries})
@@ -429,5 +430,5 @@ def _base_gsm(base: dict) -> Optional[dict]:
     ev = base.get("eval")
     if not ev:
         return None
-    return {f: {"exact_match": ev[f]["exact_match"], "stderr": ev[f]["stderr"], "n": ev.get("n_samples")}
-            for f in ("strict-match", "flexible-extract") if f in ev}
+    return {f: {"exact_match": v["exact_match"], "stderr": v.get("stderr"), "n": ev.get("n_samples")}
+            for f, v in ev.items() if isinstance(v, dict) and "exact_match" in v}

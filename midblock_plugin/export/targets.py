@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from midblock_plugin.export.source import LORA_SUFFIXES, PEFT_PREFIX, AdapterSource, lora_modules
+from midblock_plugin.rules import OptionError, check_vllm_rank
 from midblock_plugin.serving import VLLM_MAX_LORA_RANKS, lora_flops_per_token, vllm_max_lora_rank
 
 
@@ -140,12 +141,11 @@ def _merged_advice() -> str:
 
 def vllm_rank_limit(source: AdapterSource, spec: ExportTarget) -> None:
     """vLLM starts only with a ``--max-lora-rank`` of :data:`~midblock_plugin.serving.VLLM_MAX_LORA_RANKS`."""
-    if vllm_max_lora_rank(source.rank) is None:
-        raise ValueError(
-            f"--target {spec.name}: the adapter has rank {source.rank}, above vLLM's largest --max-lora-rank "
-            f"{VLLM_MAX_LORA_RANKS[-1]} (MaxLoRARanks in vllm/config/lora.py); {_merged_advice()}; or train with "
-            "--budget serve."
-        )
+    try:
+        check_vllm_rank(source.rank)
+    except OptionError as exc:
+        raise ValueError(f"--target {spec.name}: the adapter has rank {source.rank}, which {exc.rule}; "
+                         f"{_merged_advice()}.") from None
 
 
 # --------------------------------------------------------------------------- transformations
