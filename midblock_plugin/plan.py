@@ -225,6 +225,10 @@ class MidBlockPlan:
                 f"  lora_alpha     {self.lora_alpha:g} (baseline {self.base_alpha:g}; scale {scale:.4g}"
                 f"{', rsLoRA' if self.use_rslora else ''}), dropout {self.lora_dropout:g}",
             ]
+            if self.use_rslora:
+                lines.append("  serving        rsLoRA: llama.cpp and SGLang ignore use_rslora (they scale by alpha / r); "
+                             "serve it to them through 'midblock export --target llama.cpp' or '--target sglang' "
+                             "(folds the scale into lora_alpha)")
         elif self.extra_trainable:
             lines.append(f"  also trained   {', '.join(self.extra_trainable)}")
         if self.layout.quantization:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: set up both virtual environments and run every CPU test.
+# The test command: set up the three virtual environments (main, Axolotl, vLLM) and run every CPU test.
 #   bash scripts/test.sh            # everything
 #   bash scripts/test.sh -k window  # extra arguments go to the main pytest run
 set -euo pipefail
@@ -11,8 +11,11 @@ if [ -z "${MIDBLOCK_GSM8K_DIR:-}" ] && [ -f ../shared/data/gsm8k/test.jsonl ]; t
 fi
 bash scripts/setup.sh
 .venv/bin/ruff check .
-.venv/bin/python -m pytest tests --ignore=tests/axolotl -q --durations=30 "$@"
+.venv/bin/python -m pytest tests --ignore=tests/axolotl --ignore=tests/vllm -q --durations=30 "$@"
 if [ -f .ci/axolotl-setup.sh ] && [ -d tests/axolotl ]; then
   bash .ci/axolotl-setup.sh
   .venv-axolotl/bin/python -m pytest tests/axolotl -q --durations=20
 fi
+# the real vLLM (PyPI's CPU build) in its own environment: adapters served against HF + PEFT
+bash scripts/setup-vllm.sh
+.venv-vllm/bin/python -m pytest tests/vllm -q --durations=10

@@ -26,6 +26,8 @@ def test_example_trains_and_saves_a_midblock_adapter(tmp_path):
     assert cfg["layers_to_transform"] == [1, 2, 3, 4, 5]  # L=8, mask 01110
     assert cfg["r"] == 12  # floor(8 * 8 / 5)
     assert (out / "adapter_model.safetensors").stat().st_size > 0
+    card = (out / "README.md").read_text()  # the model card says what midblock trained
+    assert "Mid-Block Efficient Tuning (midblock)" in card and "layers 1-5 of 8" in card
     assert "window         layers 1-5" in r.stderr
     assert r.stderr.count("gradient checkpointing: non-reentrant (the default)") == 1  # midblock's choice, said once
     drift = json.loads((out / "midblock" / "drift.json").read_text())

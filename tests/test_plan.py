@@ -134,3 +134,10 @@ def test_cli_plan_errors(args, pattern):
     assert r.returncode != 0
     if pattern:
         assert pattern in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_plan_of_an_rslora_adapter_says_how_to_serve_it_to_llamacpp_and_sglang():
+    rs = build_plan(None, MidBlockConfig(use_rslora=True), num_layers=16).summary()
+    plain = build_plan(None, MidBlockConfig(), num_layers=16).summary()
+    assert "midblock export --target llama.cpp" in rs and "--target sglang" in rs
+    assert "midblock export --target llama.cpp" not in plain

@@ -24,6 +24,7 @@ from midblock_plugin.cli.options import add_config_arguments, config_from_args, 
 from midblock_plugin.data import gsm8k
 from midblock_plugin.evaluation.settings import EvalSettings
 from midblock_plugin.rules import respell
+from midblock_plugin.training.model_card import write_model_card
 
 
 TINY_LAYERS = 8  # --model tiny: a random 8-layer Llama
@@ -303,6 +304,8 @@ def main(argv=None) -> int:
     trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():
         tok.save_pretrained(args.output_dir)
+        if peft_config:  # what was trained, and how to serve it (the rsLoRA trap)
+            write_model_card(args.output_dir, plan)
     print(f"saved {'LoRA adapter' if peft_config else 'model'} to {args.output_dir}", file=sys.stderr)
     # All ranks done (rank 0 wrote the tokenizer), then leave the process group explicitly
     # rather than at interpreter exit (PyTorch warns about a group left to the exit).

@@ -15,6 +15,7 @@ from midblock_plugin.data import gsm8k
 from midblock_plugin.experiments.measures import PeakMemory, StepTimer, heldout_row_losses
 from midblock_plugin.experiments.options import UNIFORM, JobOptions
 from midblock_plugin.experiments.record import SeedRecord
+from midblock_plugin.training.model_card import write_model_card
 
 
 if TYPE_CHECKING:
@@ -122,6 +123,7 @@ def train_variant(opts: JobOptions, segments: str, out: Path, train_rows: list[d
     trainer.save_model(str(out / "adapter"))
     tok.save_pretrained(str(out / "adapter"))
     plan = cb.plan
+    write_model_card(out / "adapter", plan)
     record = SeedRecord(
         variant=segments, seed=opts.seed, lr=float(opts.lr), layers=list(plan.layers), window=plan.window,
         rank=plan.layer_rank, lora_alpha=plan.lora_alpha, trainable_params=plan.trainable_params,

@@ -31,6 +31,7 @@ from midblock_plugin.compat import checkpointing_on, is_reentrant, move_callback
 from midblock_plugin.config import MidBlockConfig
 from midblock_plugin.plan import MidBlockPlan, build_plan
 from midblock_plugin.training.drift import DriftMonitor
+from midblock_plugin.training.model_card import write_model_card
 from midblock_plugin.training.resume import (
     check_model_matches_plan,
     check_resume,
@@ -185,6 +186,8 @@ class MidBlockCallback(TrainerCallback):
             checkpoint = io.artifact(args.output_dir, f"checkpoint-{state.global_step}")
             if checkpoint.is_dir():
                 write_checkpoint_plan(checkpoint, {**self.plan.to_json_dict(), "trainable_params_on_model": self.trainable_params})
+                if self.plan.mode == "lora" and (checkpoint / "adapter_config.json").is_file():
+                    write_model_card(checkpoint, self.plan)
         return control
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
