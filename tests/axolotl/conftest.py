@@ -1,9 +1,14 @@
-"""Axolotl integration tests: run only where Axolotl is installed (``.venv-axolotl``).
+"""Axolotl integration tests: run only where Axolotl is installed (``.venv-axolotl`` with
+Axolotl 0.19 on Python 3.11, ``.venv-axolotl021`` with Axolotl 0.21 on Python 3.12).
 
 Axolotl pins its own transformers / trl / peft, so these tests run in their own virtual
-environment (``.ci/axolotl-setup.sh``); in the main environment the whole directory is
-skipped with the reason below. Every training run goes through the real
-``python -m axolotl.cli.train`` in a subprocess.
+environments (``.ci/axolotl-setup.sh``; ``AXOLOTL_VERSION=0.21.0`` for the second); in the main
+environment the whole directory is skipped with the reason below. Every training run goes
+through the real ``python -m axolotl.cli.<command>`` in a subprocess. Version-specific tests
+check ``helpers.axolotl_version()``.
+
+``-m axolotl_smoke`` selects a smoke subset (registration, one LoRA run, merge, the lifecycle
+commands): CI runs the whole directory on the newest Axolotl and the subset on the older one.
 """
 
 from __future__ import annotations
@@ -16,9 +21,18 @@ import pytest
 
 HAVE_AXOLOTL = importlib.util.find_spec("axolotl") is not None
 SKIP_REASON = (
-    "Axolotl is not installed in this environment; these tests run in .venv-axolotl "
-    "(create it with: bash .ci/axolotl-setup.sh; run: .venv-axolotl/bin/python -m pytest tests/axolotl)"
+    "Axolotl is not installed in this environment; these tests run in .venv-axolotl (Axolotl 0.19, "
+    "create it with: bash .ci/axolotl-setup.sh) or .venv-axolotl021 (Axolotl 0.21, Python 3.12: "
+    "AXOLOTL_VERSION=0.21.0 bash .ci/axolotl-setup.sh); run: .venv-axolotl021/bin/python -m pytest tests/axolotl"
 )
+
+#: The smoke subset (``-m axolotl_smoke``): the plugin registers and loads, trains in LoRA mode, and
+#: Axolotl's merge / evaluate / inference / sample packing work with it.
+SMOKE_FILES = {"test_entry_point.py", "test_lora.py", "test_lifecycle.py"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "axolotl_smoke: the Axolotl smoke subset (run on the older Axolotl in CI)")
 
 # Nothing may reach a hub, and Axolotl's telemetry must not wait for the network.
 for _k, _v in {
@@ -37,6 +51,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if str(item.path).startswith(here + os.sep):
             item.add_marker(pytest.mark.axolotl)
+            if item.path.name in SMOKE_FILES:
+                item.add_marker(pytest.mark.axolotl_smoke)
             if not HAVE_AXOLOTL:
                 item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
 

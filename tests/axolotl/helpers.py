@@ -29,6 +29,20 @@ WINDOW = [1, 2, 3]
 RANK = 4  # lora_r of the uniform baseline
 MATCHED_RANK = RANK * NUM_LAYERS // len(WINDOW)  # floor(4 * 5 / 3) = 6
 
+
+def axolotl_version() -> tuple[int, ...]:
+    """The installed Axolotl's release as a tuple, e.g. ``(0, 21, 0)``; ``()`` without Axolotl."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return tuple(int(p) for p in version("axolotl").split("+")[0].split(".")[:3] if p.isdigit())
+    except PackageNotFoundError:
+        return ()
+
+
+#: Axolotl 0.20+ loads every plugin installed under the ``axolotl.plugins`` entry point for every run.
+DISCOVERS_ENTRY_POINTS = axolotl_version() >= (0, 20)
+
 #: Environment for every Axolotl subprocess (offline, no telemetry, CPU).
 ENV = {
     "AXOLOTL_DO_NOT_TRACK": "1",
@@ -53,6 +67,7 @@ class Run:
     output: str
     seconds: float
     output_dir: Path | None = None
+    stdout: str = ""  # standard output alone (``output`` is stdout + stderr)
 
     def check(self) -> "Run":
         assert self.returncode == 0, f"axolotl exited {self.returncode}:\n{self.output[-6000:]}"
@@ -121,8 +136,10 @@ class Workspace:
         path.write_text(yaml.safe_dump(copy.deepcopy(cfg), sort_keys=False), encoding="utf-8")
         return path
 
-    def axolotl(self, module: str, config_path: Path, *args: str, env: dict | None = None, timeout: int = 480) -> Run:
-        """Run ``python -m axolotl.cli.<module> config`` in a subprocess."""
+    def axolotl(self, module: str, config_path: Path, *args: str, env: dict | None = None, timeout: int = 480,
+                stdin_text: str | None = None) -> Run:
+        """Run ``python -m axolotl.cli.<module> config`` in a subprocess (``stdin_text``: its standard
+        input, e.g. the prompt of ``inference``; none by default)."""
         full_env = dict(os.environ)
         full_env.update(ENV)
         full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), full_env.get("PYTHONPATH", "")) if p)
@@ -132,13 +149,14 @@ class Workspace:
             [sys.executable, "-m", f"axolotl.cli.{module}", str(config_path), *args],
             cwd=self.root,
             env=full_env,
-            stdin=subprocess.DEVNULL,
+            **({"stdin": subprocess.DEVNULL} if stdin_text is None else {"input": stdin_text}),
             capture_output=True,
             text=True,
             timeout=timeout,
         )
         out_dir = yaml.safe_load(Path(config_path).read_text()).get("output_dir")
-        return Run(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start, Path(out_dir) if out_dir else None)
+        return Run(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start,
+                   Path(out_dir) if out_dir else None, proc.stdout)
 
     def torchrun(self, config_path: Path, env: dict | None = None, timeout: int = 600) -> Run:
         """``python -m torch.distributed.run --nproc_per_node 2 -m axolotl.cli.train config`` on CPU:

@@ -39,6 +39,23 @@ def _model_info(model) -> dict:
     }
 
 
+def _adapter_match(cfg, model) -> dict:
+    """With ``lora_model_dir`` (evaluate, inference, merge --merge_method=legacy): how far the
+    model's LoRA weights are from the saved adapter's (``adapter_max_diff``; 0.0 when it was
+    loaded) and how many of the saved tensors the model holds (``adapter_tensors``)."""
+    adapter = os.path.join(str(cfg.get("lora_model_dir") or ""), "adapter_model.safetensors")
+    if not cfg.get("lora_model_dir") or not os.path.exists(adapter):
+        return {}
+    from safetensors.torch import load_file
+
+    saved = load_file(adapter)
+    # PEFT names a loaded tensor "...q_proj.lora_A.default.weight"; the file has "...q_proj.lora_A.weight"
+    held = {n.replace(".default.", "."): p for n, p in model.named_parameters() if "lora_" in n}
+    common = [k for k in saved if k in held]
+    diff = max((float((held[k].detach().float().cpu() - saved[k].float()).abs().max()) for k in common), default=None)
+    return {"adapter_tensors": len(common), "saved_tensors": len(saved), "adapter_max_diff": diff}
+
+
 class HookRecorderPlugin(BasePlugin):
     def register(self, cfg):
         _record("register", adapter=cfg.get("adapter"))
@@ -62,7 +79,7 @@ class HookRecorderPlugin(BasePlugin):
         _record("post_lora_load", **_model_info(model))
 
     def post_model_load(self, cfg, model):
-        _record("post_model_load", **_model_info(model))
+        _record("post_model_load", **_model_info(model), **_adapter_match(cfg, model))
 
     def get_trainer_cls(self, cfg):
         _record("get_trainer_cls")

@@ -38,8 +38,8 @@ def test_after_save_hf_backend_with_the_paper_protocol(workspace):
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"protocol": "paper", "num_fewshot": 5}, "protocol: 'paper' fixes num_fewshot: 0"),
-        ({"backend": "tgi"}, "allowed: 'in-memory', 'hf', 'vllm'"),
+        ({"protocol": "paper", "num_fewshot": 5}, "protocol: 'paper', which fixes num_fewshot: 0"),
+        ({"backend": "tgi"}, "choose one of 'in-memory', 'hf', 'vllm'"),
     ]
     + ([] if importlib.util.find_spec("vllm") else [({"backend": "vllm"}, "pip install 'midblock-plugin[vllm]'")]),
 )

@@ -148,8 +148,8 @@ def test_quantization_config_is_handed_to_from_pretrained(workspace):
 def test_full_mode_on_a_quantized_base_is_refused_at_config_load(workspace, key):
     error = axolotl_load_error(workspace.write(workspace.config(f"full-{key}", midblock_mode="full", **{key: True}),
                                                f"full-{key}"))
-    assert f"midblock_mode: full trains the base weights of the window's layers, which {key}: true" in error
-    assert f"Remove {key}" in error and "midblock_mode: lora for QLoRA" in error
+    assert "midblock_mode: 'full' trains the base weights" in error and f"quantized ({key}: true)" in error
+    assert f"Remove {key}" in error and "midblock_mode: 'lora' (QLoRA)" in error
     assert not (workspace.root / f"full-{key}").exists()
 
 

@@ -284,6 +284,7 @@ class MidBlockPlugin(BasePlugin):
         return [callback]
 
     def post_train(self, cfg, model) -> None:
+        self._write_model_card(cfg)
         if self._eval_state == "armed":
             after_save = self.eval_callback is not None and self.eval_callback.settings.backend != "in-memory"
             if _process_group_active() and not after_save:  # backend hf / vllm: always after the save
@@ -292,6 +293,14 @@ class MidBlockPlugin(BasePlugin):
                 self._eval_state = "pending"  # Axolotl calls post_train again once the model is saved
         elif self._eval_state == "pending":
             self._evaluate("after the model was saved")
+
+    def _write_model_card(self, cfg) -> None:
+        """The midblock section of the saved adapter's README.md (what was trained; the rsLoRA trap)."""
+        out = Path(cfg.get("output_dir") or ".")
+        if self.plan is not None and self.plan.mode == "lora" and (out / "adapter_config.json").is_file():
+            from midblock_plugin.training.model_card import write_model_card
+
+            write_model_card(out, self.plan)
 
     def post_train_unload(self, cfg) -> None:
         if self._eval_state in ("armed", "pending"):  # an Axolotl that calls post_train only once

@@ -4,6 +4,8 @@
 ``sitecustomize`` at start-up) and sets ``MIDBLOCK_CPU_GLOO_SHIM=1`` and ``DS_ACCELERATOR=cpu``.
 Nothing here is needed on GPUs, where NCCL exists and accelerate picks it itself.
 
+* A CUDA build of torch without a GPU (Axolotl 0.21 on Python 3.12): see the end of the file.
+
 * Axolotl 0.19 starts DeepSpeed's process group with a hard-coded ``dist_backend="nccl"``
   when it runs as a single process (``axolotl/utils/trainer.py: setup_deepspeed_env``);
   NCCL needs a GPU, so every ``init_process_group(backend="nccl")`` becomes ``gloo``.
@@ -49,3 +51,13 @@ if os.environ.get("MIDBLOCK_CPU_GLOO_SHIM") == "1":
             return _original_partial_init(self, cpu=cpu, **kwargs)
 
         _state.PartialState.__init__ = _partial_state_init
+
+    if not torch.cuda.is_available():
+        # PyPI's torch for Python 3.12 (the Axolotl 0.21 environment) is a CUDA build: on a machine
+        # without a GPU its torch.cuda.can_device_access_peer raises RuntimeError ("Found no NVIDIA
+        # driver"), which Axolotl's multi-process check_cuda_p2p_support does not catch; a CPU build
+        # raises the AssertionError it does catch ("assume p2p is fine"). Raise that one here too.
+        def _no_peer_access(device, peer_device):
+            raise AssertionError("no CUDA device: peer access not checked (midblock CPU test shim)")
+
+        torch.cuda.can_device_access_peer = _no_peer_access
