@@ -60,8 +60,21 @@ def _heap_probe():
         import ctypes
 
         class _MallInfo2(ctypes.Structure):
-            _fields_ = [(name, ctypes.c_size_t) for name in (
-                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+            _fields_ = [
+                (name, ctypes.c_size_t)
+                for name in (
+                    "arena",
+                    "ordblks",
+                    "smblks",
+                    "hblks",
+                    "hblkhd",
+                    "usmblks",
+                    "fsmblks",
+                    "uordblks",
+                    "fordblks",
+                    "keepcost",
+                )
+            ]
 
         fn = ctypes.CDLL(None).mallinfo2
         fn.restype = _MallInfo2
@@ -138,7 +151,7 @@ def _models():
 
 def _batches(tok, texts):
     for i in range(0, len(texts), BATCH):
-        yield tok(texts[i:i + BATCH], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+        yield tok(texts[i : i + BATCH], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
 
 
 def _streamed(base, tuned, tok, texts) -> list[float]:
@@ -160,6 +173,7 @@ def _streamed(base, tuned, tok, texts) -> list[float]:
             else:
                 mt[i].update(pooled)
                 cross[i].update(state[i], pooled, mb[i], mt[i])
+
         return hook
 
     handles = [layer.register_forward_hook(hook_for("base", i)) for i, layer in enumerate(base.model.layers)]
@@ -201,9 +215,17 @@ def _full(base, tuned, tok, texts, workdir) -> list[float]:
     with open(path, "w") as fh:
         for t in texts:
             fh.write(json.dumps({"text": t}) + "\n")
-    res = run_analysis(AnalysisConfig(base=os.path.join(workdir, "base"), tuned=os.path.join(workdir, "tuned"),
-                                      prompts=path, num_prompts=len(texts), max_length=MAX_LENGTH, batch_size=BATCH,
-                                      progress=False))
+    res = run_analysis(
+        AnalysisConfig(
+            base=os.path.join(workdir, "base"),
+            tuned=os.path.join(workdir, "tuned"),
+            prompts=path,
+            num_prompts=len(texts),
+            max_length=MAX_LENGTH,
+            batch_size=BATCH,
+            progress=False,
+        )
+    )
     return res.column("cka")
 
 
@@ -257,8 +279,14 @@ def child_scaling(variant: str, n: int) -> dict:
 
     def once() -> float:
         if variant == "streamed":
-            stats = [(MomentStats(HIDDEN, track_normalized=False), MomentStats(HIDDEN, track_normalized=False),
-                      CrossStats()) for _ in range(NUM_LAYERS)]
+            stats = [
+                (
+                    MomentStats(HIDDEN, track_normalized=False),
+                    MomentStats(HIDDEN, track_normalized=False),
+                    CrossStats(),
+                )
+                for _ in range(NUM_LAYERS)
+            ]
             for xb in batches:
                 yb = torch.tanh(xb @ mix)
                 for mx, my, c in stats:
@@ -320,9 +348,11 @@ def main() -> int:
         return 0
 
     load = os.getloadavg()[0]
-    print(f"end to end: {NUM_LAYERS}-layer hidden-{HIDDEN} tiny llama, base vs tuned, {NUM_PROMPTS} prompts, "
-          f"max {MAX_LENGTH} tokens, batch {BATCH}; {os.cpu_count()} CPUs, {THREADS} torch thread(s), "
-          f"load average {load:.1f}")
+    print(
+        f"end to end: {NUM_LAYERS}-layer hidden-{HIDDEN} tiny llama, base vs tuned, {NUM_PROMPTS} prompts, "
+        f"max {MAX_LENGTH} tokens, batch {BATCH}; {os.cpu_count()} CPUs, {THREADS} torch thread(s), "
+        f"load average {load:.1f}"
+    )
     results = {}
     variants = ("streamed", "gram") if args.skip_full else ("streamed", "gram", "full")
     with tempfile.TemporaryDirectory() as tmp:
@@ -337,10 +367,14 @@ def main() -> int:
         rows.append(("full midblock analyze (all metrics)", results["full"]))
     for name, r in rows:
         print(f"{name:<40}{r['seconds']:>9.2f}{r['extra_mb']:>16.1f}")
-    print(f"ratio streamed / N x N: time {s['seconds'] / g['seconds']:.2f}x, "
-          f"peak extra memory {s['extra_mb'] / max(g['extra_mb'], 1e-9):.2f}x")
-    print(f"max |CKA streamed - CKA N x N| over layers 0..{NUM_LAYERS - 2} = {diff:.2e} "
-          f"(last layer: {s['cka'][-1]:.6f} pre-norm vs {g['cka'][-1]:.6f} post-norm)")
+    print(
+        f"ratio streamed / N x N: time {s['seconds'] / g['seconds']:.2f}x, "
+        f"peak extra memory {s['extra_mb'] / max(g['extra_mb'], 1e-9):.2f}x"
+    )
+    print(
+        f"max |CKA streamed - CKA N x N| over layers 0..{NUM_LAYERS - 2} = {diff:.2e} "
+        f"(last layer: {s['cka'][-1]:.6f} pre-norm vs {g['cka'][-1]:.6f} post-norm)"
+    )
     if "full" in results:
         diff_full = max(abs(a - b) for a, b in zip(s["cka"], results["full"]["cka"]))
         print(f"max |CKA streamed - CKA full analyze| = {diff_full:.2e}")
@@ -351,9 +385,11 @@ def main() -> int:
     # analytic sizes of what each variant retains (float64 accumulators / float32 pooled states)
     d2 = 3 * NUM_LAYERS * HIDDEN**2 * 8 / 2**20
     nd = 2 * NUM_LAYERS * NUM_PROMPTS * HIDDEN * 4 / 2**20
-    print(f"retained state: streamed 3 x L x D^2 float64 = {d2:.1f} MB (any N); "
-          f"N x N keeps 2 x L x N x D float32 = {nd:.1f} MB + 2 N^2 float64 per layer = "
-          f"{2 * NUM_PROMPTS**2 * 8 / 2**20:.2f} MB")
+    print(
+        f"retained state: streamed 3 x L x D^2 float64 = {d2:.1f} MB (any N); "
+        f"N x N keeps 2 x L x N x D float32 = {nd:.1f} MB + 2 N^2 float64 per layer = "
+        f"{2 * NUM_PROMPTS**2 * 8 / 2**20:.2f} MB"
+    )
 
     if args.skip_scaling:
         return 0
@@ -363,8 +399,10 @@ def main() -> int:
         a = _spawn(["--child", "scale", f"streamed:{n}"])
         b = _spawn(["--child", "scale", f"gram:{n}"])
         assert abs(a["cka"] - b["cka"]) < 1e-6, (a, b)
-        print(f"{n:>6}{a['seconds']:>12.2f}{b['seconds']:>10.2f}{a['extra_mb']:>13.1f}{b['extra_mb']:>10.1f}"
-              f"{a['extra_mb'] / max(b['extra_mb'], 1e-9):>10.2f}")
+        print(
+            f"{n:>6}{a['seconds']:>12.2f}{b['seconds']:>10.2f}{a['extra_mb']:>13.1f}{b['extra_mb']:>10.1f}"
+            f"{a['extra_mb'] / max(b['extra_mb'], 1e-9):>10.2f}"
+        )
     return 0
 
 

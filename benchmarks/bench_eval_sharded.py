@@ -32,8 +32,14 @@ from pathlib import Path
 def settings_of(args, mode: str):
     from midblock_plugin.evaluation import EvalSettings
 
-    return EvalSettings(limit=args.limit, batch_size=args.batch_size, max_gen_toks=args.max_gen_toks, num_fewshot=args.num_fewshot,
-                        save_samples=True, partitioned_mode=mode if mode != "single" else "sharded")
+    return EvalSettings(
+        limit=args.limit,
+        batch_size=args.batch_size,
+        max_gen_toks=args.max_gen_toks,
+        num_fewshot=args.num_fewshot,
+        save_samples=True,
+        partitioned_mode=mode if mode != "single" else "sharded",
+    )
 
 
 def model_of(args):
@@ -56,7 +62,8 @@ def run_single(args) -> dict:
 
 def summary(rep: dict, wall: float) -> dict:
     return {
-        "wall_s": round(wall, 3), "distributed": rep["distributed"],
+        "wall_s": round(wall, 3),
+        "distributed": rep["distributed"],
         "metrics": rep["results"]["gsm8k"]["metrics"],
         "responses": {str(s["doc_id"]): s["response"] for s in rep["samples"]["gsm8k"]},
     }
@@ -72,8 +79,11 @@ def worker(args) -> None:
     from midblock_plugin.evaluation import evaluate_model
 
     dist.init_process_group("gloo")
-    cfg = {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
-           "train_micro_batch_size_per_gpu": 1, "zero_allow_untested_optimizer": True}
+    cfg = {
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+        "train_micro_batch_size_per_gpu": 1,
+        "zero_allow_untested_optimizer": True,
+    }
     model, tok = model_of(args)  # built before the ZeRO-3 config exists: the single process's weights
     keep = HfDeepSpeedConfig(cfg)  # noqa: F841 - transformers sees ZeRO-3 (generate syncs ranks) while it lives
     engine, *_ = deepspeed.initialize(model=model, config=cfg)
@@ -93,11 +103,30 @@ def worker(args) -> None:
 
 
 def launch(args, mode: str, result: Path) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__,
-           "--worker", mode, "--result", str(result)] + [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
-                                                         ("limit", "batch_size", "max_gen_toks", "num_fewshot", "layers", "hidden")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        __file__,
+        "--worker",
+        mode,
+        "--result",
+        str(result),
+    ] + [
+        f"--{k.replace('_', '-')}={getattr(args, k)}"
+        for k in ("limit", "batch_size", "max_gen_toks", "num_fewshot", "layers", "hidden")
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "DS_ACCELERATOR": "cpu",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+    }
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"{mode} run failed:\n{proc.stderr[-4000:]}")
@@ -128,20 +157,31 @@ def main() -> int:
             launch(args, mode, Path(tmp) / f"{mode}.json")
             results[mode] = json.loads((Path(tmp) / f"{mode}.json").read_text())
     ref = results["single"]["responses"]
-    print(f"gsm8k, limit {args.limit}, batch {args.batch_size}, {args.max_gen_toks} new tokens, {args.num_fewshot}-shot; "
-          f"tiny llama {args.layers} layers x {args.hidden}")
-    head = f"{'mode':<9} {'procs':>5} {'wall s':>8} {'rows/rank':>12} {'generate calls/rank':>20} {'same as 1 proc':>15}"
+    print(
+        f"gsm8k, limit {args.limit}, batch {args.batch_size}, {args.max_gen_toks} new tokens, {args.num_fewshot}-shot; "
+        f"tiny llama {args.layers} layers x {args.hidden}"
+    )
+    head = (
+        f"{'mode':<9} {'procs':>5} {'wall s':>8} {'rows/rank':>12} {'generate calls/rank':>20} {'same as 1 proc':>15}"
+    )
     print(head)
     print("-" * len(head))
     for mode, r in results.items():
         d = r["distributed"]
-        print(f"{mode:<9} {d['world_size']:>5} {r['wall_s']:>8.2f} {str(d['rows_per_rank']):>12} "
-              f"{str(d['generate_calls_per_rank']):>20} {str(r['responses'] == ref and r['metrics'] == results['single']['metrics']):>15}")
+        print(
+            f"{mode:<9} {d['world_size']:>5} {r['wall_s']:>8.2f} {str(d['rows_per_rank']):>12} "
+            f"{str(d['generate_calls_per_rank']):>20} {str(r['responses'] == ref and r['metrics'] == results['single']['metrics']):>15}"
+        )
     if args.output:
         from midblock_plugin.io import write_json
 
-        write_json(args.output, {"args": {k: v for k, v in vars(args).items() if k not in ("worker", "result", "output")},
-                                 "results": results})
+        write_json(
+            args.output,
+            {
+                "args": {k: v for k, v in vars(args).items() if k not in ("worker", "result", "output")},
+                "results": results,
+            },
+        )
     return 0
 
 

@@ -113,8 +113,14 @@ class Variant:
     counts: Counts | None = None
 
 
-def interleave(variants: list[Variant], rounds: int, warmup: int, seed: int = 0, progress: bool = True,
-               before_step: Callable[[], None] | None = None) -> None:
+def interleave(
+    variants: list[Variant],
+    rounds: int,
+    warmup: int,
+    seed: int = 0,
+    progress: bool = True,
+    before_step: Callable[[], None] | None = None,
+) -> None:
     """``warmup`` + ``rounds`` rounds; each round times one step of every variant, in a
     random order (seeded: the same on every rank). Only the last ``rounds`` rounds are kept.
     Wall time counts the time this process waited for a core; CPU time
@@ -142,19 +148,27 @@ def interleave(variants: list[Variant], rounds: int, warmup: int, seed: int = 0,
 
 
 def variant_table(variants: list[Variant]) -> None:
-    print("Per variant, per step: wall and CPU time, median [IQR] (s); counted: GFLOP, aten ops, MB of fresh "
-          "allocations; CPU ms per GFLOP")
-    print(f"{'variant':<32}{'wall s':>8}{'IQR':>14}{'CPU s':>8}{'IQR':>14}{'GFLOP':>8}{'ops':>7}{'alloc MB':>9}{'ms/GFLOP':>9}")
+    print(
+        "Per variant, per step: wall and CPU time, median [IQR] (s); counted: GFLOP, aten ops, MB of fresh "
+        "allocations; CPU ms per GFLOP"
+    )
+    print(
+        f"{'variant':<32}{'wall s':>8}{'IQR':>14}{'CPU s':>8}{'IQR':>14}{'GFLOP':>8}{'ops':>7}{'alloc MB':>9}{'ms/GFLOP':>9}"
+    )
     for v in variants:
         wq1, wmed, wq3 = quartiles(v.wall)
         cq1, cmed, cq3 = quartiles(v.cpu)
         c = v.counts
-        print(f"{v.name:<32}{wmed:>8.3f}{f'{wq1:.3f}-{wq3:.3f}':>14}{cmed:>8.3f}{f'{cq1:.3f}-{cq3:.3f}':>14}"
-              f"{c.flops / 1e9:>8.2f}{c.ops:>7}{c.alloc_bytes / 2**20:>9.1f}{1e3 * cmed / (c.flops / 1e9):>9.1f}")
+        print(
+            f"{v.name:<32}{wmed:>8.3f}{f'{wq1:.3f}-{wq3:.3f}':>14}{cmed:>8.3f}{f'{cq1:.3f}-{cq3:.3f}':>14}"
+            f"{c.flops / 1e9:>8.2f}{c.ops:>7}{c.alloc_bytes / 2**20:>9.1f}{1e3 * cmed / (c.flops / 1e9):>9.1f}"
+        )
 
 
-RATIO_HEAD = (f"{'':<36}{'wall: median [95% CI]':>23}{'IQR':>13}{'CPU: median [95% CI]':>23}{'IQR':>13}"
-              f"{'FLOPs':>7}{'ops':>7}{'alloc':>7}")
+RATIO_HEAD = (
+    f"{'':<36}{'wall: median [95% CI]':>23}{'IQR':>13}{'CPU: median [95% CI]':>23}{'IQR':>13}"
+    f"{'FLOPs':>7}{'ops':>7}{'alloc':>7}"
+)
 
 
 def ratio_row(label: str, a: Variant, b: Variant) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +180,9 @@ def ratio_row(label: str, a: Variant, b: Variant) -> tuple[np.ndarray, np.ndarra
         q1, _, q3 = quartiles(r)
         cells.append(f"{f'{med:.3f} [{lo:.3f}, {hi:.3f}]':>23}{f'{q1:.3f}-{q3:.3f}':>13}")
     ca, cb = a.counts, b.counts
-    print(f"{label:<36}{''.join(cells)}{ca.flops / cb.flops:>7.3f}{ca.ops / cb.ops:>7.3f}{ca.alloc_bytes / cb.alloc_bytes:>7.3f}")
+    print(
+        f"{label:<36}{''.join(cells)}{ca.flops / cb.flops:>7.3f}{ca.ops / cb.ops:>7.3f}{ca.alloc_bytes / cb.alloc_bytes:>7.3f}"
+    )
     return rw, rc
 
 
@@ -187,7 +203,16 @@ SETTINGS = {"off": (False, False), "non-reentrant": (True, False), "reentrant": 
 KINDS = {"uniform": True, "midblock": True, "midblock-notrunc": False}
 
 
-def build(variant: str, rank: int, window: str, checkpointing: bool, reentrant: bool, truncate: bool, layers: int, hidden: int):
+def build(
+    variant: str,
+    rank: int,
+    window: str,
+    checkpointing: bool,
+    reentrant: bool,
+    truncate: bool,
+    layers: int,
+    hidden: int,
+):
     from peft import get_peft_model
 
     from midblock_plugin import MidBlockConfig
@@ -242,8 +267,14 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--settings", default="off,non-reentrant,reentrant", help="checkpointing settings, comma-separated")
-    ap.add_argument("--kinds", default=",".join(KINDS), help="variants per setting, comma-separated (uniform and midblock are always run)")
+    ap.add_argument(
+        "--settings", default="off,non-reentrant,reentrant", help="checkpointing settings, comma-separated"
+    )
+    ap.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help="variants per setting, comma-separated (uniform and midblock are always run)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the interleaving order")
     ap.add_argument("--json", help="also write the per-step times and the counts here")
@@ -266,7 +297,9 @@ def main() -> None:
         for kind, truncate in KINDS.items():
             if kind not in kinds or (kind == "midblock-notrunc" and not ckpt):
                 continue
-            model, opt, plan = build(kind.split("-")[0], args.rank, args.window, ckpt, reentrant, truncate, args.layers, args.hidden)
+            model, opt, plan = build(
+                kind.split("-")[0], args.rank, args.window, ckpt, reentrant, truncate, args.layers, args.hidden
+            )
             plans[kind.split("-")[0]] = plan
             variants[(s, kind)] = Variant(f"{s}/{kind}", make_step(model, opt, ids))
     for v in variants.values():  # counted once, untimed (FLOPs and ops are deterministic)
@@ -274,8 +307,16 @@ def main() -> None:
     interleave(list(variants.values()), args.rounds, args.warmup, seed=args.seed)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"args": vars(args), "threads": torch.get_num_threads(), "variants": {
-                v.name: {"wall": v.wall, "cpu": v.cpu, **asdict(v.counts)} for v in variants.values()}}, fh)
+            json.dump(
+                {
+                    "args": vars(args),
+                    "threads": torch.get_num_threads(),
+                    "variants": {
+                        v.name: {"wall": v.wall, "cpu": v.cpu, **asdict(v.counts)} for v in variants.values()
+                    },
+                },
+                fh,
+            )
 
     un, mb = plans["uniform"], plans["midblock"]
     print(
@@ -305,11 +346,14 @@ def main() -> None:
             return variants[(s, kind)].counts.flops
 
         fr = (flops("reentrant", "midblock") / flops("reentrant", "uniform")) / (
-            flops("non-reentrant", "midblock") / flops("non-reentrant", "uniform"))
+            flops("non-reentrant", "midblock") / flops("non-reentrant", "uniform")
+        )
         ratio_of_ratios_row("(mid/uni reentrant)/(non-reentrant)", mu["reentrant"], mu["non-reentrant"], fr)
         shares, sec = mark_cost(args.batch, args.seq, args.hidden)
-        print(f"\nreentrant truncation's mark at the window entry, hidden_states.detach().requires_grad_(True): "
-              f"shares storage with its input (no copy): {shares}; {sec * 1e6:.1f} us per call, once per step")
+        print(
+            f"\nreentrant truncation's mark at the window entry, hidden_states.detach().requires_grad_(True): "
+            f"shares storage with its input (no copy): {shares}; {sec * 1e6:.1f} us per call, once per step"
+        )
 
 
 if __name__ == "__main__":

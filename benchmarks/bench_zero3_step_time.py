@@ -79,7 +79,9 @@ def report(data: dict) -> None:
         print(RATIO_HEAD)
         for s in ckpt:
             ratio_row(f"checkpointing {s}", variants[f"{s}/midblock"], variants[f"{s}/midblock-notrunc"])
-    print("\nZeRO-3 parameter fetches during the backward of one step, per decoder layer (rank 0; 0 = no backward work)")
+    print(
+        "\nZeRO-3 parameter fetches during the backward of one step, per decoder layer (rank 0; 0 = no backward work)"
+    )
     for n in names:
         f = r0[n]["backward_fetches"]
         idle = [i for i, x in enumerate(f) if x == 0]
@@ -94,7 +96,9 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--window", default="0.2:0.8")
-    ap.add_argument("--settings", default="reentrant", help="checkpointing settings, comma-separated: " + ", ".join(SETTINGS))
+    ap.add_argument(
+        "--settings", default="reentrant", help="checkpointing settings, comma-separated: " + ", ".join(SETTINGS)
+    )
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per rank")
@@ -109,16 +113,39 @@ def main() -> None:
     from midblock_plugin.testing import save_tiny
 
     with tempfile.TemporaryDirectory(prefix="midblock-zero3-bench-") as tmp:
-        model_dir = save_tiny(Path(tmp) / "model", "llama", num_layers=args.layers, hidden=args.hidden, seed=0,
-                              intermediate_size=4 * args.hidden)
+        model_dir = save_tiny(
+            Path(tmp) / "model",
+            "llama",
+            num_layers=args.layers,
+            hidden=args.hidden,
+            seed=0,
+            intermediate_size=4 * args.hidden,
+        )
         out = Path(args.json) if args.json else Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc), "--master_port",
-               str(free_port()), str(WORKER), "--model", str(model_dir), "--out", str(out)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(args.nproc),
+            "--master_port",
+            str(free_port()),
+            str(WORKER),
+            "--model",
+            str(model_dir),
+            "--out",
+            str(out),
+        ]
         for key in ("settings", "rank", "window", "batch", "seq", "rounds", "warmup", "threads", "seed"):
             cmd += [f"--{key}", str(getattr(args, key))]
         # DeepSpeed JIT-builds a CPU op; keep the build per virtual environment (as tests/conftest.py does)
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-                   PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+        env = dict(
+            os.environ,
+            OMP_NUM_THREADS=str(args.threads),
+            TOKENIZERS_PARALLELISM="false",
+            HF_HUB_OFFLINE="1",
+            PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        )
         env.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
         r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if r.returncode != 0:

@@ -38,13 +38,16 @@ REGIMES = {
 
 def sweeps(rng: np.random.Generator, count: int, k: int, n: int, sds: tuple[float, float, float]) -> np.ndarray:
     sd_seed, sd_row, sd_resid = sds
-    return (sd_seed * rng.standard_normal((count, k, 1)) + sd_row * rng.standard_normal((count, 1, n))
-            + sd_resid * rng.standard_normal((count, k, n)))
+    return (
+        sd_seed * rng.standard_normal((count, k, 1))
+        + sd_row * rng.standard_normal((count, 1, n))
+        + sd_resid * rng.standard_normal((count, k, n))
+    )
 
 
 def true_se(k: int, n: int, sds: tuple[float, float, float]) -> float:
     sd_seed, sd_row, sd_resid = sds
-    return math.sqrt(sd_seed ** 2 / k + sd_row ** 2 / n + sd_resid ** 2 / (k * n))
+    return math.sqrt(sd_seed**2 / k + sd_row**2 / n + sd_resid**2 / (k * n))
 
 
 def old_rate(d: np.ndarray, iters: int) -> float:
@@ -68,8 +71,10 @@ def main() -> None:
     ap.add_argument("--effect-se", type=float, default=3.0, help="true difference for the power, in standard errors")
     args = ap.parse_args()
     start = time.perf_counter()
-    print(f"{args.rows} rows; OLD bootstrap: {args.old_sweeps} sweeps x {args.old_iters} draws; NEW: {args.new_sweeps} "
-          f"sweeps; power at a true difference of {args.effect_se:g} standard errors; significance at 5%, unadjusted\n")
+    print(
+        f"{args.rows} rows; OLD bootstrap: {args.old_sweeps} sweeps x {args.old_iters} draws; NEW: {args.new_sweeps} "
+        f"sweeps; power at a true difference of {args.effect_se:g} standard errors; significance at 5%, unadjusted\n"
+    )
     print("| regime | seeds | false positives OLD | false positives NEW | power OLD | power NEW |")
     print("|---|---|---|---|---|---|")
     for r, (name, sds) in enumerate(REGIMES.items()):
@@ -78,8 +83,11 @@ def main() -> None:
             shift = args.effect_se * true_se(k, args.rows, sds)
             d_new = sweeps(rng, args.new_sweeps, k, args.rows, sds)
             d_old = sweeps(rng, args.old_sweeps, k, args.rows, sds)
-            print(f"| {name} | {k} | {old_rate(d_old, args.old_iters):.3f} | {new_rate(d_new):.3f} | "
-                  f"{old_rate(d_old + shift, args.old_iters):.3f} | {new_rate(d_new + shift):.3f} |", flush=True)
+            print(
+                f"| {name} | {k} | {old_rate(d_old, args.old_iters):.3f} | {new_rate(d_new):.3f} | "
+                f"{old_rate(d_old + shift, args.old_iters):.3f} | {new_rate(d_new + shift):.3f} |",
+                flush=True,
+            )
     print(f"\n({time.perf_counter() - start:.0f} s)")
 
 

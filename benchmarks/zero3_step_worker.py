@@ -101,7 +101,9 @@ def main() -> None:
         for kind, truncate in kinds:
             base = kind.split("-")[0]
             window = dict(layers=f"0-{layers - 1}") if base == "uniform" else dict(window=args.window)
-            plan = build_plan(args.model, MidBlockConfig(rank=args.rank, lora_dropout=0.0, truncate_backward=truncate, **window))
+            plan = build_plan(
+                args.model, MidBlockConfig(rank=args.rank, lora_dropout=0.0, truncate_backward=truncate, **window)
+            )
             model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
             model = get_peft_model(model, plan.lora_config())
             model.train()
@@ -124,8 +126,12 @@ def main() -> None:
 
             name = f"{s}/{kind}"
             variants[name] = Variant(name, step)
-            info[name] = {"window": plan.window, "trainable_params": plan.trainable_params,
-                          "rank": plan.ranks[plan.first_layer], "partitioned": any(hasattr(p, "ds_id") for p in model.parameters())}
+            info[name] = {
+                "window": plan.window,
+                "trainable_params": plan.trainable_params,
+                "rank": plan.ranks[plan.first_layer],
+                "partitioned": any(hasattr(p, "ds_id") for p in model.parameters()),
+            }
 
     for name, v in variants.items():  # one untimed, counted step each
         fetches.clear()
@@ -134,15 +140,32 @@ def main() -> None:
         v.counts = count_step(v.step)
         counting[0] = False
         info[name]["backward_fetches"] = [fetches[i] for i in range(layers)]
-    interleave(list(variants.values()), args.rounds, args.warmup, seed=args.seed, progress=rank == 0, before_step=dist.barrier)
+    interleave(
+        list(variants.values()), args.rounds, args.warmup, seed=args.seed, progress=rank == 0, before_step=dist.barrier
+    )
 
-    mine = {name: {"wall": v.wall, "cpu": v.cpu, "flops": v.counts.flops, "ops": v.counts.ops,
-                   "alloc_bytes": v.counts.alloc_bytes, **info[name]} for name, v in variants.items()}
+    mine = {
+        name: {
+            "wall": v.wall,
+            "cpu": v.cpu,
+            "flops": v.counts.flops,
+            "ops": v.counts.ops,
+            "alloc_bytes": v.counts.alloc_bytes,
+            **info[name],
+        }
+        for name, v in variants.items()
+    }
     everyone = [None] * world
     dist.all_gather_object(everyone, mine)
     if rank == 0:
-        out = {"world_size": world, "layers": layers, "hidden": hidden, "threads": torch.get_num_threads(),
-               "ranks": everyone, "args": vars(args)}
+        out = {
+            "world_size": world,
+            "layers": layers,
+            "hidden": hidden,
+            "threads": torch.get_num_threads(),
+            "ranks": everyone,
+            "args": vars(args),
+        }
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump(out, fh)
     del keep_alive

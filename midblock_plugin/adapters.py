@@ -83,7 +83,9 @@ def verify_trainable(model: Any, plan: MidBlockPlan) -> int:
         )
     allowed_extra: set[str] = set()
     if plan.mode == "full":
-        allowed_extra = {n for n in full_mode_trainable_names(unwrap(model), plan) if plan.layout.layer_index(n) is None}
+        allowed_extra = {
+            n for n in full_mode_trainable_names(unwrap(model), plan) if plan.layout.layer_index(n) is None
+        }
     window = set(plan.layers)
     outside = []
     for name in trainable:

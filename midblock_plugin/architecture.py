@@ -117,7 +117,7 @@ def check_decoder(config: Any, shown: str = "the model", *, trust_remote_code: b
     if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
         raise ValueError(
             f"{shown} is an encoder ({model_type}: {arch}, a masked language model), not a decoder; midblock tunes "
-            "decoder-only causal language models. (A config with \"is_decoder\": true is accepted.)"
+            'decoder-only causal language models. (A config with "is_decoder": true is accepted.)'
         )
     custom = bool((getattr(config, "auto_map", None) or {}).get("AutoModelForCausalLM")) and trust_remote_code
     if causal_lm_class(config) is None and not custom:
@@ -356,8 +356,11 @@ class ModelLayout:
     def from_config(cls, config: Any) -> "ModelLayout":
         """From a transformers config: a meta-device model is built to read shapes (after
         :func:`check_decoder` refused encoder-decoder and encoder models with a clear message)."""
-        check_decoder(config, f"the model {getattr(config, '_name_or_path', '') or getattr(config, 'model_type', '')!r}",
-                      trust_remote_code=True)
+        check_decoder(
+            config,
+            f"the model {getattr(config, '_name_or_path', '') or getattr(config, 'model_type', '')!r}",
+            trust_remote_code=True,
+        )
         return cls._from_module(meta_model(config), config, shapes_only=True)
 
     @classmethod
@@ -389,7 +392,10 @@ class ModelLayout:
             )
         arch = (getattr(config, "architectures", None) or [None])[0] or type(base).__name__
         linears = tuple(
-            {n: Linear(*in_out_features(m), conv1d=type(m).__name__ == "Conv1D") for n, m in linear_modules(layer).items()}
+            {
+                n: Linear(*in_out_features(m), conv1d=type(m).__name__ == "Conv1D")
+                for n, m in linear_modules(layer).items()
+            }
             for layer in layer_list
         )
         norm_name, norm = final_norm(base)
@@ -428,12 +434,12 @@ class ModelLayout:
         """The decoder layer a (possibly wrapped) parameter name belongs to, or ``None``."""
         marker = f"{self.layers_pattern}."
         if param_name.startswith(marker):
-            rest = param_name[len(marker):]
+            rest = param_name[len(marker) :]
         else:
             pos = param_name.find("." + marker)
             if pos < 0:
                 return None
-            rest = param_name[pos + 1 + len(marker):]
+            rest = param_name[pos + 1 + len(marker) :]
         head = rest.split(".", 1)[0]
         return int(head) if head.isdigit() else None
 
@@ -444,7 +450,9 @@ class ModelLayout:
         GPT-2, where the MLP also has a ``c_proj``), which PEFT matches as key suffixes.
         """
         if not self.has_shapes:
-            raise WindowError("this layout has no module shapes (a bare layer count); build it from a model or config.")
+            raise WindowError(
+                "this layout has no module shapes (a bare layer count); build it from a model or config."
+            )
         linears = self.linears[0]
         kind = self.architecture
         if isinstance(spec, str):

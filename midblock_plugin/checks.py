@@ -32,7 +32,12 @@ from midblock_plugin.rules import INSTALL_HINTS, MissingDependency, check_depend
 
 
 #: Files that hold a model's weights (one of them must be present in a local model directory).
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
@@ -57,13 +62,15 @@ def read_json_object(path: str | os.PathLike, what: str) -> dict:
     except FileNotFoundError:
         raise FileNotFoundError(f"{what}: {str(path)!r} does not exist.") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{what}: {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).") from None
+        raise ValueError(
+            f"{what}: {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})."
+        ) from None
     except UnicodeDecodeError:
         raise ValueError(f"{what}: {path} is not UTF-8 text (is it a binary file?).") from None
     except OSError as exc:
         raise ValueError(f"{what}: cannot read {path} ({exc.strerror or exc}).") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{what}: {path} holds a JSON {type(data).__name__}, not an object ({{\"key\": value, ...}}).")
+        raise ValueError(f'{what}: {path} holds a JSON {type(data).__name__}, not an object ({{"key": value, ...}}).')
     return data
 
 
@@ -184,8 +191,9 @@ def check_gsm8k_dir(data_dir: str | os.PathLike, option: str = "data_dir") -> Pa
 # --------------------------------------------------------------------------- models
 
 
-def check_model_dir(spec: str | os.PathLike, flag: str = "MODEL", *, weights: bool = False,
-                    trust_remote_code: bool = False) -> Any:
+def check_model_dir(
+    spec: str | os.PathLike, flag: str = "MODEL", *, weights: bool = False, trust_remote_code: bool = False
+) -> Any:
     """The transformers config of ``spec`` (a model directory or hub id), after checking it
     is a decoder-only causal LM midblock can handle. With ``weights``, a local directory
     must also hold weight files. Reads ``config.json`` only."""
@@ -198,8 +206,11 @@ def check_model_dir(spec: str | os.PathLike, flag: str = "MODEL", *, weights: bo
     if path.is_dir():
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
-            hint = (" It holds adapter_config.json: it is a PEFT adapter; give its base model here"
-                    if (path / "adapter_config.json").is_file() else "")
+            hint = (
+                " It holds adapter_config.json: it is a PEFT adapter; give its base model here"
+                if (path / "adapter_config.json").is_file()
+                else ""
+            )
             raise FileNotFoundError(
                 f"{shown} has no config.json; give a model directory written by save_pretrained "
                 f"(config.json + weights).{hint}"
@@ -209,7 +220,9 @@ def check_model_dir(spec: str | os.PathLike, flag: str = "MODEL", *, weights: bo
     elif path.exists():
         raise FileNotFoundError(f"{shown} is a file, not a model directory; give the directory save_pretrained wrote.")
     elif looks_like_path(text):
-        raise FileNotFoundError(f"{shown}: no such directory; give a model directory written by save_pretrained, or a hub id.")
+        raise FileNotFoundError(
+            f"{shown}: no such directory; give a model directory written by save_pretrained, or a hub id."
+        )
 
     from transformers import AutoConfig
 
@@ -227,7 +240,10 @@ def check_model_dir(spec: str | os.PathLike, flag: str = "MODEL", *, weights: bo
     check_decoder_config(config, shown, trust_remote_code=trust_remote_code)
     if raw is not None and weights:
         names = {p.name for p in path.iterdir()}
-        shards = any(n.endswith(".safetensors") or (n.startswith(("model", "pytorch_model")) and n.endswith(".bin")) for n in names)
+        shards = any(
+            n.endswith(".safetensors") or (n.startswith(("model", "pytorch_model")) and n.endswith(".bin"))
+            for n in names
+        )
         if not shards and not any(w in names for w in WEIGHT_FILES):
             raise FileNotFoundError(
                 f"{shown} holds config.json but no weights ({', '.join(WEIGHT_FILES)}); give the directory "
@@ -244,7 +260,7 @@ def _check_raw_config(raw: dict, cfg_file: Path, shown: str, trust_remote_code: 
     if not isinstance(model_type, str) or not model_type:
         raise ValueError(
             f"{shown}: {cfg_file} has no 'model_type'; a Hugging Face config.json names its architecture, "
-            "e.g. \"model_type\": \"llama\". Re-save the model with save_pretrained."
+            'e.g. "model_type": "llama". Re-save the model with save_pretrained.'
         )
     if model_type not in CONFIG_MAPPING_NAMES:
         if raw.get("auto_map"):
@@ -261,7 +277,9 @@ def _check_raw_config(raw: dict, cfg_file: Path, shown: str, trust_remote_code: 
     for key in _LAYER_KEYS:
         value = raw.get(key)
         if key in raw and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{shown}: {cfg_file} says {key}={value!r}; a decoder has at least one layer (an integer >= 1).")
+            raise ValueError(
+                f"{shown}: {cfg_file} says {key}={value!r}; a decoder has at least one layer (an integer >= 1)."
+            )
 
 
 def check_decoder_config(config: Any, shown: str = "the model", *, trust_remote_code: bool = False) -> None:
@@ -299,14 +317,18 @@ def read_adapter_config(adapter: str | os.PathLike, flag: str = "--adapter") -> 
     if not path.is_dir():
         raise FileNotFoundError(f"{shown}: no such directory; give a directory written by PeftModel.save_pretrained.")
     if not (path / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{shown} has no adapter_config.json; give a directory written by PeftModel.save_pretrained.")
+        raise FileNotFoundError(
+            f"{shown} has no adapter_config.json; give a directory written by PeftModel.save_pretrained."
+        )
     return read_json_object(path / "adapter_config.json", shown)
 
 
 _STACK_KEY = re.compile(r"(?:^|\.)(layers|h|blocks|layer)\.(\d+)\.")
 
 
-def check_adapter(adapter: str | os.PathLike, base_config: Any, flag: str = "--adapter", base_flag: str = "the base model") -> dict:
+def check_adapter(
+    adapter: str | os.PathLike, base_config: Any, flag: str = "--adapter", base_flag: str = "the base model"
+) -> dict:
     """A PEFT adapter directory fits ``base_config``: its layers exist in the base, its
     modules are the base's, and its LoRA matrices have the base's widths. Reads
     ``adapter_config.json`` and the safetensors header only. Returns the adapter config."""
@@ -323,7 +345,11 @@ def check_adapter(adapter: str | os.PathLike, base_config: Any, flag: str = "--a
             "give the directory PeftModel.save_pretrained / trainer.save_model wrote."
         )
     base_arch = ", ".join(getattr(base_config, "architectures", None) or []) or type(base_config).__name__
-    saved_from = ((cfg.get("auto_mapping") or {}).get("base_model_class")) if isinstance(cfg.get("auto_mapping"), dict) else None
+    saved_from = (
+        ((cfg.get("auto_mapping") or {}).get("base_model_class"))
+        if isinstance(cfg.get("auto_mapping"), dict)
+        else None
+    )
     origin = f" (it was saved from a {saved_from})" if saved_from and saved_from not in base_arch else ""
     num_layers = num_layers_from_config(base_config)
     lt = cfg.get("layers_to_transform")
@@ -354,7 +380,7 @@ def check_adapter(adapter: str | os.PathLike, base_config: Any, flag: str = "--a
                     f"'{layout.layers_path}'{origin}; give the base model the adapter was trained from."
                 )
             continue  # a module outside the layer stack (e.g. lm_head): PEFT checks it on load
-        index_text, _, rel = module[len(prefix):].partition(".")
+        index_text, _, rel = module[len(prefix) :].partition(".")
         if not index_text.isdigit():
             continue
         index = int(index_text)

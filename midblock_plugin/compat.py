@@ -189,7 +189,9 @@ def zero3_nonreentrant_ok(version: tuple[int, ...] | None = None) -> bool:
     return version is not None and tuple(version) >= ZERO3_NONREENTRANT_MIN
 
 
-def checkpointing_mode(zero3: bool, requested: bool | None, version: tuple[int, ...] | None = None) -> tuple[bool, str]:
+def checkpointing_mode(
+    zero3: bool, requested: bool | None, version: tuple[int, ...] | None = None
+) -> tuple[bool, str]:
     """``(use_reentrant, reason)`` for gradient checkpointing of a run with frozen parameters.
 
     ``requested`` is the user's ``use_reentrant`` (``None``: not set). Non-reentrant is the
@@ -203,8 +205,10 @@ def checkpointing_mode(zero3: bool, requested: bool | None, version: tuple[int, 
     broken = zero3 and not zero3_nonreentrant_ok(version)
     if requested is None:
         if broken:
-            return True, (f"reentrant: DeepSpeed {shown} < {need} cannot recompute frozen parameters under ZeRO-3 "
-                          "with non-reentrant checkpointing")
+            return True, (
+                f"reentrant: DeepSpeed {shown} < {need} cannot recompute frozen parameters under ZeRO-3 "
+                "with non-reentrant checkpointing"
+            )
         return False, "non-reentrant (the default)"
     if requested is False and broken:
         raise ValueError(

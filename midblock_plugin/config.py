@@ -43,22 +43,64 @@ class MidBlockConfig:
     the paper's 20%-80% window (``"0.2:0.8"``) is used.
     """
 
-    window: Optional[str] = field(default=None, metadata={"help": "Fraction window 'a:b' = layers [floor(a*L), floor(b*L)). Default '0.2:0.8'."})
-    segments: Optional[str] = field(default=None, metadata={"help": "The paper's segment mask, bottom first, e.g. '01110' (5 segments, middle three active)."})
-    layers: str | list[int] | None = field(default=None, metadata={"help": "Explicit layers: '3-11', '3,4,9-12' or a list; negative indices count from the top."})
-    window_from: Optional[str] = field(default=None, metadata={"help": "Path of an analysis.json written by 'midblock analyze'; its recommended layers are used."})
-    mode: Mode = field(default="lora", metadata={"help": "'lora' (the paper's method: LoRA on the window's layers) or 'full' (full-parameter updates of the window's layers)."})
+    window: Optional[str] = field(
+        default=None, metadata={"help": "Fraction window 'a:b' = layers [floor(a*L), floor(b*L)). Default '0.2:0.8'."}
+    )
+    segments: Optional[str] = field(
+        default=None,
+        metadata={"help": "The paper's segment mask, bottom first, e.g. '01110' (5 segments, middle three active)."},
+    )
+    layers: str | list[int] | None = field(
+        default=None,
+        metadata={"help": "Explicit layers: '3-11', '3,4,9-12' or a list; negative indices count from the top."},
+    )
+    window_from: Optional[str] = field(
+        default=None,
+        metadata={"help": "Path of an analysis.json written by 'midblock analyze'; its recommended layers are used."},
+    )
+    mode: Mode = field(
+        default="lora",
+        metadata={
+            "help": "'lora' (the paper's method: LoRA on the window's layers) or 'full' (full-parameter updates of the window's layers)."
+        },
+    )
     rank: int = field(default=16, metadata={"help": "Rank r of the uniform-LoRA baseline the budget is matched to."})
-    budget: Budget = field(default="match", metadata={"help": "'match': active layers get rank floor(r*L/n) so the rank sum equals uniform LoRA at rank r; 'none': active layers get rank r; 'serve': the largest rank vLLM serves (its --max-lora-rank sizes " + ", ".join(map(str, VLLM_MAX_LORA_RANKS)) + ") at or below floor(r*L/n)."})
-    lora_alpha: Optional[float] = field(default=None, metadata={"help": "Alpha of the uniform baseline (default 2*rank)."})
-    alpha_policy: AlphaPolicy = field(default="ratio", metadata={"help": "'ratio': keep alpha/r (alpha/sqrt(r) with rsLoRA) equal to the baseline's; 'fixed': the same alpha for every rank, as in the paper."})
+    budget: Budget = field(
+        default="match",
+        metadata={
+            "help": "'match': active layers get rank floor(r*L/n) so the rank sum equals uniform LoRA at rank r; 'none': active layers get rank r; 'serve': the largest rank vLLM serves (its --max-lora-rank sizes "
+            + ", ".join(map(str, VLLM_MAX_LORA_RANKS))
+            + ") at or below floor(r*L/n)."
+        },
+    )
+    lora_alpha: Optional[float] = field(
+        default=None, metadata={"help": "Alpha of the uniform baseline (default 2*rank)."}
+    )
+    alpha_policy: AlphaPolicy = field(
+        default="ratio",
+        metadata={
+            "help": "'ratio': keep alpha/r (alpha/sqrt(r) with rsLoRA) equal to the baseline's; 'fixed': the same alpha for every rank, as in the paper."
+        },
+    )
     use_rslora: bool = field(default=False, metadata={"help": "Use rank-stabilised LoRA scaling alpha/sqrt(r)."})
-    target_modules: str | list[str] = field(default="attention", metadata={"help": "'attention' (the paper's q/k/v/o), 'mlp', 'all-linear', or an explicit list of module names.", "parse": target_list})
+    target_modules: str | list[str] = field(
+        default="attention",
+        metadata={
+            "help": "'attention' (the paper's q/k/v/o), 'mlp', 'all-linear', or an explicit list of module names.",
+            "parse": target_list,
+        },
+    )
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (the paper used 0.05)."})
     train_final_norm: bool = field(default=False, metadata={"help": "full mode: also train the final norm."})
-    train_embeddings: bool = field(default=False, metadata={"help": "full mode: also train the input embeddings (and a tied LM head)."})
-    truncate_backward: bool = field(default=True, metadata={"help": "Skip backward work below the window under gradient checkpointing."})
-    drift_monitor: bool = field(default=True, metadata={"help": "Log per-layer relative weight change and gradient norm at logging steps."})
+    train_embeddings: bool = field(
+        default=False, metadata={"help": "full mode: also train the input embeddings (and a tied LM head)."}
+    )
+    truncate_backward: bool = field(
+        default=True, metadata={"help": "Skip backward work below the window under gradient checkpointing."}
+    )
+    drift_monitor: bool = field(
+        default=True, metadata={"help": "Log per-layer relative weight change and gradient norm at logging steps."}
+    )
 
     def __post_init__(self) -> None:
         rules.check_window_forms(**self.window_kwargs())
@@ -74,15 +116,21 @@ class MidBlockConfig:
         if isinstance(tm, str):
             if tm not in TARGET_PRESETS:
                 raise rules.OptionError(
-                    "target_modules", tm, f"is not a preset; choose one of {', '.join(map(repr, TARGET_PRESETS))} "
-                    "or give a list of module names such as ['q_proj', 'v_proj']"
+                    "target_modules",
+                    tm,
+                    f"is not a preset; choose one of {', '.join(map(repr, TARGET_PRESETS))} "
+                    "or give a list of module names such as ['q_proj', 'v_proj']",
                 )
         elif not (isinstance(tm, (list, tuple)) and tm and all(isinstance(x, str) and x.strip() for x in tm)):
             raise rules.OptionError("target_modules", tm, "must be a preset name or a non-empty list of module names")
         if self.mode == "lora" and (self.train_final_norm or self.train_embeddings):
             name = "train_final_norm" if self.train_final_norm else "train_embeddings"
-            raise rules.OptionError(name, True, "(train_final_norm / train_embeddings) apply to {mode} only; set {mode} "
-                                    "or turn them off", refs={"mode": ("mode", "full")})
+            raise rules.OptionError(
+                name,
+                True,
+                "(train_final_norm / train_embeddings) apply to {mode} only; set {mode} or turn them off",
+                refs={"mode": ("mode", "full")},
+            )
 
     @property
     def base_alpha(self) -> float:
@@ -90,7 +138,12 @@ class MidBlockConfig:
 
     def window_kwargs(self) -> dict[str, Any]:
         """The window fields, for :func:`midblock_plugin.window.resolve_layers`."""
-        return {"window": self.window, "segments": self.segments, "layers": self.layers, "window_from": self.window_from}
+        return {
+            "window": self.window,
+            "segments": self.segments,
+            "layers": self.layers,
+            "window_from": self.window_from,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

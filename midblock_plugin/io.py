@@ -69,9 +69,22 @@ RUN_LOCK = ".midblock.lock"
 #: Everything a job writes at the top of its directory (glob patterns): a previous run's
 #: files, which :class:`RunDirectory` refuses to mix with, and removes on ``overwrite``.
 #: (``.*.tmp``: what an atomic write leaves when its process is killed.) Other files are left alone.
-JOB_ARTIFACTS = (RUN_STATUS_JSON, REPORT_MD, RESULTS_JSON, JOB_LOSS_PNG, JOB_DRIFT_PNG, JOB_HELDOUT_PNG, JOB_TRADEOFF_PNG,
-                 JOB_PAIRED_PNG, BASE_SUBDIR,
-                 ANALYSIS_SUBDIR, f"{VARIANT_PREFIX}*", RUN_SUBDIR, EVAL_SUBDIR, ".*.tmp")
+JOB_ARTIFACTS = (
+    RUN_STATUS_JSON,
+    REPORT_MD,
+    RESULTS_JSON,
+    JOB_LOSS_PNG,
+    JOB_DRIFT_PNG,
+    JOB_HELDOUT_PNG,
+    JOB_TRADEOFF_PNG,
+    JOB_PAIRED_PNG,
+    BASE_SUBDIR,
+    ANALYSIS_SUBDIR,
+    f"{VARIANT_PREFIX}*",
+    RUN_SUBDIR,
+    EVAL_SUBDIR,
+    ".*.tmp",
+)
 
 #: The one environment variable for midblock's cache (converted models, generated lm-eval tasks).
 CACHE_ENV = "MIDBLOCK_CACHE_DIR"
@@ -168,14 +181,17 @@ def read_window_file(path: str | os.PathLike) -> dict[str, Any]:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except FileNotFoundError:
-        raise WindowOptionError("window_from", str(path), ": no such file; give the JSON written by 'midblock analyze'") from None
+        raise WindowOptionError(
+            "window_from", str(path), ": no such file; give the JSON written by 'midblock analyze'"
+        ) from None
     except json.JSONDecodeError as exc:
         raise WindowOptionError("window_from", str(path), f"is not valid JSON ({exc})") from None
     rec = data.get("recommendation") if isinstance(data, dict) else None
     if not isinstance(rec, dict) or "layers" not in rec:
         raise WindowOptionError(
-            "window_from", str(path), "has no 'recommendation.layers' entry; give the JSON "
-            "written by 'midblock analyze' (analysis.json)"
+            "window_from",
+            str(path),
+            "has no 'recommendation.layers' entry; give the JSON written by 'midblock analyze' (analysis.json)",
         )
     if rec.get("refused"):
         raise WindowOptionError("window_from", str(path), f"recommends no window: {rec['refused']}")
@@ -229,8 +245,12 @@ def run_status(run_dir: str | os.PathLike) -> Optional[dict]:
     except (OSError, ValueError) as exc:
         return {"status": INCOMPLETE, "error": f"unreadable {RUN_STATUS_JSON} ({type(exc).__name__})"}
     if doc["status"] == RUNNING and doc.get("host") in (None, socket.gethostname()) and not pid_alive(doc.get("pid")):
-        doc = {**doc, "status": INCOMPLETE, "stale": True,
-               "error": doc.get("error") or f"the process (pid {doc.get('pid')}) ended without finishing the run"}
+        doc = {
+            **doc,
+            "status": INCOMPLETE,
+            "stale": True,
+            "error": doc.get("error") or f"the process (pid {doc.get('pid')}) ended without finishing the run",
+        }
     return doc
 
 
@@ -273,9 +293,17 @@ class RunDirectory:
     Files that are not a run's (not in ``artifacts``) are never removed and never block.
     """
 
-    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False, command: Optional[Iterable[str]] = None,
-                 artifacts: Iterable[str] = JOB_ARTIFACTS, overwrite_flag: str = "--overwrite",
-                 elsewhere: str = "another --output-dir", log: Optional[Callable[[str], None]] = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        command: Optional[Iterable[str]] = None,
+        artifacts: Iterable[str] = JOB_ARTIFACTS,
+        overwrite_flag: str = "--overwrite",
+        elsewhere: str = "another --output-dir",
+        log: Optional[Callable[[str], None]] = None,
+    ):
         if not str(path).strip():
             raise RunDirectoryError("the output directory is empty; give a directory, e.g. --output-dir runs/first.")
         self.path = Path(path)
@@ -308,18 +336,26 @@ class RunDirectory:
         how = f"Pass {self.overwrite_flag} to remove its files and run again there, or choose {self.elsewhere}."
         st = self.previous
         if st is None:
-            names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in files[:6]) + (", ..." if len(files) > 6 else "")
-            return (f"{self.path} holds files of an earlier midblock run ({names}) and no {RUN_STATUS_JSON} saying "
-                    f"whether it finished. {how}")
+            names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in files[:6]) + (
+                ", ..." if len(files) > 6 else ""
+            )
+            return (
+                f"{self.path} holds files of an earlier midblock run ({names}) and no {RUN_STATUS_JSON} saying "
+                f"whether it finished. {how}"
+            )
         if st["status"] == COMPLETE:
             when = f" (finished {st['finished']})" if st.get("finished") else ""
-            return f"{self.path} already holds a finished midblock run{when}; a new run would replace its report. {how}"
+            return (
+                f"{self.path} already holds a finished midblock run{when}; a new run would replace its report. {how}"
+            )
         why = st.get("error") or "it did not finish"
         if st["status"] == RUNNING:  # a live pid that holds no lock: another host, or a reused pid
-            why = (f"it is marked running by pid {st.get('pid')} on {st.get('host')}, which holds no lock "
-                   "(killed, or running on another machine)")
+            why = (
+                f"it is marked running by pid {st.get('pid')} on {st.get('host')}, which holds no lock "
+                "(killed, or running on another machine)"
+            )
         when = f" (started {st['started']})" if st.get("started") else ""
-        return (f"{self.path} holds an incomplete midblock run{when}: {why}. Its files may not match each other. {how}")
+        return f"{self.path} holds an incomplete midblock run{when}: {why}. Its files may not match each other. {how}"
 
     # ------------------------------------------------------------ lock
     def _holder(self) -> str:
@@ -392,9 +428,18 @@ class RunDirectory:
                 p.unlink(missing_ok=True)
             removed.append(p.name)
         if removed and self.log:
-            self.log(f"midblock: {self.overwrite_flag}: removed the previous run's files in {self.path}: {', '.join(removed)}")
-        self._status = {"status": RUNNING, "pid": os.getpid(), "host": socket.gethostname(), "started": _now(),
-                        "command": shlex.join(self.command), "cwd": os.getcwd(), **info}
+            self.log(
+                f"midblock: {self.overwrite_flag}: removed the previous run's files in {self.path}: {', '.join(removed)}"
+            )
+        self._status = {
+            "status": RUNNING,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": _now(),
+            "command": shlex.join(self.command),
+            "cwd": os.getcwd(),
+            **info,
+        }
         if removed:
             self._status["replaced"] = {"files": removed, "status": (self.previous or {}).get("status")}
         write_json(self.status_path, self._status)

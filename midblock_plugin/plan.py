@@ -154,10 +154,18 @@ class MidBlockPlan:
         if self.mode != "lora":
             return None
         shapes = self.layout.has_shapes and bool(self.target_modules)
-        widths = [(m.in_features, m.out_features) for layer in self.layout.linears
-                  for n, m in layer.items() if n in self.target_modules]
-        window_widths = [(m.in_features, m.out_features) for i in self.layers
-                         for n, m in (self.layout.linears[i] if shapes else {}).items() if n in self.target_modules]
+        widths = [
+            (m.in_features, m.out_features)
+            for layer in self.layout.linears
+            for n, m in layer.items()
+            if n in self.target_modules
+        ]
+        window_widths = [
+            (m.in_features, m.out_features)
+            for i in self.layers
+            for n, m in (self.layout.linears[i] if shapes else {}).items()
+            if n in self.target_modules
+        ]
         padded, uniform_padded = vllm_max_lora_rank(self.layer_rank), vllm_max_lora_rank(self.baseline_rank)
         cost = lora_flops_per_token(padded, widths) if padded and shapes else None
         uniform = lora_flops_per_token(uniform_padded, widths) if uniform_padded and shapes else None
@@ -169,7 +177,9 @@ class MidBlockPlan:
             "uniform_lora_flops_per_token": uniform,
             "ratio_to_uniform": (cost / uniform) if cost and uniform else None,
             # what the window's own rank would cost on an engine that ran LoRA only where it is
-            "window_only_lora_flops_per_token": lora_flops_per_token(self.layer_rank, window_widths) if shapes else None,
+            "window_only_lora_flops_per_token": lora_flops_per_token(self.layer_rank, window_widths)
+            if shapes
+            else None,
         }
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -216,8 +226,11 @@ class MidBlockPlan:
         if self.mode == "lora":
             r = self.layer_rank
             scale = self.lora_alpha / (math.sqrt(r) if self.use_rslora else r)
-            serve = (f"; budget 'serve': the largest vLLM rank <= the matched {self.matched_rank}"
-                     if self.config.budget == "serve" else "")
+            serve = (
+                f"; budget 'serve': the largest vLLM rank <= the matched {self.matched_rank}"
+                if self.config.budget == "serve"
+                else ""
+            )
             lines += [
                 f"  target modules {', '.join(self.target_modules) or '(resolved when the model is known)'}",
                 f"  ranks          {r} per active layer (uniform baseline r={self.baseline_rank}; "
@@ -226,13 +239,17 @@ class MidBlockPlan:
                 f"{', rsLoRA' if self.use_rslora else ''}), dropout {self.lora_dropout:g}",
             ]
             if self.use_rslora:
-                lines.append("  serving        rsLoRA: llama.cpp and SGLang ignore use_rslora (they scale by alpha / r); "
-                             "serve it to them through 'midblock export --target llama.cpp' or '--target sglang' "
-                             "(folds the scale into lora_alpha)")
+                lines.append(
+                    "  serving        rsLoRA: llama.cpp and SGLang ignore use_rslora (they scale by alpha / r); "
+                    "serve it to them through 'midblock export --target llama.cpp' or '--target sglang' "
+                    "(folds the scale into lora_alpha)"
+                )
         elif self.extra_trainable:
             lines.append(f"  also trained   {', '.join(self.extra_trainable)}")
         if self.layout.quantization:
-            lines.append(f"  base           quantized ({self.layout.quantization}): QLoRA; counts are of real parameters")
+            lines.append(
+                f"  base           quantized ({self.layout.quantization}): QLoRA; counts are of real parameters"
+            )
         if self.trainable_params is not None:
             full = self.full_params or 1
             lines.append(
@@ -252,15 +269,19 @@ class MidBlockPlan:
 
 def _serving_line(cost: dict[str, Any], baseline_rank: int) -> str:
     if cost["max_lora_rank"] is None:
-        return (f"  serving        vLLM: rank above its largest --max-lora-rank {VLLM_MAX_LORA_RANKS[-1]}; serve the merged model "
-                "('midblock export --target merged') or use budget='serve'")
+        return (
+            f"  serving        vLLM: rank above its largest --max-lora-rank {VLLM_MAX_LORA_RANKS[-1]}; serve the merged model "
+            "('midblock export --target merged') or use budget='serve'"
+        )
     line = f"  serving        vLLM --max-lora-rank {cost['max_lora_rank']} (on every layer)"
     if cost["lora_flops_per_token"] is None:
         return line + f"; uniform r={baseline_rank}: --max-lora-rank {cost['uniform_max_lora_rank']}"
     line += f": {cost['lora_flops_per_token'] / 1e6:.4g} MFLOP/token of LoRA"
     if cost["uniform_lora_flops_per_token"]:
-        line += (f" vs uniform r={baseline_rank} at --max-lora-rank {cost['uniform_max_lora_rank']}: "
-                 f"{cost['uniform_lora_flops_per_token'] / 1e6:.4g} (ratio {cost['ratio_to_uniform']:.3f})")
+        line += (
+            f" vs uniform r={baseline_rank} at --max-lora-rank {cost['uniform_max_lora_rank']}: "
+            f"{cost['uniform_lora_flops_per_token'] / 1e6:.4g} (ratio {cost['ratio_to_uniform']:.3f})"
+        )
     return line
 
 
@@ -313,8 +334,14 @@ def plan_for_layout(layout: ModelLayout, config: MidBlockConfig, layers: list[in
             alpha *= math.sqrt(r / config.rank) if config.use_rslora else r / config.rank
     else:
         r, alpha = 0, config.base_alpha
-    plan = MidBlockPlan(config=config, layout=layout, layers=layers, layer_rank=r, lora_alpha=float(round(alpha, 6)),
-                        matched_rank=matched)
+    plan = MidBlockPlan(
+        config=config,
+        layout=layout,
+        layers=layers,
+        layer_rank=r,
+        lora_alpha=float(round(alpha, 6)),
+        matched_rank=matched,
+    )
     if matched is not None and config.budget == "serve" and 2 * r <= matched:
         plan.warnings.append(
             f"budget 'serve' trains rank {r}, under half the matched rank {matched}: vLLM's --max-lora-rank sizes "
@@ -328,8 +355,11 @@ def plan_for_layout(layout: ModelLayout, config: MidBlockConfig, layers: list[in
         )
         if plan.mode == "lora":
             plan.trainable_params = sum(layout.lora_params(i, r, plan.target_modules) for i in layers)
-            width, name = min((min(m.in_features, m.out_features), n) for n, m in layout.linears[layers[0]].items()
-                              if n in plan.target_modules)
+            width, name = min(
+                (min(m.in_features, m.out_features), n)
+                for n, m in layout.linears[layers[0]].items()
+                if n in plan.target_modules
+            )
             if r > width:
                 plan.warnings.append(
                     f"rank {r} per layer exceeds the width {width} of {name}: a LoRA update of it has rank at most "

@@ -66,7 +66,9 @@ class OptionError(ValueError):
         if found:
             return found
         head = self._name_of(self.field)
-        return flag_spelling(field) if field != self.field and _style(self.field, head, self.style) == "flag" else field
+        return (
+            flag_spelling(field) if field != self.field and _style(self.field, head, self.style) == "flag" else field
+        )
 
     def _name_of(self, field: str) -> str:
         if self.spelling is None:
@@ -89,8 +91,9 @@ class OptionError(ValueError):
         name = spell(self.field)
         rule = self.rule.strip()
         if self.refs:
-            rule = rule.format_map({k: _mention(spell, self.style, *(r if isinstance(r, tuple) else (r,)))
-                                    for k, r in self.refs.items()})
+            rule = rule.format_map(
+                {k: _mention(spell, self.style, *(r if isinstance(r, tuple) else (r,))) for k, r in self.refs.items()}
+            )
         end = "" if rule.endswith((".", "?", "!")) else "."
         style = _style(self.field, name, self.style)
         if style == "field":
@@ -107,7 +110,7 @@ def as_option_error(field: str, value: Any, exc: Exception) -> OptionError:
     a message starting with ``field=value`` keeps the rest as the rule."""
     text = str(exc)
     prefix = f"{field}={value!r}"
-    rule = text[len(prefix):].lstrip() if text.startswith(prefix) else f": {text}"
+    rule = text[len(prefix) :].lstrip() if text.startswith(prefix) else f": {text}"
     return OptionError(field, value, rule)
 
 
@@ -241,8 +244,14 @@ def check_choice(field: str, value: Any, choice: Any, extra: str = "") -> Any:
 # --------------------------------------------------------------------------- the window
 
 
-def check_window_forms(window: Any = None, segments: Any = None, layers: Any = None, window_from: Any = None,
-                       *, names: Optional[Mapping[str, str]] = None) -> list[str]:
+def check_window_forms(
+    window: Any = None,
+    segments: Any = None,
+    layers: Any = None,
+    window_from: Any = None,
+    *,
+    names: Optional[Mapping[str, str]] = None,
+) -> list[str]:
     """The window as given, before any model is known: at most one of the four forms
     (``names`` spells them for the one-form message), and each given form well formed (a
     fraction window ``'a:b'``, a ``0``/``1`` mask, a layer list, an ``analysis.json`` with a
@@ -250,8 +259,9 @@ def check_window_forms(window: Any = None, segments: Any = None, layers: Any = N
     (:func:`midblock_plugin.window.resolve_layers`). Returns the forms given."""
     from midblock_plugin import window as w
 
-    given = w.check_one_window_form(names=dict(names or {}), window=window, segments=segments, layers=layers,
-                                    window_from=window_from)
+    given = w.check_one_window_form(
+        names=dict(names or {}), window=window, segments=segments, layers=layers, window_from=window_from
+    )
     if window is not None:
         _string("window", window, "e.g. '0.2:0.8'")
         w.parse_fraction_window(window)
@@ -288,10 +298,12 @@ def check_quantized_full(mode: Any, quantized: Any, field: str = "mode", error: 
     :class:`OptionError` subclass raised (the plan raises a ``WindowOptionError``)."""
     if mode == "full" and quantized:
         raise error(
-            field, mode,
+            field,
+            mode,
             f"trains the base weights, but the model is quantized ({quantized}); quantized weights cannot be trained. "
             "Use {lora} (QLoRA) for LoRA mode (QLoRA trains a LoRA adapter on the window over the quantized base), or "
-            "load the model without quantization", refs={"lora": (field, "lora")},
+            "load the model without quantization",
+            refs={"lora": (field, "lora")},
         )
 
 
@@ -304,7 +316,8 @@ def check_vllm_rank(rank: Any, field: str = "rank") -> int:
     served = vllm_max_lora_rank(rank)
     if served is None:
         raise OptionError(
-            field, rank,
+            field,
+            rank,
             f"is above vLLM's largest --max-lora-rank {VLLM_MAX_LORA_RANKS[-1]} (its sizes: "
             f"{', '.join(map(str, VLLM_MAX_LORA_RANKS))}; MaxLoRARanks in vllm/config/lora.py); serve the merged "
             "model, or train with budget 'serve'",

@@ -71,8 +71,10 @@ def parse_fraction_window(spec: str) -> tuple[float, float]:
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*:\s*([0-9]*\.?[0-9]+)\s*", str(spec))
     if not m:
         raise WindowOptionError(
-            "window", spec, "is not of the form 'a:b' with fractions of depth, e.g. '0.2:0.8'. "
-            "For a segment mask use segments='01110'; for explicit layers use layers='3-11'"
+            "window",
+            spec,
+            "is not of the form 'a:b' with fractions of depth, e.g. '0.2:0.8'. "
+            "For a segment mask use segments='01110'; for explicit layers use layers='3-11'",
         )
     a, b = float(m.group(1)), float(m.group(2))
     if not (0.0 <= a < b <= 1.0):
@@ -82,10 +84,7 @@ def parse_fraction_window(spec: str) -> tuple[float, float]:
 
 def segment_bounds(num_layers: int, num_segments: int) -> list[tuple[int, int]]:
     """``[(start, end), ...]`` of the S segments of an L-layer model (end exclusive)."""
-    return [
-        ((i * num_layers) // num_segments, ((i + 1) * num_layers) // num_segments)
-        for i in range(num_segments)
-    ]
+    return [((i * num_layers) // num_segments, ((i + 1) * num_layers) // num_segments) for i in range(num_segments)]
 
 
 def validate_mask(mask: str) -> str:
@@ -94,12 +93,16 @@ def validate_mask(mask: str) -> str:
     bad = sorted({c for c in mask if c not in "01"})
     if not mask or bad:
         raise WindowOptionError(
-            "segments", mask, "is not a mask of '0'/'1' characters"
+            "segments",
+            mask,
+            "is not a mask of '0'/'1' characters"
             + (f" (stray {', '.join(repr(c) for c in bad)})" if bad else " (it is empty)")
-            + "; write one character per segment, bottom first, e.g. '01110'"
+            + "; write one character per segment, bottom first, e.g. '01110'",
         )
     if "1" not in mask:
-        raise WindowOptionError("segments", mask, "activates no segment; put a '1' on at least one segment, e.g. '01110'")
+        raise WindowOptionError(
+            "segments", mask, "activates no segment; put a '1' on at least one segment, e.g. '01110'"
+        )
     return mask
 
 
@@ -108,8 +111,10 @@ def segments_to_layers(mask: str, num_layers: int) -> list[int]:
     mask = validate_mask(mask)
     if len(mask) > num_layers:
         raise WindowOptionError(
-            "segments", mask, f"has {len(mask)} segments but the model has only {num_layers} "
-            "layers, so some segments would be empty; use at most one segment per layer"
+            "segments",
+            mask,
+            f"has {len(mask)} segments but the model has only {num_layers} "
+            "layers, so some segments would be empty; use at most one segment per layer",
         )
     layers: list[int] = []
     for (lo, hi), bit in zip(segment_bounds(num_layers, len(mask)), mask):
@@ -134,8 +139,10 @@ def explicit_layers(spec: str | int | Iterable[int], num_layers: int) -> list[in
             m = re.fullmatch(r"(-?\d+)\s*(?:-\s*(-?\d+))?", part)
             if not m:
                 raise WindowOptionError(
-                    "layers", spec, f": cannot read {part!r}; write indices and inclusive ranges "
-                    "separated by commas, e.g. '3,4,9-12' (negative indices count from the top)"
+                    "layers",
+                    spec,
+                    f": cannot read {part!r}; write indices and inclusive ranges "
+                    "separated by commas, e.g. '3,4,9-12' (negative indices count from the top)",
                 )
             lo = _norm_index(int(m.group(1)), num_layers, spec)
             hi = _norm_index(int(m.group(2)), num_layers, spec) if m.group(2) else lo
@@ -162,8 +169,10 @@ def _norm_index(i: int, num_layers: int, spec: Any) -> int:
     j = i + num_layers if i < 0 else i
     if not 0 <= j < num_layers:
         raise WindowOptionError(
-            "layers", spec, f": layer {i} is out of range for a {num_layers}-layer model "
-            f"(allowed 0..{num_layers - 1}, or -{num_layers}..-1 from the top)"
+            "layers",
+            spec,
+            f": layer {i} is out of range for a {num_layers}-layer model "
+            f"(allowed 0..{num_layers - 1}, or -{num_layers}..-1 from the top)",
         )
     return j
 
@@ -225,8 +234,10 @@ def resolve_layers(
         expected = rec.get("num_layers")
         if expected is not None and int(expected) != num_layers:
             raise WindowOptionError(
-                "window_from", str(window_from), f"was computed for a {expected}-layer model, "
-                f"but this model has {num_layers} layers; rerun 'midblock analyze' on this model"
+                "window_from",
+                str(window_from),
+                f"was computed for a {expected}-layer model, "
+                f"but this model has {num_layers} layers; rerun 'midblock analyze' on this model",
             )
         return explicit_layers(rec["layers"], num_layers)
     a, b = parse_fraction_window(DEFAULT_WINDOW if window is None else window)
@@ -257,7 +268,6 @@ def matched_rank(rank: int, num_layers: int, num_active: int) -> int:
     """Rank per active layer so the rank sum matches uniform LoRA: ``floor(r*L/n)``."""
     if rank < 1 or num_active < 1 or num_active > num_layers:
         raise WindowError(
-            f"matched_rank: need rank >= 1 and 1 <= active layers <= L (got r={rank}, "
-            f"n={num_active}, L={num_layers})."
+            f"matched_rank: need rank >= 1 and 1 <= active layers <= L (got r={rank}, n={num_active}, L={num_layers})."
         )
     return (rank * num_layers) // num_active

@@ -22,8 +22,11 @@ import sys
 from pathlib import Path
 
 
-PROMPTS = ["Question: Natalia sold clips to 48 of her friends in April. How many clips did she sell?\nAnswer:",
-           "The capital of France is", "def fibonacci(n):"]
+PROMPTS = [
+    "Question: Natalia sold clips to 48 of her friends in April. How many clips did she sell?\nAnswer:",
+    "The capital of France is",
+    "def fibonacci(n):",
+]
 
 
 def llama_logits(request: str, result: str) -> None:
@@ -34,8 +37,9 @@ def llama_logits(request: str, result: str) -> None:
     req = json.loads(Path(request).read_text())
     out = {"llama_cpp_python": llama_cpp.__version__, "runs": {}}
     for name, lora in req["runs"].items():
-        llm = llama_cpp.Llama(model_path=req["model"], lora_path=lora, n_ctx=256, logits_all=True, n_threads=2,
-                              verbose=False, seed=0)
+        llm = llama_cpp.Llama(
+            model_path=req["model"], lora_path=lora, n_ctx=256, logits_all=True, n_threads=2, verbose=False, seed=0
+        )
         rows = []
         for ids in req["prompts"]:
             llm.reset()
@@ -77,21 +81,71 @@ def main() -> int:
                 p.normal_(0, 0.02)
     peft_model.save_pretrained(work / "original")
     run = lambda cmd: subprocess.run(cmd, check=True)  # noqa: E731
-    run([sys.executable, "-m", "midblock_plugin.cli", "export", str(work / "original"), "--target", "llama.cpp",
-         "--base", str(model_dir), "--output", str(work / "export"), "--overwrite"])
-    run([sys.executable, str(conv / "convert_hf_to_gguf.py"), "--outtype", "f32", "--outfile", str(work / "base.gguf"),
-         str(model_dir)])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "midblock_plugin.cli",
+            "export",
+            str(work / "original"),
+            "--target",
+            "llama.cpp",
+            "--base",
+            str(model_dir),
+            "--output",
+            str(work / "export"),
+            "--overwrite",
+        ]
+    )
+    run(
+        [
+            sys.executable,
+            str(conv / "convert_hf_to_gguf.py"),
+            "--outtype",
+            "f32",
+            "--outfile",
+            str(work / "base.gguf"),
+            str(model_dir),
+        ]
+    )
     for name in ("original", "export"):
-        run([sys.executable, str(conv / "convert_lora_to_gguf.py"), "--base", str(model_dir), "--outtype", "f32",
-             "--outfile", str(work / f"{name}.gguf"), str(work / name)])
+        run(
+            [
+                sys.executable,
+                str(conv / "convert_lora_to_gguf.py"),
+                "--base",
+                str(model_dir),
+                "--outtype",
+                "f32",
+                "--outfile",
+                str(work / f"{name}.gguf"),
+                str(work / name),
+            ]
+        )
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     prompts = [tok(p)["input_ids"] for p in PROMPTS]
-    request = {"model": str(work / "base.gguf"), "prompts": prompts,
-               "runs": {"base": None, "export": str(work / "export.gguf"), "original": str(work / "original.gguf")}}
+    request = {
+        "model": str(work / "base.gguf"),
+        "prompts": prompts,
+        "runs": {"base": None, "export": str(work / "export.gguf"), "original": str(work / "original.gguf")},
+    }
     (work / "request.json").write_text(json.dumps(request))
-    run([args.llama_python, __file__, "--converter", str(conv), "--llama-python", args.llama_python, "--work",
-         str(work), "--llama-logits", str(work / "request.json"), str(work / "result.json")])
+    run(
+        [
+            args.llama_python,
+            __file__,
+            "--converter",
+            str(conv),
+            "--llama-python",
+            args.llama_python,
+            "--work",
+            str(work),
+            "--llama-logits",
+            str(work / "request.json"),
+            str(work / "result.json"),
+        ]
+    )
     got = json.loads((work / "result.json").read_text())
 
     def hf_logits(adapter):
@@ -102,22 +156,35 @@ def main() -> int:
             return [m(input_ids=torch.tensor([ids])).logits[0].double() for ids in prompts]
 
     reference = {"base": hf_logits(None), "adapter": hf_logits(work / "original")}
-    report = {"model": str(model_dir), "layers": plan.layers, "rank": plan.layer_rank, "use_rslora": True,
-              "llama_cpp_python": got["llama_cpp_python"], "runs": {}}
+    report = {
+        "model": str(model_dir),
+        "layers": plan.layers,
+        "rank": plan.layer_rank,
+        "use_rslora": True,
+        "llama_cpp_python": got["llama_cpp_python"],
+        "runs": {},
+    }
     for name, ref_name in (("base", "base"), ("export", "adapter"), ("original", "adapter")):
         diffs, same_next = [], []
         for ref, rows in zip(reference[ref_name], got["runs"][name]):
             mine = torch.tensor(rows, dtype=torch.float64)
             diffs.append(float((mine - ref).abs().max()))
             same_next.append(bool((mine.argmax(-1) == ref.argmax(-1)).all()))
-        report["runs"][name] = {"max_abs_logit_diff": max(diffs), "argmax_equal_every_position": all(same_next),
-                                "against": "HF" if ref_name == "base" else "HF + PEFT (original rsLoRA adapter)"}
-    report["adapter_effect_max_logit"] = max(float((a - b).abs().max()) for a, b in
-                                             zip(reference["adapter"], reference["base"]))
+        report["runs"][name] = {
+            "max_abs_logit_diff": max(diffs),
+            "argmax_equal_every_position": all(same_next),
+            "against": "HF" if ref_name == "base" else "HF + PEFT (original rsLoRA adapter)",
+        }
+    report["adapter_effect_max_logit"] = max(
+        float((a - b).abs().max()) for a, b in zip(reference["adapter"], reference["base"])
+    )
     report["sqrt_r"] = math.sqrt(plan.layer_rank)
     (work / "check-llamacpp.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
-    ok = report["runs"]["export"]["max_abs_logit_diff"] < 1e-2 and report["runs"]["export"]["argmax_equal_every_position"]
+    ok = (
+        report["runs"]["export"]["max_abs_logit_diff"] < 1e-2
+        and report["runs"]["export"]["argmax_equal_every_position"]
+    )
     return 0 if ok else 1
 
 

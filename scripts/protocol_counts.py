@@ -20,8 +20,15 @@ import json
 import sys
 
 
-def counts(tokenizer, train: list[dict], test: list[dict], max_length: int = 128, max_new_tokens: int = 64,
-           num_examples: int = 2000, seed: int = 42) -> dict:
+def counts(
+    tokenizer,
+    train: list[dict],
+    test: list[dict],
+    max_length: int = 128,
+    max_new_tokens: int = 64,
+    num_examples: int = 2000,
+    seed: int = 42,
+) -> dict:
     from midblock_plugin.data import gsm8k
     from midblock_plugin.evaluation.authors import N_QUESTIONS, shuffled_order
 
@@ -47,14 +54,22 @@ def counts(tokenizer, train: list[dict], test: list[dict], max_length: int = 128
     authors = [lengths[i] for i in shuffled_order(len(test), seed)[:N_QUESTIONS]]
     for name, ls in (("test_all", lengths), ("test_authors_100", authors)):
         ls_sorted = sorted(ls)
-        out[name] = {"answers": len(ls), "over": sum(n > max_new_tokens for n in ls), "median_tokens": ls_sorted[len(ls) // 2]}
+        out[name] = {
+            "answers": len(ls),
+            "over": sum(n > max_new_tokens for n in ls),
+            "median_tokens": ls_sorted[len(ls) // 2],
+        }
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", help="GSM8K directory with train.jsonl / test.jsonl (default: $MIDBLOCK_GSM8K_DIR).")
-    p.add_argument("--tokenizer", default="smollm2", help="A tokenizer directory, or 'smollm2' (default: midblock's default model).")
+    p.add_argument(
+        "--tokenizer",
+        default="smollm2",
+        help="A tokenizer directory, or 'smollm2' (default: midblock's default model).",
+    )
     p.add_argument("--json", action="store_true", help="Print the counts as JSON.")
     args = p.parse_args(argv)
 
@@ -75,12 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tokenizer: {args.tokenizer} ({path})")
     for name in ("train_recipe", "train_all"):
         r = res[name]
-        print(f"{name}: final number cut by the {res['max_length']}-token truncation: {pct(r['number_cut'], r['rows'])}; "
-              f"'####' itself beyond it: {pct(r['marker_cut'], r['rows'])}")
+        print(
+            f"{name}: final number cut by the {res['max_length']}-token truncation: {pct(r['number_cut'], r['rows'])}; "
+            f"'####' itself beyond it: {pct(r['marker_cut'], r['rows'])}"
+        )
     for name in ("test_all", "test_authors_100"):
         r = res[name]
-        print(f"{name}: gold answers over {res['max_new_tokens']} new tokens: {pct(r['over'], r['answers'])}; "
-              f"median {r['median_tokens']} tokens")
+        print(
+            f"{name}: gold answers over {res['max_new_tokens']} new tokens: {pct(r['over'], r['answers'])}; "
+            f"median {r['median_tokens']} tokens"
+        )
     return 0
 
 

@@ -68,26 +68,33 @@ def render(res: dict) -> str:
     variants = res["variants"]
     base = res["base"]
     seeds = variants[0]["seeds"]
-    lines = [f"Base (no tuning): held-out answer loss {base['heldout_loss']:.4f} on {res.get('heldout_rows')} test rows; "
-             f"rates {', '.join(f'{x:g}' for x in res.get('lrs') or [])} chosen on {res.get('validation_rows')} "
-             f"validation rows; {seeds} seeds ({', '.join(map(str, variants[0]['seed_values']))}).", "",
-             "| variant | layers | rank | chosen lr | held-out loss [95% CI] | minus uniform [95% CI] | Holm p | "
-             "KL at chosen lr [95% CI] | KL at uniform's gain [95% CI] | KL at gain minus uniform's, per seed |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Base (no tuning): held-out answer loss {base['heldout_loss']:.4f} on {res.get('heldout_rows')} test rows; "
+        f"rates {', '.join(f'{x:g}' for x in res.get('lrs') or [])} chosen on {res.get('validation_rows')} "
+        f"validation rows; {seeds} seeds ({', '.join(map(str, variants[0]['seed_values']))}).",
+        "",
+        "| variant | layers | rank | chosen lr | held-out loss [95% CI] | minus uniform [95% CI] | Holm p | "
+        "KL at chosen lr [95% CI] | KL at uniform's gain [95% CI] | KL at gain minus uniform's, per seed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for v in variants:
         f = v.get("forgetting") or {}
         at = f.get("kl_at_uniform_gain") or {}
         per = (at.get("vs_uniform") or {}).get("per_seed") or []
-        lines.append(f"| `{v['mask']}` | {v['window']} | {v['rank']} | {v['best_lr']:g} | {_ci(v['heldout_loss'])} | "
-                     f"{_ci(v['vs_uniform'], 'mean_diff', sign=True)} | {_p((v['vs_uniform'] or {}).get('p_holm'))} | "
-                     f"{_ci(f.get('kl'), digits=5)} | {_ci(at, digits=5)} | "
-                     f"{', '.join(_num(x, 5, True) for x in per) or '–'} |")
+        lines.append(
+            f"| `{v['mask']}` | {v['window']} | {v['rank']} | {v['best_lr']:g} | {_ci(v['heldout_loss'])} | "
+            f"{_ci(v['vs_uniform'], 'mean_diff', sign=True)} | {_p((v['vs_uniform'] or {}).get('p_holm'))} | "
+            f"{_ci(f.get('kl'), digits=5)} | {_ci(at, digits=5)} | "
+            f"{', '.join(_num(x, 5, True) for x in per) or '–'} |"
+        )
     lines += ["", "| variant | lr | validation loss | held-out loss | task gain | KL |", "|---|---|---|---|---|---|"]
     for v in variants:
         for b in v["by_lr"]:
             mark = " (chosen)" if b["lr"] == v["best_lr"] else ""
-            lines.append(f"| `{v['mask']}` | {b['lr']:g}{mark} | {_num(b['validation_loss'])} | {_num(b['heldout_loss'])} | "
-                         f"{_num(b['task_gain'])} | {_num(b['kl'], 5)} |")
+            lines.append(
+                f"| `{v['mask']}` | {b['lr']:g}{mark} | {_num(b['validation_loss'])} | {_num(b['heldout_loss'])} | "
+                f"{_num(b['task_gain'])} | {_num(b['kl'], 5)} |"
+            )
     lines += ["", "Decision (the rule above, applied by `scripts/results_table.py`):", ""]
     for v in variants:
         if v["mask"] == "11111":

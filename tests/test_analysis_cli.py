@@ -37,12 +37,22 @@ def dirs(tmp_path_factory):
     tuned.save_pretrained(root / "tuned")
     peft_model = get_peft_model(
         tiny_model("llama", num_layers=L),
-        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], layers_to_transform=[8, 9], layers_pattern="layers",
-                   init_lora_weights=False),
+        LoraConfig(
+            r=4,
+            target_modules=["q_proj", "v_proj"],
+            layers_to_transform=[8, 9],
+            layers_pattern="layers",
+            init_lora_weights=False,
+        ),
     )
     peft_model.save_pretrained(root / "adapter")
     (root / "empty").mkdir()
-    return {"base": str(base), "tuned": str(root / "tuned"), "adapter": str(root / "adapter"), "empty": str(root / "empty")}
+    return {
+        "base": str(base),
+        "tuned": str(root / "tuned"),
+        "adapter": str(root / "adapter"),
+        "empty": str(root / "empty"),
+    }
 
 
 def _check_outputs(out_dir, num_layers):
@@ -108,8 +118,16 @@ def test_single_model_cli(dirs, tmp_path, capsys):
     assert rc == 0
     doc = _check_outputs(out, L)
     assert doc["mode"] == "single" and doc["tuned"] is None
-    for col in ("adjacent_cka", "effective_rank", "dataset_entropy", "prompt_entropy", "curvature", "early_exit",
-                "snr_attn", "snr_mlp"):
+    for col in (
+        "adjacent_cka",
+        "effective_rank",
+        "dataset_entropy",
+        "prompt_entropy",
+        "curvature",
+        "early_exit",
+        "snr_attn",
+        "snr_mlp",
+    ):
         assert col in doc["columns"] and all(r[col] is not None for r in doc["layers"]), col
     rec = doc["recommendation"]
     # one model and no --probe: nothing measures what a fine-tune changes, so the paper default, flagged
@@ -120,8 +138,22 @@ def test_single_model_cli(dirs, tmp_path, capsys):
 
 def test_no_figure_and_no_optional_metrics(dirs, tmp_path):
     out = tmp_path / "lean"
-    rc = main(["analyze", dirs["base"], dirs["tuned"], "--output-dir", str(out), "--quiet", "--no-figure",
-               "--no-early-exit", "--no-weight-stats", "--stats-dtype", "float32", *FAST])
+    rc = main(
+        [
+            "analyze",
+            dirs["base"],
+            dirs["tuned"],
+            "--output-dir",
+            str(out),
+            "--quiet",
+            "--no-figure",
+            "--no-early-exit",
+            "--no-weight-stats",
+            "--stats-dtype",
+            "float32",
+            *FAST,
+        ]
+    )
     assert rc == 0
     assert not (out / "analysis.png").exists()
     doc = json.loads((out / "analysis.json").read_text())
@@ -163,8 +195,10 @@ def test_mismatched_tuned_model_is_refused_before_loading(dirs, tmp_path, capsys
 
 
 def test_registering_the_subcommand_does_not_import_torch():
-    code = ("import sys, midblock_plugin.cli as c; p = c.build_parser(); "
-            "a = p.parse_args(['analyze', 'x', '--json']); assert a.func.__module__ == 'midblock_plugin.cli.analyze'; "
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys, midblock_plugin.cli as c; p = c.build_parser(); "
+        "a = p.parse_args(['analyze', 'x', '--json']); assert a.func.__module__ == 'midblock_plugin.cli.analyze'; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -42,8 +42,14 @@ def dirs(tmp_path_factory):
     out["same"], out["layer3"] = root / "same", root / "layer3"
     peft_model = get_peft_model(
         tiny_model("llama", num_layers=L),
-        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], layers_to_transform=[2, 4],
-                   layers_pattern="layers", init_lora_weights=False),
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "v_proj"],
+            layers_to_transform=[2, 4],
+            layers_pattern="layers",
+            init_lora_weights=False,
+        ),
     )
     peft_model.save_pretrained(root / "adapter")
     peft_model.merge_and_unload().save_pretrained(root / "merged")
@@ -95,8 +101,16 @@ def test_adapter_path_matches_the_merged_full_model(dirs):
     full = run_analysis(AnalysisConfig(base=dirs["base"], tuned=dirs["merged"], **KW))
     assert ad.tuned_kind == "adapter" and full.tuned_kind == "model"
     for ra, rf in zip(ad.rows, full.rows):
-        for key in ("cka", "cosine", "mean_shift", "weight_change_attn", "weight_change", "early_exit_cross",
-                    "effective_rank_tuned", "prompt_entropy_tuned"):
+        for key in (
+            "cka",
+            "cosine",
+            "mean_shift",
+            "weight_change_attn",
+            "weight_change",
+            "early_exit_cross",
+            "effective_rank_tuned",
+            "prompt_entropy_tuned",
+        ):
             assert ra[key] == pytest.approx(rf[key], rel=1e-3, abs=1e-5), (ra["layer"], key)
     assert [i for i, r in enumerate(ad.rows) if r["weight_change_attn"] > 0] == [2, 4]
     assert all(r["weight_change_mlp"] == 0.0 for r in ad.rows)  # only q_proj / v_proj adapted
@@ -122,7 +136,8 @@ def test_streamed_metrics_equal_reference_on_output_hidden_states(dirs):
                     h = hs[layer + 1]
                     pooled[m_idx][layer].append(h[0].mean(0))
                     token_metrics[m_idx][layer].append(
-                        (prompt_entropy(h, enc["attention_mask"]).item(), curvature(h, enc["attention_mask"]).item()))
+                        (prompt_entropy(h, enc["attention_mask"]).item(), curvature(h, enc["attention_mask"]).item())
+                    )
     for layer in range(L - 1):
         xb, xt = torch.stack(pooled[0][layer]), torch.stack(pooled[1][layer])
         row = res.rows[layer]
@@ -158,13 +173,19 @@ def test_collector_memory_does_not_grow_with_prompts():
     _, stack = find_decoder_layers(model)
 
     def run(n):
-        col = LayerCollector(3, 64, pair=False, stats_dtype=torch.float64, device=torch.device("cpu"),
-                             readouts={"base": Readout(norm, head)})
+        col = LayerCollector(
+            3,
+            64,
+            pair=False,
+            stats_dtype=torch.float64,
+            device=torch.device("cpu"),
+            readouts={"base": Readout(norm, head)},
+        )
         col.attach(stack)
         texts = [BUILTIN_PROMPTS[i % len(BUILTIN_PROMPTS)] for i in range(n)]
         with torch.no_grad():
             for start in range(0, n, 4):
-                enc = tok(texts[start:start + 4], padding=True, return_tensors="pt")
+                enc = tok(texts[start : start + 4], padding=True, return_tensors="pt")
                 col.begin_batch(enc["attention_mask"])
                 with col.pass_of("base"):
                     backbone(**enc)
@@ -215,9 +236,11 @@ def test_jsonl_text_and_chat_rows(dirs, tmp_path):
     import json
 
     path = tmp_path / "p.jsonl"
-    rows = [{"text": "Hello there, how are you?"},
-            {"messages": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]},
-            {"text": "Another line of text."}]
+    rows = [
+        {"text": "Hello there, how are you?"},
+        {"messages": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]},
+        {"text": "Another line of text."},
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     res = run_analysis(AnalysisConfig(base=dirs["base"], prompts=str(path), **KW))
     assert res.prompts["count"] == 3

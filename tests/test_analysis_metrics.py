@@ -40,7 +40,7 @@ def _stream(x: torch.Tensor, y: torch.Tensor, sizes, dtype=torch.float64):
     mx, my, cross = MomentStats(x.shape[1], dtype=dtype), MomentStats(y.shape[1], dtype=dtype), CrossStats()
     start = 0
     for size in sizes:
-        xb, yb = x[start:start + size], y[start:start + size]
+        xb, yb = x[start : start + size], y[start : start + size]
         if len(xb) == 0:
             break
         mx.update(xb)
@@ -64,12 +64,19 @@ def test_cka_of_identical_states_is_one_and_forms_agree():
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), n=st.integers(8, 60), d=st.integers(2, 24),
-       scale=st.floats(1e-3, 1e3), offset=st.floats(-50, 50))
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(8, 60),
+    d=st.integers(2, 24),
+    scale=st.floats(1e-3, 1e3),
+    offset=st.floats(-50, 50),
+)
 def test_cka_invariant_to_orthogonal_transform_isotropic_scaling_and_translation(seed, n, d, scale, offset):
     g = _gen(seed)
     x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    y = x @ torch.randn(d, d, generator=g, dtype=torch.float64) + 0.3 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = x @ torch.randn(d, d, generator=g, dtype=torch.float64) + 0.3 * torch.randn(
+        n, d, generator=g, dtype=torch.float64
+    )
     ref = linear_cka(x, y)
     q = _orthogonal(d, g)
     assert linear_cka(x @ q, y) == pytest.approx(ref, rel=1e-8, abs=1e-10)
@@ -94,7 +101,7 @@ def test_streamed_moments_equal_whole_matrix_metrics_for_any_batching(seed, n, c
     d = 9
     x = torch.randn(n, d, generator=g, dtype=torch.float64) * 3 + 5
     y = torch.tanh(x @ torch.randn(d, d, generator=g, dtype=torch.float64))
-    sizes = (cuts * (n // max(1, sum(cuts)) + 2))
+    sizes = cuts * (n // max(1, sum(cuts)) + 2)
     mx, my, cross = _stream(x, y, sizes)
     assert cka_from_stats(mx, my, cross) == pytest.approx(linear_cka(x, y), rel=1e-9, abs=1e-12)
     assert cross.mean_cosine() == pytest.approx(float(row_cosine(x, y).mean()), rel=1e-9)

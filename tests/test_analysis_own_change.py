@@ -25,8 +25,10 @@ def _lora(layers=None, seed=0):
     from peft import LoraConfig, get_peft_model
 
     kw = {"layers_to_transform": layers, "layers_pattern": "layers"} if layers is not None else {}
-    return get_peft_model(tiny_model("llama", num_layers=L, seed=seed),
-                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], **kw))
+    return get_peft_model(
+        tiny_model("llama", num_layers=L, seed=seed),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], **kw),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -132,13 +134,16 @@ def test_declared_variants(dirs):
     assert AnalysisConfig(base=dirs["base"], tuned=dirs["layers3to5"], tuned_variant="full", **KW).window_tuned is None
 
 
-@pytest.mark.parametrize("kw,needle", [
-    (dict(signal="cka"), "--signal='cka'"),
-    (dict(signal="weight", weight_stats=False), "--signal=weight needs"),
-    (dict(min_objective=1.0), "--min-objective=1.0"),
-    (dict(tuned_variant=" "), "--tuned-variant=' '"),
-    (dict(probe_batches=0), "--probe-batches=0"),
-])
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        (dict(signal="cka"), "--signal='cka'"),
+        (dict(signal="weight", weight_stats=False), "--signal=weight needs"),
+        (dict(min_objective=1.0), "--min-objective=1.0"),
+        (dict(tuned_variant=" "), "--tuned-variant=' '"),
+        (dict(probe_batches=0), "--probe-batches=0"),
+    ],
+)
 def test_bad_settings_are_refused(dirs, kw, needle):
     with pytest.raises(ValueError) as err:
         AnalysisConfig(base=dirs["base"], tuned=dirs["layers3to5"], **{**KW, **kw})
@@ -147,8 +152,22 @@ def test_bad_settings_are_refused(dirs, kw, needle):
 
 def test_cli_refuses_to_recommend_from_a_window_tuned_adapter(dirs, tmp_path, capsys):
     out = tmp_path / "w"
-    rc = main(["analyze", dirs["base"], dirs["window"], "--output-dir", str(out), "--quiet", "--no-figure",
-               "--num-prompts", "8", "--max-length", "24", "--no-early-exit"])
+    rc = main(
+        [
+            "analyze",
+            dirs["base"],
+            dirs["window"],
+            "--output-dir",
+            str(out),
+            "--quiet",
+            "--no-figure",
+            "--num-prompts",
+            "8",
+            "--max-length",
+            "24",
+            "--no-early-exit",
+        ]
+    )
     assert rc == 0
     stdout = capsys.readouterr().out
     assert "NO WINDOW RECOMMENDED" in stdout and "--window-from" not in stdout

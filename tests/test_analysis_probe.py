@@ -45,10 +45,13 @@ def test_probe_through_a_disabled_adapter_equals_the_plain_base():
     from peft import LoraConfig, get_peft_model
 
     tok = tiny_tokenizer()
-    plain = gradient_probe(tiny_model("llama", num_layers=L), tok, BUILTIN_PROMPTS, num_batches=1, batch_size=4,
-                           max_length=24)
-    peft_model = get_peft_model(tiny_model("llama", num_layers=L),
-                                LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    plain = gradient_probe(
+        tiny_model("llama", num_layers=L), tok, BUILTIN_PROMPTS, num_batches=1, batch_size=4, max_length=24
+    )
+    peft_model = get_peft_model(
+        tiny_model("llama", num_layers=L),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     _, stack = find_decoder_layers(peft_model)
     assert len(layer_projection_weights(stack[0])) == 7  # q k v o gate up down, no LoRA matrices
     with peft_model.disable_adapter():
@@ -67,8 +70,18 @@ def test_bad_probe_input_is_rejected():
 
 def test_cli_single_model_with_and_without_probe(tmp_path, capsys):
     base = save_tiny(tmp_path / "base", arch="llama", num_layers=L)
-    fast = ["--num-prompts", "8", "--max-length", "24", "--batch-size", "4", "--quiet", "--no-figure",
-            "--no-early-exit", "--no-weight-stats"]
+    fast = [
+        "--num-prompts",
+        "8",
+        "--max-length",
+        "24",
+        "--batch-size",
+        "4",
+        "--quiet",
+        "--no-figure",
+        "--no-early-exit",
+        "--no-weight-stats",
+    ]
     assert main(["analyze", str(base), "--output-dir", str(tmp_path / "plain"), *fast]) == 0
     plain = json.loads((tmp_path / "plain" / "analysis.json").read_text())
     assert plain["probe"] is None and plain["tuned_variant"] is None

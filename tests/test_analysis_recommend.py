@@ -93,10 +93,11 @@ def test_search_windows_is_the_exhaustive_maximum_with_documented_ties():
         total = sum(shares)
         shares = [s / total for s in shares]
         a, b, obj = search_windows(shares)
-        brute = max(sum(shares[i:j + 1]) - (j - i + 1) / num_layers
-                    for i in range(num_layers) for j in range(i, num_layers))
+        brute = max(
+            sum(shares[i : j + 1]) - (j - i + 1) / num_layers for i in range(num_layers) for j in range(i, num_layers)
+        )
         assert obj == pytest.approx(brute, abs=1e-12)
-        assert obj == pytest.approx(sum(shares[a:b + 1]) - (b - a + 1) / num_layers, abs=1e-12)
+        assert obj == pytest.approx(sum(shares[a : b + 1]) - (b - a + 1) / num_layers, abs=1e-12)
     # ties: equal objective -> the shorter window, then the lower one
     assert search_windows([0.5, 0.0, 0.0, 0.5]) == (0, 0, 0.25)
 

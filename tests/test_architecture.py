@@ -33,7 +33,9 @@ def test_find_decoder_layers_names_and_errors():
         find_decoder_layers(nn.Sequential(nn.Linear(2, 2)))
 
 
-@pytest.mark.parametrize("arch, norm", [("llama", "model.norm"), ("gpt2", "transformer.ln_f"), ("gpt_neox", "gpt_neox.final_layer_norm")])
+@pytest.mark.parametrize(
+    "arch, norm", [("llama", "model.norm"), ("gpt2", "transformer.ln_f"), ("gpt_neox", "gpt_neox.final_layer_norm")]
+)
 def test_layout_from_config_equals_layout_from_model(arch, norm):
     from midblock_plugin.testing import tiny_config, tiny_model
 

@@ -110,7 +110,9 @@ def test_axolotl_key_table_lists_the_axolotl_keys_the_plugin_reads(tables):
     assert set(rows) == set(AXOLOTL_KEYS) | set(AXOLOTL_TARGET_KEYS)
     for key, field in rows.items():
         assert field == AXOLOTL_KEYS.get(key, "target_modules"), key
-    assert midblock_config_from_cfg({"adapter": "midblock", "lora_target_modules": ["q_proj"]}).target_modules == ["q_proj"]
+    assert midblock_config_from_cfg({"adapter": "midblock", "lora_target_modules": ["q_proj"]}).target_modules == [
+        "q_proj"
+    ]
     assert midblock_config_from_cfg({"adapter": "midblock", "lora_target_linear": True}).target_modules == "all-linear"
 
 

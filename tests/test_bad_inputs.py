@@ -95,8 +95,15 @@ def A(id, call, needles, exc=ValueError, **kw) -> Case:
 def _flag_value(flag: str, value: str) -> tuple:
     """The ways a message may name a flag and its value."""
     key = flag.lstrip("-").replace("-", "_")
-    return (f"{flag} {value}", f"{flag}={value}", f"{flag} {value!r}", f"{flag}={value!r}",
-            f"{key}={value}", f"{key}={value!r}", f"{key}: {value}")
+    return (
+        f"{flag} {value}",
+        f"{flag}={value}",
+        f"{flag} {value!r}",
+        f"{flag}={value!r}",
+        f"{key}={value}",
+        f"{key}={value!r}",
+        f"{key}: {value}",
+    )
 
 
 NAN, INF = float("nan"), float("inf")
@@ -144,26 +151,123 @@ PLAN = [
     C("plan-rank-zero", "plan", "--num-layers", "10", "--rank", "0", needles=[_flag_value("--rank", "0")]),
     C("plan-rank-negative", "plan", "--num-layers", "10", "--rank", "-8", needles=[_flag_value("--rank", "-8")]),
     C("plan-rank-float", "plan", "--num-layers", "10", "--rank", "1.5", needles=["--rank", "1.5"]),
-    C("plan-alpha-nan", "plan", "--num-layers", "10", "--lora-alpha", "nan", needles=[_flag_value("--lora-alpha", "nan")]),
-    C("plan-alpha-inf", "plan", "--num-layers", "10", "--lora-alpha", "inf", needles=[_flag_value("--lora-alpha", "inf")]),
-    C("plan-alpha-negative", "plan", "--num-layers", "10", "--lora-alpha", "-1", needles=[_flag_value("--lora-alpha", "-1.0")]),
-    C("plan-dropout-nan", "plan", "--num-layers", "10", "--lora-dropout", "nan", needles=[_flag_value("--lora-dropout", "nan")]),
-    C("plan-dropout-one", "plan", "--num-layers", "10", "--lora-dropout", "1", needles=[_flag_value("--lora-dropout", "1.0")]),
-    C("plan-window-empty", "plan", "--num-layers", "10", "--window", "", needles=[("window=''", "--window ''")], owner="core"),
-    C("plan-segments-empty", "plan", "--num-layers", "10", "--segments", "", needles=[("segments=''", "--segments ''")], owner="core"),
-    C("plan-layers-empty", "plan", "--num-layers", "10", "--layers", "", needles=[("layers=''", "--layers ''")], owner="core"),
+    C(
+        "plan-alpha-nan",
+        "plan",
+        "--num-layers",
+        "10",
+        "--lora-alpha",
+        "nan",
+        needles=[_flag_value("--lora-alpha", "nan")],
+    ),
+    C(
+        "plan-alpha-inf",
+        "plan",
+        "--num-layers",
+        "10",
+        "--lora-alpha",
+        "inf",
+        needles=[_flag_value("--lora-alpha", "inf")],
+    ),
+    C(
+        "plan-alpha-negative",
+        "plan",
+        "--num-layers",
+        "10",
+        "--lora-alpha",
+        "-1",
+        needles=[_flag_value("--lora-alpha", "-1.0")],
+    ),
+    C(
+        "plan-dropout-nan",
+        "plan",
+        "--num-layers",
+        "10",
+        "--lora-dropout",
+        "nan",
+        needles=[_flag_value("--lora-dropout", "nan")],
+    ),
+    C(
+        "plan-dropout-one",
+        "plan",
+        "--num-layers",
+        "10",
+        "--lora-dropout",
+        "1",
+        needles=[_flag_value("--lora-dropout", "1.0")],
+    ),
+    C(
+        "plan-window-empty",
+        "plan",
+        "--num-layers",
+        "10",
+        "--window",
+        "",
+        needles=[("window=''", "--window ''")],
+        owner="core",
+    ),
+    C(
+        "plan-segments-empty",
+        "plan",
+        "--num-layers",
+        "10",
+        "--segments",
+        "",
+        needles=[("segments=''", "--segments ''")],
+        owner="core",
+    ),
+    C(
+        "plan-layers-empty",
+        "plan",
+        "--num-layers",
+        "10",
+        "--layers",
+        "",
+        needles=[("layers=''", "--layers ''")],
+        owner="core",
+    ),
     C("plan-layers-garbage", "plan", "--num-layers", "10", "--layers", "3-x", needles=["3-x"]),
     C("plan-layers-backwards-negative", "plan", "--num-layers", "10", "--layers", "-1--4", needles=["-1--4"]),
     C("plan-layers-negative-out-of-range", "plan", "--num-layers", "10", "--layers", "-12--1", needles=["-12"]),
     C("plan-window-infinite", "plan", "--num-layers", "10", "--window", "0.2:inf", needles=["0.2:inf"]),
-    C("plan-two-window-forms", "plan", "--num-layers", "10", "--window", "0.2:0.8", "--segments", "01110",
-      needles=["window", "segments"]),
-    C("plan-window-from-missing", "plan", "--num-layers", "10", "--window-from", "/nonexistent/analysis.json",
-      needles=["/nonexistent/analysis.json"]),
+    C(
+        "plan-two-window-forms",
+        "plan",
+        "--num-layers",
+        "10",
+        "--window",
+        "0.2:0.8",
+        "--segments",
+        "01110",
+        needles=["window", "segments"],
+    ),
+    C(
+        "plan-window-from-missing",
+        "plan",
+        "--num-layers",
+        "10",
+        "--window-from",
+        "/nonexistent/analysis.json",
+        needles=["/nonexistent/analysis.json"],
+    ),
     C("plan-window-from-not-json", "plan", "--num-layers", "10", "--window-from", "{badjson}", needles=["{badjson}"]),
-    C("plan-segments-more-than-layers", "plan", "{base}", "--segments", "000000000001", needles=["segments", "000000000001"]),
+    C(
+        "plan-segments-more-than-layers",
+        "plan",
+        "{base}",
+        "--segments",
+        "000000000001",
+        needles=["segments", "000000000001"],
+    ),
     C("plan-layers-beyond-model", "plan", "{base}", "--layers", "12", needles=["12", "10"]),
-    C("plan-target-modules-empty", "plan", "{base}", "--target-modules", "", needles=[("target_modules", "--target-modules")]),
+    C(
+        "plan-target-modules-empty",
+        "plan",
+        "{base}",
+        "--target-modules",
+        "",
+        needles=[("target_modules", "--target-modules")],
+    ),
     C("plan-target-modules-unknown", "plan", "{base}", "--target-modules", "c_attn", needles=["c_attn"]),
     C("plan-gpus-per-node-zero", "plan", "{base}", "--zero3", "--gpus-per-node", "0", needles=["--gpus-per-node"]),
     C("plan-nodes-negative", "plan", "{base}", "--zero3", "--nodes", "-2", needles=["--nodes"]),
@@ -171,8 +275,19 @@ PLAN = [
     C("plan-mode-unknown", "plan", "--num-layers", "10", "--mode", "qlora", needles=["--mode", "qlora"]),
     C("plan-bool-flag-with-value", "plan", "--num-layers", "10", "--use-rslora=yes", needles=["--use-rslora"]),
     C("plan-norm-flag-in-lora-mode", "plan", "--num-layers", "10", "--train-final-norm", needles=["train_final_norm"]),
-    C("plan-rank-far-above-width", "plan", "{base}", "--rank", "4096", "--budget", "none", expect="warn",
-      needles=[("warning", "Warning", "WARNING"), "width"], owner="core", if_reached="silent"),
+    C(
+        "plan-rank-far-above-width",
+        "plan",
+        "{base}",
+        "--rank",
+        "4096",
+        "--budget",
+        "none",
+        expect="warn",
+        needles=[("warning", "Warning", "WARNING"), "width"],
+        owner="core",
+        if_reached="silent",
+    ),
 ]
 
 EVAL = [
@@ -184,15 +299,65 @@ EVAL = [
     C("eval-t5-encoder-decoder", "eval", "{t5}", needles=["{t5}", "encoder-decoder"]),
     C("eval-bert-encoder", "eval", "{bert}", needles=["{bert}", ("not a decoder", "encoder")]),
     C("eval-model-without-weights", "eval", "{cfgonly}", needles=["{cfgonly}", ("weights", "safetensors")]),
-    C("eval-adapter-for-a-deeper-model", "eval", "{base}", "--adapter", "{adapter_deep}", needles=["--adapter", "layer 11"]),
-    C("eval-adapter-for-a-wider-model", "eval", "{base}", "--adapter", "{adapter_wide}", needles=["--adapter", ("width", "shape")]),
-    C("eval-adapter-for-another-architecture", "eval", "{base}", "--adapter", "{adapter_gpt2}", needles=["--adapter", "c_attn"]),
-    C("eval-adapter-with-other-target-modules", "eval", "{base}", "--adapter", "{adapter_phi3}", needles=["--adapter", "qkv_proj"]),
-    C("eval-adapter-config-not-json", "eval", "{base}", "--adapter", "{adapter_badjson}", needles=["{adapter_badjson}", "adapter_config.json"]),
-    C("eval-adapter-without-weights", "eval", "{base}", "--adapter", "{adapter_noweights}", needles=["{adapter_noweights}", "adapter_model"]),
+    C(
+        "eval-adapter-for-a-deeper-model",
+        "eval",
+        "{base}",
+        "--adapter",
+        "{adapter_deep}",
+        needles=["--adapter", "layer 11"],
+    ),
+    C(
+        "eval-adapter-for-a-wider-model",
+        "eval",
+        "{base}",
+        "--adapter",
+        "{adapter_wide}",
+        needles=["--adapter", ("width", "shape")],
+    ),
+    C(
+        "eval-adapter-for-another-architecture",
+        "eval",
+        "{base}",
+        "--adapter",
+        "{adapter_gpt2}",
+        needles=["--adapter", "c_attn"],
+    ),
+    C(
+        "eval-adapter-with-other-target-modules",
+        "eval",
+        "{base}",
+        "--adapter",
+        "{adapter_phi3}",
+        needles=["--adapter", "qkv_proj"],
+    ),
+    C(
+        "eval-adapter-config-not-json",
+        "eval",
+        "{base}",
+        "--adapter",
+        "{adapter_badjson}",
+        needles=["{adapter_badjson}", "adapter_config.json"],
+    ),
+    C(
+        "eval-adapter-without-weights",
+        "eval",
+        "{base}",
+        "--adapter",
+        "{adapter_noweights}",
+        needles=["{adapter_noweights}", "adapter_model"],
+    ),
     C("eval-adapter-dir-names-no-base", "eval", "{adapter}", needles=["base_model_name_or_path"]),
     C("eval-adapter-dir-names-missing-base", "eval", "{adapter_missingbase}", needles=["/nonexistent/base-model"]),
-    C("eval-device-cuda-without-cuda", "eval", "{base}", "--device", "cuda", needles=["--device", "cuda"], no_cuda=True),
+    C(
+        "eval-device-cuda-without-cuda",
+        "eval",
+        "{base}",
+        "--device",
+        "cuda",
+        needles=["--device", "cuda"],
+        no_cuda=True,
+    ),
     C("eval-device-cuda-7", "eval", "{base}", "--device", "cuda:7", needles=["--device", "cuda:7"]),
     C("eval-device-unknown", "eval", "{base}", "--device", "tpu", needles=["--device", "tpu"]),
     C("eval-limit-nan", "eval", "{base}", "--limit", "nan", needles=[_flag_value("--limit", "nan")]),
@@ -201,7 +366,14 @@ EVAL = [
     C("eval-limit-fraction-above-one", "eval", "{base}", "--limit", "1.5", needles=[_flag_value("--limit", "1.5")]),
     C("eval-limit-zero-fraction", "eval", "{base}", "--limit", "0.0", needles=["--limit"]),
     C("eval-limit-text", "eval", "{base}", "--limit", "all", needles=["--limit", "all"]),
-    C("eval-num-fewshot-negative", "eval", "{base}", "--num-fewshot", "-1", needles=[_flag_value("--num-fewshot", "-1")]),
+    C(
+        "eval-num-fewshot-negative",
+        "eval",
+        "{base}",
+        "--num-fewshot",
+        "-1",
+        needles=[_flag_value("--num-fewshot", "-1")],
+    ),
     C("eval-num-fewshot-float", "eval", "{base}", "--num-fewshot", "2.5", needles=["--num-fewshot", "2.5"]),
     C("eval-batch-size-zero", "eval", "{base}", "--batch-size", "0", needles=[_flag_value("--batch-size", "0")]),
     C("eval-batch-size-negative", "eval", "{base}", "--batch-size", "-2", needles=["--batch-size", "-2"]),
@@ -210,7 +382,15 @@ EVAL = [
     C("eval-max-length-negative", "eval", "{base}", "--max-length", "-5", needles=[_flag_value("--max-length", "-5")]),
     C("eval-tasks-empty", "eval", "{base}", "--tasks", "", needles=[("--tasks", "tasks")]),
     C("eval-tasks-duplicate", "eval", "{base}", "--tasks", "gsm8k,gsm8k", needles=["--tasks", "gsm8k"]),
-    C("eval-output-empty", "eval", "{base}", "--output", "", needles=[("--output ''", "--output=''")], if_reached="silent"),
+    C(
+        "eval-output-empty",
+        "eval",
+        "{base}",
+        "--output",
+        "",
+        needles=[("--output ''", "--output=''")],
+        if_reached="silent",
+    ),
     C("eval-output-is-a-directory", "eval", "{base}", "--output", "{empty}", needles=["--output", "{empty}"]),
     C("eval-output-under-a-file", "eval", "{base}", "--output", "{file}/x.json", needles=["--output", "{file}"]),
     C("eval-save-samples-without-output", "eval", "{base}", "--save-samples", needles=["--save-samples", "--output"]),
@@ -219,7 +399,15 @@ EVAL = [
     C("eval-data-dir-empty-string", "eval", "{base}", "--data-dir", "", needles=["--data-dir"]),
     C("eval-dtype-unknown", "eval", "{base}", "--dtype", "float8", needles=["--dtype", "float8"]),
     C("eval-without-lm-eval", "eval", "{base}", needles=["lm-eval", "pip install"], hide=("lm_eval",)),
-    C("eval-adapter-without-peft", "eval", "{base}", "--adapter", "{adapter}", needles=["peft", "pip install"], hide=("peft",)),
+    C(
+        "eval-adapter-without-peft",
+        "eval",
+        "{base}",
+        "--adapter",
+        "{adapter}",
+        needles=["peft", "pip install"],
+        hide=("peft",),
+    ),
 ]
 
 _AN = dict(defaults={"--output-dir": "{out}/analysis", "--quiet": None, "--num-prompts": "4", "--max-length": "16"})
@@ -228,32 +416,156 @@ ANALYZE = [
     C("analyze-config-unknown-model-type", "analyze", "{unknowntype}", needles=["not_a_model"], **_AN),
     C("analyze-t5-encoder-decoder", "analyze", "{t5}", needles=["{t5}", "encoder-decoder"], **_AN),
     C("analyze-bert-encoder", "analyze", "{bert}", needles=["{bert}", ("not a decoder", "encoder")], **_AN),
-    C("analyze-base-without-weights", "analyze", "{cfgonly}", needles=["{cfgonly}", ("weights", "safetensors")], **_AN),
-    C("analyze-tuned-of-another-architecture", "analyze", "{base}", "{gpt2}", needles=["GPT2", "Llama"], if_reached="silent", **_AN),
+    C(
+        "analyze-base-without-weights",
+        "analyze",
+        "{cfgonly}",
+        needles=["{cfgonly}", ("weights", "safetensors")],
+        **_AN,
+    ),
+    C(
+        "analyze-tuned-of-another-architecture",
+        "analyze",
+        "{base}",
+        "{gpt2}",
+        needles=["GPT2", "Llama"],
+        if_reached="silent",
+        **_AN,
+    ),
     C("analyze-tuned-wider", "analyze", "{base}", "{wide}", needles=["width"], **_AN),
     C("analyze-tuned-shallower", "analyze", "{base}", "{deep}", needles=["BASE has 10 layers"], **_AN),
     C("analyze-tuned-config-not-json", "analyze", "{base}", "{notjson}", needles=["{notjson}", "config.json"], **_AN),
-    C("analyze-adapter-for-a-deeper-model", "analyze", "{base}", "{adapter_deep}", needles=["TUNED", "layer 11"], **_AN),
-    C("analyze-adapter-for-a-wider-model", "analyze", "{base}", "{adapter_wide}", needles=["TUNED", ("width", "shape")], **_AN),
-    C("analyze-adapter-for-another-architecture", "analyze", "{base}", "{adapter_gpt2}", needles=["TUNED", "c_attn"], **_AN),
-    C("analyze-adapter-config-not-json", "analyze", "{base}", "{adapter_badjson}", needles=["{adapter_badjson}", "adapter_config.json"], **_AN),
-    C("analyze-device-cuda-without-cuda", "analyze", "{base}", "--device", "cuda", needles=["--device", "cuda"], no_cuda=True, **_AN),
-    C("analyze-num-prompts-zero", "analyze", "{base}", "--num-prompts", "0", needles=[_flag_value("--num-prompts", "0")], **_AN),
-    C("analyze-max-length-negative", "analyze", "{base}", "--max-length", "-1", needles=[_flag_value("--max-length", "-1")], **_AN),
+    C(
+        "analyze-adapter-for-a-deeper-model",
+        "analyze",
+        "{base}",
+        "{adapter_deep}",
+        needles=["TUNED", "layer 11"],
+        **_AN,
+    ),
+    C(
+        "analyze-adapter-for-a-wider-model",
+        "analyze",
+        "{base}",
+        "{adapter_wide}",
+        needles=["TUNED", ("width", "shape")],
+        **_AN,
+    ),
+    C(
+        "analyze-adapter-for-another-architecture",
+        "analyze",
+        "{base}",
+        "{adapter_gpt2}",
+        needles=["TUNED", "c_attn"],
+        **_AN,
+    ),
+    C(
+        "analyze-adapter-config-not-json",
+        "analyze",
+        "{base}",
+        "{adapter_badjson}",
+        needles=["{adapter_badjson}", "adapter_config.json"],
+        **_AN,
+    ),
+    C(
+        "analyze-device-cuda-without-cuda",
+        "analyze",
+        "{base}",
+        "--device",
+        "cuda",
+        needles=["--device", "cuda"],
+        no_cuda=True,
+        **_AN,
+    ),
+    C(
+        "analyze-num-prompts-zero",
+        "analyze",
+        "{base}",
+        "--num-prompts",
+        "0",
+        needles=[_flag_value("--num-prompts", "0")],
+        **_AN,
+    ),
+    C(
+        "analyze-max-length-negative",
+        "analyze",
+        "{base}",
+        "--max-length",
+        "-1",
+        needles=[_flag_value("--max-length", "-1")],
+        **_AN,
+    ),
     C("analyze-batch-size-float", "analyze", "{base}", "--batch-size", "1.5", needles=["--batch-size", "1.5"], **_AN),
     C("analyze-prompts-empty-file", "analyze", "{base}", "--prompts", "{emptyfile}", needles=["{emptyfile}"], **_AN),
-    C("analyze-prompts-row-not-an-object", "analyze", "{base}", "--prompts", "{prompts_row42}", needles=["{prompts_row42}", "line 2"], **_AN),
-    C("analyze-output-dir-is-a-file", "analyze", "{base}", "--output-dir", "{file}", needles=["--output-dir", "{file}"], **_AN),
-    C("analyze-output-dir-under-a-file", "analyze", "{base}", "--output-dir", "{file}/sub", needles=["--output-dir", "{file}"], **_AN),
-    C("analyze-without-matplotlib", "analyze", "{base}", needles=["matplotlib", "--no-figure"], hide=("matplotlib",), **_AN),
-    C("analyze-adapter-without-peft", "analyze", "{base}", "{adapter}", needles=["peft", "pip install"], hide=("peft",), **_AN),
-    C("analyze-tokenizer-missing", "analyze", "{base}", "--tokenizer", "/nonexistent/tok", needles=["/nonexistent/tok"], **_AN),
+    C(
+        "analyze-prompts-row-not-an-object",
+        "analyze",
+        "{base}",
+        "--prompts",
+        "{prompts_row42}",
+        needles=["{prompts_row42}", "line 2"],
+        **_AN,
+    ),
+    C(
+        "analyze-output-dir-is-a-file",
+        "analyze",
+        "{base}",
+        "--output-dir",
+        "{file}",
+        needles=["--output-dir", "{file}"],
+        **_AN,
+    ),
+    C(
+        "analyze-output-dir-under-a-file",
+        "analyze",
+        "{base}",
+        "--output-dir",
+        "{file}/sub",
+        needles=["--output-dir", "{file}"],
+        **_AN,
+    ),
+    C(
+        "analyze-without-matplotlib",
+        "analyze",
+        "{base}",
+        needles=["matplotlib", "--no-figure"],
+        hide=("matplotlib",),
+        **_AN,
+    ),
+    C(
+        "analyze-adapter-without-peft",
+        "analyze",
+        "{base}",
+        "{adapter}",
+        needles=["peft", "pip install"],
+        hide=("peft",),
+        **_AN,
+    ),
+    C(
+        "analyze-tokenizer-missing",
+        "analyze",
+        "{base}",
+        "--tokenizer",
+        "/nonexistent/tok",
+        needles=["/nonexistent/tok"],
+        **_AN,
+    ),
 ]
 
-_JOB = dict(owner="run", defaults={"--model": "{base}", "--preset": "cpu", "--data-dir": "{gsm}", "--output-dir": "{out}/job"})
+_JOB = dict(
+    owner="run", defaults={"--model": "{base}", "--preset": "cpu", "--data-dir": "{gsm}", "--output-dir": "{out}/job"}
+)
 RUN = [
     C("run-rank-zero", "run", "--rank", "0", needles=[_flag_value("--rank", "0")], **_JOB),
-    C("run-max-steps-zero", "run", "--max-steps", "0", needles=[("--max-steps", "max_steps")], if_reached="silent", **_JOB),
+    C(
+        "run-max-steps-zero",
+        "run",
+        "--max-steps",
+        "0",
+        needles=[("--max-steps", "max_steps")],
+        if_reached="silent",
+        **_JOB,
+    ),
     C("run-lr-nan", "run", "--lr", "nan", needles=[("--lr", "lr=")], **_JOB),
     C("run-batch-size-zero", "run", "--batch-size", "0", needles=[("--batch-size", "batch_size")], **_JOB),
     C("run-num-examples-zero", "run", "--num-examples", "0", needles=[("--num-examples", "num_examples")], **_JOB),
@@ -265,63 +577,239 @@ RUN = [
     C("run-model-t5", "run", "--model", "{t5}", needles=["{t5}", "encoder-decoder"], **_JOB),
     C("compare-variants-empty", "compare", "--variants", "", needles=["--variants"], if_reached="silent", **_JOB),
     C("compare-variants-bad-mask", "compare", "--variants", "01110,01x10", needles=["01x10"], **_JOB),
-    C("compare-variants-duplicate", "compare", "--variants", "01110,01110", needles=[("--variants", "variants")], if_reached="silent", **_JOB),
+    C(
+        "compare-variants-duplicate",
+        "compare",
+        "--variants",
+        "01110,01110",
+        needles=[("--variants", "variants")],
+        if_reached="silent",
+        **_JOB,
+    ),
 ]
 
 _EX = dict(defaults={"--data": "{data_ok}", "--output-dir": "{out}/ex", "--max-steps": "1", "--batch-size": "2"})
 EXAMPLE = [
-    C("example-layers-dash-value-is-a-value", "example", "--layers", "-4--1", "--rank", "0", needles=[_flag_value("--rank", "0")], **_EX),
+    C(
+        "example-layers-dash-value-is-a-value",
+        "example",
+        "--layers",
+        "-4--1",
+        "--rank",
+        "0",
+        needles=[_flag_value("--rank", "0")],
+        **_EX,
+    ),
     C("example-data-bad-json-line", "example", "--data", "{data_badjson}", needles=["{data_badjson}:3"], **_EX),
     C("example-data-row-not-an-object", "example", "--data", "{data_row42}", needles=["{data_row42}:2"], **_EX),
-    C("example-data-bad-line-after-num-examples", "example", "--data", "{data_late_bad}", "--num-examples", "2",
-      needles=["{data_late_bad}:5"], if_reached="silent", **_EX),
-    C("example-data-row-missing-keys", "example", "--data", "{data_missing_keys}", needles=["{data_missing_keys}:2"], **_EX),
+    C(
+        "example-data-bad-line-after-num-examples",
+        "example",
+        "--data",
+        "{data_late_bad}",
+        "--num-examples",
+        "2",
+        needles=["{data_late_bad}:5"],
+        if_reached="silent",
+        **_EX,
+    ),
+    C(
+        "example-data-row-missing-keys",
+        "example",
+        "--data",
+        "{data_missing_keys}",
+        needles=["{data_missing_keys}:2"],
+        **_EX,
+    ),
     C("example-data-empty", "example", "--data", "{emptyfile}", needles=["--data", "{emptyfile}"], **_EX),
     C("example-data-is-a-directory", "example", "--data", "{empty}", needles=["--data", "{empty}"], **_EX),
-    C("example-num-examples-zero", "example", "--num-examples", "0", needles=[_flag_value("--num-examples", "0")], if_reached="silent", **_EX),
-    C("example-num-examples-negative", "example", "--num-examples", "-5", needles=[_flag_value("--num-examples", "-5")], if_reached="silent", **_EX),
-    C("example-max-steps-zero", "example", "--max-steps", "0", needles=[_flag_value("--max-steps", "0")], if_reached="silent", **_EX),
-    C("example-max-steps-minus-two", "example", "--max-steps", "-2", needles=[_flag_value("--max-steps", "-2")], if_reached="silent", **_EX),
-    C("example-epochs-zero", "example", "--max-steps", "-1", "--epochs", "0", needles=[_flag_value("--epochs", "0.0")], if_reached="silent", **_EX),
-    C("example-epochs-nan", "example", "--max-steps", "-1", "--epochs", "nan", needles=[_flag_value("--epochs", "nan")], **_EX),
+    C(
+        "example-num-examples-zero",
+        "example",
+        "--num-examples",
+        "0",
+        needles=[_flag_value("--num-examples", "0")],
+        if_reached="silent",
+        **_EX,
+    ),
+    C(
+        "example-num-examples-negative",
+        "example",
+        "--num-examples",
+        "-5",
+        needles=[_flag_value("--num-examples", "-5")],
+        if_reached="silent",
+        **_EX,
+    ),
+    C(
+        "example-max-steps-zero",
+        "example",
+        "--max-steps",
+        "0",
+        needles=[_flag_value("--max-steps", "0")],
+        if_reached="silent",
+        **_EX,
+    ),
+    C(
+        "example-max-steps-minus-two",
+        "example",
+        "--max-steps",
+        "-2",
+        needles=[_flag_value("--max-steps", "-2")],
+        if_reached="silent",
+        **_EX,
+    ),
+    C(
+        "example-epochs-zero",
+        "example",
+        "--max-steps",
+        "-1",
+        "--epochs",
+        "0",
+        needles=[_flag_value("--epochs", "0.0")],
+        if_reached="silent",
+        **_EX,
+    ),
+    C(
+        "example-epochs-nan",
+        "example",
+        "--max-steps",
+        "-1",
+        "--epochs",
+        "nan",
+        needles=[_flag_value("--epochs", "nan")],
+        **_EX,
+    ),
     C("example-lr-nan", "example", "--lr", "nan", needles=[_flag_value("--lr", "nan")], **_EX),
     C("example-lr-negative", "example", "--lr", "-0.001", needles=[_flag_value("--lr", "-0.001")], **_EX),
     C("example-lr-zero", "example", "--lr", "0", needles=[_flag_value("--lr", "0.0")], if_reached="silent", **_EX),
     C("example-batch-size-zero", "example", "--batch-size", "0", needles=[_flag_value("--batch-size", "0")], **_EX),
     C("example-grad-accum-zero", "example", "--grad-accum", "0", needles=[_flag_value("--grad-accum", "0")], **_EX),
     C("example-max-length-zero", "example", "--max-length", "0", needles=[_flag_value("--max-length", "0")], **_EX),
-    C("example-logging-steps-zero", "example", "--logging-steps", "0", needles=[_flag_value("--logging-steps", "0")], **_EX),
+    C(
+        "example-logging-steps-zero",
+        "example",
+        "--logging-steps",
+        "0",
+        needles=[_flag_value("--logging-steps", "0")],
+        **_EX,
+    ),
     C("example-seed-negative", "example", "--seed", "-1", needles=[_flag_value("--seed", "-1")], **_EX),
     C("example-optim-unknown", "example", "--optim", "adamw_nope", needles=["--optim", "adamw_nope"], **_EX),
     C("example-deepspeed-unknown", "example", "--deepspeed", "zero9", needles=["--deepspeed", "zero9"], **_EX),
-    C("example-model-missing", "example", "--model", "/nonexistent/model", needles=["--model", "/nonexistent/model"], **_EX),
+    C(
+        "example-model-missing",
+        "example",
+        "--model",
+        "/nonexistent/model",
+        needles=["--model", "/nonexistent/model"],
+        **_EX,
+    ),
     C("example-model-t5", "example", "--model", "{t5}", needles=["{t5}", "encoder-decoder"], **_EX),
-    C("example-model-without-weights", "example", "--model", "{cfgonly}", needles=["{cfgonly}", ("weights", "safetensors")], **_EX),
+    C(
+        "example-model-without-weights",
+        "example",
+        "--model",
+        "{cfgonly}",
+        needles=["{cfgonly}", ("weights", "safetensors")],
+        **_EX,
+    ),
     C("example-output-dir-is-a-file", "example", "--output-dir", "{file}", needles=["--output-dir", "{file}"], **_EX),
     C("example-eval-limit-zero", "example", "--eval-limit", "0", needles=["limit"], **_EX),
-    C("example-eval-fewshot-negative", "example", "--eval-limit", "2", "--eval-fewshot", "-1", needles=["fewshot"], **_EX),
-    C("example-eval-data-dir-bad-line", "example", "--eval-limit", "2", "--eval-data-dir", "{gsm_badline}",
-      needles=["test.jsonl:4"], if_reached="silent", **_EX),  # training ran; the evaluation was lost
+    C(
+        "example-eval-fewshot-negative",
+        "example",
+        "--eval-limit",
+        "2",
+        "--eval-fewshot",
+        "-1",
+        needles=["fewshot"],
+        **_EX,
+    ),
+    C(
+        "example-eval-data-dir-bad-line",
+        "example",
+        "--eval-limit",
+        "2",
+        "--eval-data-dir",
+        "{gsm_badline}",
+        needles=["test.jsonl:4"],
+        if_reached="silent",
+        **_EX,
+    ),  # training ran; the evaluation was lost
     C("example-window-beyond-tiny-model", "example", "--layers", "9", needles=["layer 9", "8"], **_EX),
-    C("example-segments-empty", "example", "--segments", "", needles=["segments"], owner="core", if_reached="silent", **_EX),
+    C(
+        "example-segments-empty",
+        "example",
+        "--segments",
+        "",
+        needles=["segments"],
+        owner="core",
+        if_reached="silent",
+        **_EX,
+    ),
     C("example-bool-flag-with-value", "example", "--use-rslora", "yes", needles=["yes"], **_EX),
     C("example-without-trl", "example", needles=["trl", "pip install"], hide=("trl",), **_EX),
 ]
 
 # The example as a user runs it (a subprocess each; keep this list short).
-_SUB = dict(defaults={"--data": "{data_ok}", "--output-dir": "{out}/ex", "--max-steps": "1", "--batch-size": "2", "--num-examples": "4"})
+_SUB = dict(
+    defaults={
+        "--data": "{data_ok}",
+        "--output-dir": "{out}/ex",
+        "--max-steps": "1",
+        "--batch-size": "2",
+        "--num-examples": "4",
+    }
+)
 EXAMPLE_SUB = [
-    C("example-sub-layers-dash-value", "example-sub", "--layers", "-4--1", "--lora-dropout", "1.5",
-      needles=[_flag_value("--lora-dropout", "1.5")], **_SUB),
-    C("example-sub-data-bad-json-line", "example-sub", "--data", "{data_badjson}", needles=["{data_badjson}:3"], **_SUB),
+    C(
+        "example-sub-layers-dash-value",
+        "example-sub",
+        "--layers",
+        "-4--1",
+        "--lora-dropout",
+        "1.5",
+        needles=[_flag_value("--lora-dropout", "1.5")],
+        **_SUB,
+    ),
+    C(
+        "example-sub-data-bad-json-line",
+        "example-sub",
+        "--data",
+        "{data_badjson}",
+        needles=["{data_badjson}:3"],
+        **_SUB,
+    ),
     C("example-sub-data-row-is-a-number", "example-sub", "--data", "{data_row42}", needles=["{data_row42}:2"], **_SUB),
-    C("example-sub-model-missing", "example-sub", "--model", "/nonexistent/model", needles=["/nonexistent/model"], **_SUB),
+    C(
+        "example-sub-model-missing",
+        "example-sub",
+        "--model",
+        "/nonexistent/model",
+        needles=["/nonexistent/model"],
+        **_SUB,
+    ),
     C("example-sub-model-unknown-type", "example-sub", "--model", "{unknowntype}", needles=["not_a_model"], **_SUB),
     C("example-sub-output-dir-is-a-file", "example-sub", "--output-dir", "{file}", needles=["{file}"], **_SUB),
-    C("example-sub-max-steps-zero", "example-sub", "--max-steps", "0", needles=[_flag_value("--max-steps", "0")], **_SUB),
+    C(
+        "example-sub-max-steps-zero",
+        "example-sub",
+        "--max-steps",
+        "0",
+        needles=[_flag_value("--max-steps", "0")],
+        **_SUB,
+    ),
     C("example-sub-lr-nan", "example-sub", "--lr", "nan", needles=[_flag_value("--lr", "nan")], **_SUB),
     C("example-sub-deepspeed-unknown", "example-sub", "--deepspeed", "zero9", needles=["zero9"], **_SUB),
-    C("example-sub-num-examples-zero", "example-sub", "--num-examples", "0", needles=[_flag_value("--num-examples", "0")], **_SUB),
+    C(
+        "example-sub-num-examples-zero",
+        "example-sub",
+        "--num-examples",
+        "0",
+        needles=[_flag_value("--num-examples", "0")],
+        **_SUB,
+    ),
 ]
 
 API = [
@@ -342,7 +830,12 @@ API = [
     A("api-config-window-from-empty", lambda d: _mb(window_from=""), ["window_from=''"], owner="core"),
     A("api-config-layers-empty-list", lambda d: _mb(layers=[]), ["layers=[]"], owner="core"),
     A("api-config-target-modules-empty-list", lambda d: _mb(target_modules=[]), ["target_modules=[]"], owner="core"),
-    A("api-config-target-modules-blank-name", lambda d: _mb(target_modules=["q_proj", " "]), ["target_modules"], owner="core"),
+    A(
+        "api-config-target-modules-blank-name",
+        lambda d: _mb(target_modules=["q_proj", " "]),
+        ["target_modules"],
+        owner="core",
+    ),
     A("api-config-mode-wrong-case", lambda d: _mb(mode="LoRA"), ["mode='LoRA'"], owner="core"),
     # build_plan (core)
     A("api-plan-float-layer-index", lambda d: _plan(None, _mb(layers=[3.5, 4]), num_layers=10), ["3.5"], owner="core"),
@@ -350,11 +843,29 @@ API = [
     A("api-plan-num-layers-negative", lambda d: _plan(None, num_layers=-4), ["num_layers=-4"], owner="core"),
     A("api-plan-num-layers-float", lambda d: _plan(None, num_layers=10.0), ["num_layers=10.0"], owner="core"),
     A("api-plan-num-layers-bool", lambda d: _plan(None, num_layers=True), ["num_layers=True"], owner="core"),
-    A("api-plan-missing-path", lambda d: _plan("/nonexistent/model"), ["/nonexistent/model"], exc=(OSError, ValueError), owner="core"),
+    A(
+        "api-plan-missing-path",
+        lambda d: _plan("/nonexistent/model"),
+        ["/nonexistent/model"],
+        exc=(OSError, ValueError),
+        owner="core",
+    ),
     A("api-plan-t5-config", lambda d: _plan(d["t5"]), ["encoder-decoder"], owner="core"),
-    A("api-plan-bert-config", lambda d: _plan(d["bert"]), [("not a decoder", "encoder")], owner="core", if_reached="silent"),
-    A("api-plan-rank-far-above-width", lambda d: _plan(d["base"], _mb(rank=4096, budget="none")), ["4096", "width"], expect="warn",
-      owner="core", if_reached="silent"),
+    A(
+        "api-plan-bert-config",
+        lambda d: _plan(d["bert"]),
+        [("not a decoder", "encoder")],
+        owner="core",
+        if_reached="silent",
+    ),
+    A(
+        "api-plan-rank-far-above-width",
+        lambda d: _plan(d["base"], _mb(rank=4096, budget="none")),
+        ["4096", "width"],
+        expect="warn",
+        owner="core",
+        if_reached="silent",
+    ),
     # EvalSettings
     A("api-eval-limit-nan", lambda d: _es(limit=NAN), ["limit=nan"]),
     A("api-eval-limit-inf", lambda d: _es(limit=INF), ["limit=inf"]),
@@ -373,8 +884,11 @@ API = [
     A("api-eval-system-instruction-int", lambda d: _es(system_instruction=5), ["system_instruction=5"]),
     A("api-eval-chat-template-int", lambda d: _es(apply_chat_template=1), ["apply_chat_template=1"]),
     A("api-eval-data-dir-bad-line", lambda d: _es(data_dir=d["gsm_badline"]), ["test.jsonl:4"]),
-    A("api-eval-unknown-key", lambda d: __import__("midblock_plugin.evaluation", fromlist=["x"]).EvalSettings.from_dict({"limt": 5}),
-      ["limt"]),
+    A(
+        "api-eval-unknown-key",
+        lambda d: __import__("midblock_plugin.evaluation", fromlist=["x"]).EvalSettings.from_dict({"limt": 5}),
+        ["limt"],
+    ),
     # AnalysisConfig
     A("api-analysis-num-prompts-float", lambda d: _ac(d, num_prompts=10.0), ["num-prompts", "10.0"]),
     A("api-analysis-batch-size-bool", lambda d: _ac(d, batch_size=True), ["batch-size", "True"]),
@@ -383,13 +897,27 @@ API = [
     A("api-analysis-progress-int", lambda d: _ac(d, progress=1), ["progress", "1"]),
     A("api-analysis-weight-stats-none", lambda d: _ac(d, weight_stats=None), ["weight_stats", "None"]),
     A("api-analysis-base-none", lambda d: _ac(d, base=None), ["base", "None"]),
-    A("api-analysis-base-empty", lambda d: _ac(d, base=""), [("BASE ''", "base=''")], exc=(FileNotFoundError, ValueError)),
+    A(
+        "api-analysis-base-empty",
+        lambda d: _ac(d, base=""),
+        [("BASE ''", "base=''")],
+        exc=(FileNotFoundError, ValueError),
+    ),
     A("api-analysis-device-cuda-without-cuda", lambda d: _ac(d, device="cuda"), ["device", "cuda"], no_cuda=True),
     A("api-analysis-tuned-of-another-architecture", lambda d: _ac(d, tuned=d["gpt2"]), ["GPT2", "Llama"]),
-    A("api-analysis-adapter-for-a-wider-model", lambda d: _ac(d, tuned=d["adapter_wide"]), ["TUNED", ("width", "shape")]),
+    A(
+        "api-analysis-adapter-for-a-wider-model",
+        lambda d: _ac(d, tuned=d["adapter_wide"]),
+        ["TUNED", ("width", "shape")],
+    ),
     A("api-analysis-stats-dtype", lambda d: _ac(d, stats_dtype="float16"), ["stats-dtype", "float16"]),
     A("api-analysis-split", lambda d: _ac(d, split="validation"), ["split", "validation"]),
-    A("api-analysis-prompts-empty", lambda d: _ac(d, prompts=""), ["--prompts ''"], exc=(FileNotFoundError, ValueError)),
+    A(
+        "api-analysis-prompts-empty",
+        lambda d: _ac(d, prompts=""),
+        ["--prompts ''"],
+        exc=(FileNotFoundError, ValueError),
+    ),
 ]
 
 CASES = PLAN + EVAL + ANALYZE + RUN + EXAMPLE + EXAMPLE_SUB + API
@@ -427,12 +955,22 @@ def dirs(tmp_path_factory) -> dict[str, str]:
     d["deep"] = _config_only(root / "deep", tiny_config("llama", num_layers=4))
     d["wide"] = _config_only(root / "wide", tiny_config("llama", num_layers=10, hidden=128))
     d["gpt2"] = _config_only(root / "gpt2", tiny_config("gpt2", num_layers=10))
-    d["t5"] = _config_only(root / "t5", transformers.T5Config(num_layers=2, d_model=64, d_ff=128, num_heads=2, d_kv=32, vocab_size=512))
-    d["bert"] = _config_only(root / "bert", transformers.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=2,
-                                                                   intermediate_size=128, vocab_size=512))
-    for name, text in (("notjson", "{not json"), ("configlist", "[1, 2]"), ("notype", '{"hidden_size": 64, "num_hidden_layers": 4}'),
-                       ("unknowntype", '{"model_type": "not_a_model", "num_hidden_layers": 4}'),
-                       ("nolayers", '{"model_type": "llama", "num_hidden_layers": 0, "hidden_size": 64}')):
+    d["t5"] = _config_only(
+        root / "t5", transformers.T5Config(num_layers=2, d_model=64, d_ff=128, num_heads=2, d_kv=32, vocab_size=512)
+    )
+    d["bert"] = _config_only(
+        root / "bert",
+        transformers.BertConfig(
+            num_hidden_layers=2, hidden_size=64, num_attention_heads=2, intermediate_size=128, vocab_size=512
+        ),
+    )
+    for name, text in (
+        ("notjson", "{not json"),
+        ("configlist", "[1, 2]"),
+        ("notype", '{"hidden_size": 64, "num_hidden_layers": 4}'),
+        ("unknowntype", '{"model_type": "not_a_model", "num_hidden_layers": 4}'),
+        ("nolayers", '{"model_type": "llama", "num_hidden_layers": 0, "hidden_size": 64}'),
+    ):
         (root / name).mkdir()
         (root / name / "config.json").write_text(text)
         (root / name / "model.safetensors").write_bytes(b"")
@@ -447,12 +985,27 @@ def dirs(tmp_path_factory) -> dict[str, str]:
 
     qv = dict(target_modules=["q_proj", "v_proj"], layers_pattern="layers")
     d["adapter"] = _adapter(root / "adapter", tiny_model("llama", num_layers=10), layers_to_transform=[8, 9], **qv)
-    d["adapter_deep"] = _adapter(root / "adapter_deep", tiny_model("llama", num_layers=12), layers_to_transform=[11], **qv)
-    d["adapter_wide"] = _adapter(root / "adapter_wide", tiny_model("llama", num_layers=10, hidden=128), layers_to_transform=[8], **qv)
-    d["adapter_gpt2"] = _adapter(root / "adapter_gpt2", tiny_model("gpt2", num_layers=10), target_modules=["c_attn"],
-                                 layers_to_transform=[8], layers_pattern="h", fan_in_fan_out=True)
-    d["adapter_phi3"] = _adapter(root / "adapter_phi3", tiny_model("phi3", num_layers=10), target_modules=["qkv_proj"],
-                                 layers_to_transform=[8], layers_pattern="layers")
+    d["adapter_deep"] = _adapter(
+        root / "adapter_deep", tiny_model("llama", num_layers=12), layers_to_transform=[11], **qv
+    )
+    d["adapter_wide"] = _adapter(
+        root / "adapter_wide", tiny_model("llama", num_layers=10, hidden=128), layers_to_transform=[8], **qv
+    )
+    d["adapter_gpt2"] = _adapter(
+        root / "adapter_gpt2",
+        tiny_model("gpt2", num_layers=10),
+        target_modules=["c_attn"],
+        layers_to_transform=[8],
+        layers_pattern="h",
+        fan_in_fan_out=True,
+    )
+    d["adapter_phi3"] = _adapter(
+        root / "adapter_phi3",
+        tiny_model("phi3", num_layers=10),
+        target_modules=["qkv_proj"],
+        layers_to_transform=[8],
+        layers_pattern="layers",
+    )
     for name in ("adapter_badjson", "adapter_noweights", "adapter_missingbase"):
         shutil.copytree(d["adapter"], root / name)
         d[name] = str(root / name)
@@ -496,9 +1049,12 @@ def tripwires(monkeypatch):
     def wire(what):
         def fire(*args, **kwargs):
             raise Reached(what)
+
         return fire
 
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", wire("AutoModelForCausalLM.from_pretrained"))
+    monkeypatch.setattr(
+        transformers.AutoModelForCausalLM, "from_pretrained", wire("AutoModelForCausalLM.from_pretrained")
+    )
     real_from_config = transformers.AutoModelForCausalLM.from_config
 
     def from_config(*args, **kwargs):  # a shape-only copy on the meta device holds no weights: allowed
@@ -637,8 +1193,14 @@ def _run_subprocess(case: Case, values: dict) -> tuple[str, str]:
     argv = _argv(case, values)
     t0 = time.perf_counter()
     try:
-        r = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
-                           cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+        r = subprocess.run(
+            [sys.executable, str(SCRIPT), *argv],
+            capture_output=True,
+            text=True,
+            timeout=SUBPROCESS_TIMEOUT_S,
+            cwd=ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+        )
     except subprocess.TimeoutExpired:
         return "hang", f"no answer after {SUBPROCESS_TIMEOUT_S} s"
     seconds = time.perf_counter() - t0
@@ -653,7 +1215,11 @@ def _run_subprocess(case: Case, values: dict) -> tuple[str, str]:
     if r.returncode != 2:
         return "late", f"exit {r.returncode} (expected 2): {r.stderr[-800:]}"
     missing = _missing(case.needles, r.stderr, values)
-    return ("ok", f"{r.stderr.strip()[-800:]} ({seconds:.0f} s)") if not missing else ("late", f"message lacks {missing}: {r.stderr[-800:]}")
+    return (
+        ("ok", f"{r.stderr.strip()[-800:]} ({seconds:.0f} s)")
+        if not missing
+        else ("late", f"message lacks {missing}: {r.stderr[-800:]}")
+    )
 
 
 # ----------------------------------------------------------------------------- the tests
@@ -689,7 +1255,9 @@ def test_dash_values_work_as_documented(capsys):
 
     assert main(["plan", "--num-layers", "10", "--layers", "-4--1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["layers"] == [6, 7, 8, 9]
-    args = _example().parse_args(["--data", "x.jsonl", "--output-dir", "o", "--layers", "-4--1", "--window", "0.2:0.8"])
+    args = _example().parse_args(
+        ["--data", "x.jsonl", "--output-dir", "o", "--layers", "-4--1", "--window", "0.2:0.8"]
+    )
     assert args.layers == "-4--1" and args.window == "0.2:0.8"
 
 

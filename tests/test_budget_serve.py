@@ -39,8 +39,10 @@ def test_the_vllm_sizes_are_written_once():
     plan's warning format it."""
     root = Path(__file__).resolve().parents[1]
     typed = re.compile(r"1,\s*8,\s*16,\s*32,\s*64,\s*128,\s*256,\s*320,\s*512")
-    found = {str(p.relative_to(root)): len(typed.findall(p.read_text()))
-             for p in sorted((root / "midblock_plugin").rglob("*.py"))}
+    found = {
+        str(p.relative_to(root)): len(typed.findall(p.read_text()))
+        for p in sorted((root / "midblock_plugin").rglob("*.py"))
+    }
     assert {p: n for p, n in found.items() if n} == {"midblock_plugin/serving.py": 1}
     budget = next(f for f in dataclasses.fields(MidBlockConfig) if f.name == "budget")
     assert VLLM_MAX_LORA_RANKS_TEXT in budget.metadata["help"]
@@ -91,9 +93,11 @@ def test_cli_plan_budget_serve_json(tmp_path, capsys):
     from midblock_plugin.testing import save_tiny
 
     save_tiny(tmp_path / "m", "llama", num_layers=16)
-    assert main(["plan", str(tmp_path / "m"), "--segments", "01110", "--rank", "64", "--budget", "serve", "--json"]) == 0
+    assert (
+        main(["plan", str(tmp_path / "m"), "--segments", "01110", "--rank", "64", "--budget", "serve", "--json"]) == 0
+    )
     text = capsys.readouterr().out
-    out = json.loads(text[text.index("\n{") + 1:] if not text.startswith("{") else text)  # past library log lines
+    out = json.loads(text[text.index("\n{") + 1 :] if not text.startswith("{") else text)  # past library log lines
     assert out["budget"] == "serve" and out["matched_rank"] == 113 and out["layer_rank"] == 64
     assert out["serving"]["max_lora_rank"] == 64 and out["serving"]["uniform_max_lora_rank"] == 64
     with pytest.raises(SystemExit) as bad:

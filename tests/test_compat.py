@@ -25,8 +25,13 @@ def test_checkpointing_flags_of_real_training_arguments(tmp_path):
     from transformers import TrainingArguments
 
     off = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
-    on = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], gradient_checkpointing=True,
-                           gradient_checkpointing_kwargs={"use_reentrant": True})
+    on = TrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to=[],
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": True},
+    )
     assert not compat.checkpointing_on(off) and compat.checkpointing_on(on)
     assert compat.is_reentrant(on) and not compat.is_reentrant(off)
 
@@ -40,8 +45,14 @@ def test_is_reentrant_reads_the_mode_that_runs_not_the_deprecated_alias(tmp_path
     truth in both cases."""
     from transformers import Trainer, TrainingArguments
 
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], gradient_checkpointing=True,
-                             gradient_checkpointing_kwargs=given, max_steps=1)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to=[],
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs=given,
+        max_steps=1,
+    )
     args.gradient_checkpointing_kwargs = args.gradient_checkpointing_kwargs or {}  # what TRL 1.16 does
     args.gradient_checkpointing_kwargs["use_reentrant"] = True
     model = tiny_model("llama", num_layers=2)
@@ -105,9 +116,11 @@ def test_move_callback_to_front_of_a_real_trainer(tmp_path):
 
     mine = Mine()
     trainer = Trainer(
-        model=tiny_model("llama", num_layers=2), processing_class=tiny_tokenizer(),
+        model=tiny_model("llama", num_layers=2),
+        processing_class=tiny_tokenizer(),
         args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]),
-        train_dataset=Dataset.from_list([{"input_ids": [1, 2, 3]}]), callbacks=[mine],
+        train_dataset=Dataset.from_list([{"input_ids": [1, 2, 3]}]),
+        callbacks=[mine],
     )
     assert trainer.callback_handler.callbacks[0] is not mine
     assert compat.move_callback_to_front(trainer, mine)
@@ -147,7 +160,10 @@ def test_checkpointing_mode_follows_the_deepspeed_version():
     assert compat.checkpointing_mode(zero3=True, requested=None, version=new) == (False, "non-reentrant (the default)")
     assert compat.checkpointing_mode(zero3=False, requested=None, version=old)[0] is False
     assert compat.checkpointing_mode(zero3=True, requested=True, version=old) == (True, "as configured")
-    with pytest.raises(ValueError, match=r"use_reentrant: false with DeepSpeed ZeRO-3 needs deepspeed>=0\.19\.3 \(installed: 0\.18\.9\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"use_reentrant: false with DeepSpeed ZeRO-3 needs deepspeed>=0\.19\.3 \(installed: 0\.18\.9\)",
+    ):
         compat.checkpointing_mode(zero3=True, requested=False, version=old)
     # the installed DeepSpeed is read from its metadata
     import deepspeed
@@ -169,6 +185,9 @@ def test_lm_eval_internals_still_answer():
     batches = [[x[2] for x in batch] for batch in collator.get_batched(n=2)]
     assert batches == [[2, 0], [1]]  # longest first, two per batch
     assert compat.parse_lm_eval_args("gpu_memory_utilization=0.8,enforce_eager=True,name=x") == {
-        "gpu_memory_utilization": 0.8, "enforce_eager": True, "name": "x"}
+        "gpu_memory_utilization": 0.8,
+        "enforce_eager": True,
+        "name": "x",
+    }
     counting = compat.count_generate_calls(HFLM)
     assert issubclass(counting, HFLM) and "_model_generate" in vars(counting) and hasattr(HFLM, "_model_generate")

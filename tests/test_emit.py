@@ -40,7 +40,7 @@ from midblock_plugin.testing import tiny_model
 
 
 CASES = [
-    ("llama", dict(rank=8), [1, 2, 3]),                          # the default 20-80% window
+    ("llama", dict(rank=8), [1, 2, 3]),  # the default 20-80% window
     ("gpt2", dict(rank=4, layers="1,3", target_modules="all-linear"), [1, 3]),  # Conv1D, two c_proj, a gap
 ]
 
@@ -50,8 +50,11 @@ def _lora_modules(model, lora_config) -> set[str]:
     from peft import get_peft_model
 
     peft_model = get_peft_model(model, lora_config)
-    return {n.removeprefix("base_model.model.").removesuffix(".lora_A") for n, _ in peft_model.named_modules()
-            if n.endswith(".lora_A")}
+    return {
+        n.removeprefix("base_model.model.").removesuffix(".lora_A")
+        for n, _ in peft_model.named_modules()
+        if n.endswith(".lora_A")
+    }
 
 
 def _expected(plan) -> set[str]:
@@ -81,12 +84,23 @@ def test_llamafactory_fragment_targets_exactly_the_window(case):
 
     _, model, plan = case
     y = yaml.safe_load(emit(plan, "llamafactory"))
-    assert y["finetuning_type"] == "lora" and set(y) == {"finetuning_type", "lora_rank", "lora_alpha", "lora_dropout",
-                                                       "use_rslora", "lora_target"}
+    assert y["finetuning_type"] == "lora" and set(y) == {
+        "finetuning_type",
+        "lora_rank",
+        "lora_alpha",
+        "lora_dropout",
+        "use_rslora",
+        "lora_target",
+    }
     assert isinstance(y["lora_alpha"], int)
     targets = [t.strip() for t in y["lora_target"].split(",")]  # LLaMA-Factory's split_arg
-    cfg = LoraConfig(r=y["lora_rank"], lora_alpha=y["lora_alpha"], lora_dropout=y["lora_dropout"],
-                     use_rslora=y["use_rslora"], target_modules=targets)
+    cfg = LoraConfig(
+        r=y["lora_rank"],
+        lora_alpha=y["lora_alpha"],
+        lora_dropout=y["lora_dropout"],
+        use_rslora=y["use_rslora"],
+        target_modules=targets,
+    )
     assert y["lora_rank"] == plan.layer_rank and y["lora_alpha"] == plan.lora_alpha
     assert _lora_modules(model, cfg) == _expected(plan)
 
@@ -98,8 +112,12 @@ def test_swift_fragment_targets_exactly_the_window(case):
     words = shlex.split(emit(plan, "swift").split("\nswift sft", 1)[1].replace("\\\n", " "))
     args = dict(zip(words[::2], words[1::2]))
     assert args["--tuner_type"] == "lora" and int(args["--lora_rank"]) == plan.layer_rank
-    cfg = LoraConfig(r=int(args["--lora_rank"]), lora_alpha=int(args["--lora_alpha"]),
-                     target_modules=args["--target_regex"], use_rslora=args["--use_rslora"] == "true")
+    cfg = LoraConfig(
+        r=int(args["--lora_rank"]),
+        lora_alpha=int(args["--lora_alpha"]),
+        target_modules=args["--target_regex"],
+        use_rslora=args["--use_rslora"] == "true",
+    )
     assert _lora_modules(model, cfg) == _expected(plan)
 
 
@@ -107,10 +125,21 @@ def test_unsloth_fragment_targets_exactly_the_window(case):
     from peft import LoraConfig
 
     _, model, plan = case
-    call = next(n for n in ast.walk(ast.parse(emit(plan, "unsloth"))) if isinstance(n, ast.Call)
-                and getattr(n.func, "attr", "") == "get_peft_model")
+    call = next(
+        n
+        for n in ast.walk(ast.parse(emit(plan, "unsloth")))
+        if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "get_peft_model"
+    )
     kw = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-    assert set(kw) == {"r", "lora_alpha", "lora_dropout", "target_modules", "layers_to_transform", "use_rslora", "bias"}
+    assert set(kw) == {
+        "r",
+        "lora_alpha",
+        "lora_dropout",
+        "target_modules",
+        "layers_to_transform",
+        "use_rslora",
+        "bias",
+    }
     cfg = LoraConfig(**kw)  # what get_peft_model passes on (no layers_pattern)
     assert _lora_modules(model, cfg) == _expected(plan)
 
@@ -125,23 +154,43 @@ def test_axolotl_fragment_plugin_and_native_forms(case):
     y = yaml.safe_load(text)
     assert y["adapter"] == "midblock" and y["plugins"] == ["midblock_plugin.axolotl.MidBlockPlugin"]
     again = build_plan(model, midblock_config_from_cfg(y))
-    assert (again.layers, again.layer_rank, again.lora_alpha, again.target_modules) == \
-        (plan.layers, plan.layer_rank, plan.lora_alpha, plan.target_modules)
-    native = yaml.safe_load("\n".join(line[2:] for line in text.splitlines()
-                                      if line.startswith("# ") and ":" in line and not line.startswith("# midblock")
-                                      and not line.startswith("# keys") and not line.startswith("# Without")))
+    assert (again.layers, again.layer_rank, again.lora_alpha, again.target_modules) == (
+        plan.layers,
+        plan.layer_rank,
+        plan.lora_alpha,
+        plan.target_modules,
+    )
+    native = yaml.safe_load(
+        "\n".join(
+            line[2:]
+            for line in text.splitlines()
+            if line.startswith("# ")
+            and ":" in line
+            and not line.startswith("# midblock")
+            and not line.startswith("# keys")
+            and not line.startswith("# Without")
+        )
+    )
     assert native["adapter"] == "lora" and native["peft_layers_to_transform"] == plan.layers
-    cfg = LoraConfig(r=native["lora_r"], lora_alpha=native["lora_alpha"], target_modules=native["lora_target_modules"],
-                     layers_to_transform=native["peft_layers_to_transform"],
-                     layers_pattern=native["peft_layers_pattern"])
+    cfg = LoraConfig(
+        r=native["lora_r"],
+        lora_alpha=native["lora_alpha"],
+        target_modules=native["lora_target_modules"],
+        layers_to_transform=native["peft_layers_to_transform"],
+        layers_pattern=native["peft_layers_pattern"],
+    )
     assert _lora_modules(model, cfg) == _expected(plan)
 
 
 def test_fragments_cite_their_source():
     plan = build_plan(tiny_model("llama", num_layers=5))
-    for tool, where in [("peft", "src/peft/tuners/lora/config.py"), ("axolotl", "src/axolotl/utils/schemas/peft.py"),
-                        ("llamafactory", "src/llamafactory/hparams/finetuning_args.py"),
-                        ("swift", "swift/arguments/tuner_args.py"), ("unsloth", "unsloth/models/llama.py")]:
+    for tool, where in [
+        ("peft", "src/peft/tuners/lora/config.py"),
+        ("axolotl", "src/axolotl/utils/schemas/peft.py"),
+        ("llamafactory", "src/llamafactory/hparams/finetuning_args.py"),
+        ("swift", "swift/arguments/tuner_args.py"),
+        ("unsloth", "unsloth/models/llama.py"),
+    ]:
         assert where in emit(plan, tool).splitlines()[1]
 
 
@@ -187,11 +236,19 @@ ROOT = Path(__file__).resolve().parents[1]
 def _string_literals(path: Path) -> set[str]:
     """The string constants of a module's code (docstrings left out)."""
     tree = ast.parse(path.read_text())
-    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
-    return {node.value for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings}
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    }
 
 
 def _emit_option():
@@ -226,13 +283,31 @@ def test_a_registered_tool_is_emitted_end_to_end(tmp_path, monkeypatch, capsys):
     from midblock_plugin.testing import save_tiny
 
     def write(plan, spec):
-        return "\n".join(emitting._header(plan, spec) + [f"fake_layers: {list(plan.layers)}",
-                                                         f"fake_rank: {plan.layer_rank}",
-                                                         f"fake_alpha: {int(plan.lora_alpha)}"])
+        return "\n".join(
+            emitting._header(plan, spec)
+            + [
+                f"fake_layers: {list(plan.layers)}",
+                f"fake_rank: {plan.layer_rank}",
+                f"fake_alpha: {int(plan.lora_alpha)}",
+            ]
+        )
 
-    monkeypatch.setattr(emitting, "TOOLS", {**TOOLS, "fake": EmitTool(
-        "fake", "FakeTrainer", write, "fake/trainer src/args.py (fake_layers, fake_rank, fake_alpha: int)", "YAML",
-        full_mode="FakeTrainer trains all layers or none", integer_alpha=True)})
+    monkeypatch.setattr(
+        emitting,
+        "TOOLS",
+        {
+            **TOOLS,
+            "fake": EmitTool(
+                "fake",
+                "FakeTrainer",
+                write,
+                "fake/trainer src/args.py (fake_layers, fake_rank, fake_alpha: int)",
+                "YAML",
+                full_mode="FakeTrainer trains all layers or none",
+                integer_alpha=True,
+            ),
+        },
+    )
     assert "fake" in _emit_option().choices
     save_tiny(tmp_path / "m", "llama", num_layers=5)
     capsys.readouterr()

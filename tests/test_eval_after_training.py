@@ -46,12 +46,29 @@ def test_sft_then_after_save_hf_equals_in_memory(tmp_path, monkeypatch):
 
     rows = [{"text": f"Question: {r['question']}\nAnswer: {r['answer']}"} for r in gsm8k_rows("train", 8)]
     args = SFTConfig(
-        output_dir=str(out_dir), use_cpu=True, bf16=False, max_steps=2, report_to=[], gradient_checkpointing=False,
-        per_device_train_batch_size=4, max_length=96, learning_rate=1e-2, logging_steps=1, save_strategy="no", seed=0,
+        output_dir=str(out_dir),
+        use_cpu=True,
+        bf16=False,
+        max_steps=2,
+        report_to=[],
+        gradient_checkpointing=False,
+        per_device_train_batch_size=4,
+        max_length=96,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    settings = EvalSettings(protocol="paper", backend="hf", limit=4, batch_size=2, save_samples=True, data_dir=str(GSM8K_DIR))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    settings = EvalSettings(
+        protocol="paper", backend="hf", limit=4, batch_size=2, save_samples=True, data_dir=str(GSM8K_DIR)
+    )
     callback = EvalCallback(settings, trainer=trainer)
     trainer.add_callback(callback)
     trainer.train()
@@ -74,10 +91,14 @@ def test_sft_then_after_save_hf_equals_in_memory(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        memory = evaluate_model(trainer.model, tok, dataclasses.replace(settings, backend="in-memory"), print_table=False)
+        memory = evaluate_model(
+            trainer.model, tok, dataclasses.replace(settings, backend="in-memory"), print_table=False
+        )
     finally:
         torch.set_num_threads(threads)
     assert report["metrics"] == memory["results"]["gsm8k"]["metrics"]
     saved_rows = [json.loads(line) for line in open(out_dir / "eval" / "gsm8k.samples.jsonl")]
-    assert {r["doc_id"]: r["response"] for r in saved_rows} == {s["doc_id"]: s["response"] for s in memory["samples"]["gsm8k"]}
+    assert {r["doc_id"]: r["response"] for r in saved_rows} == {
+        s["doc_id"]: s["response"] for s in memory["samples"]["gsm8k"]
+    }
     assert any(r["response"].strip() for r in saved_rows)

@@ -75,8 +75,16 @@ def test_last_number(text, expected):
 
 @pytest.mark.parametrize(
     "predicted, gold, same",
-    [("1000", "1000", True), ("3.0", "3", True), ("3.5", "3", False), ("-5", "-5", True), ("5", "-5", False),
-     (None, "5", False), ("0.50", ".5", True), ("007", "7", True)],
+    [
+        ("1000", "1000", True),
+        ("3.0", "3", True),
+        ("3.5", "3", False),
+        ("-5", "-5", True),
+        ("5", "-5", False),
+        (None, "5", False),
+        ("0.50", ".5", True),
+        ("007", "7", True),
+    ],
 )
 def test_float_comparison(predicted, gold, same):
     assert same_number(predicted, gold) is same
@@ -196,7 +204,9 @@ def test_a_run_scores_the_last_number_of_all_64_tokens(tmp_path):
     assert model.training  # train / eval mode restored
 
     samples = report["samples"]["gsm8k"]
-    assert [s["question_index"] for s in samples] == [i for i, _ in select_questions(rows, 3)] and samples[0]["question_index"] == index
+    assert [s["question_index"] for s in samples] == [i for i, _ in select_questions(rows, 3)] and samples[0][
+        "question_index"
+    ] == index
     for s in samples:
         assert s["generation"].count("Question:") == 10  # no stop sequence: all 64 tokens are kept
         assert len(tok(s["generation"])["input_ids"]) == 64
@@ -208,8 +218,14 @@ def test_a_run_scores_the_last_number_of_all_64_tokens(tmp_path):
     assert res["metrics"][FILTER]["exact_match_stderr"] == pytest.approx(math.sqrt((1 / 3) * (2 / 3) / 2))
     assert res["n_samples"] == 3 and res["n_samples_total"] == 1319 and res["num_fewshot"] == 0
     assert res["selection"]["seed"] == 42 and res["selection"]["indices"] == [s["question_index"] for s in samples]
-    assert report["headline"]["gsm8k"] == {"protocol": "authors", "filter": FILTER, "metric": "exact_match",
-                                           "value": pytest.approx(1 / 3), "stderr": res["metrics"][FILTER]["exact_match_stderr"], "n": 3}
+    assert report["headline"]["gsm8k"] == {
+        "protocol": "authors",
+        "filter": FILTER,
+        "metric": "exact_match",
+        "value": pytest.approx(1 / 3),
+        "stderr": res["metrics"][FILTER]["exact_match_stderr"],
+        "n": 3,
+    }
     assert report["protocol"]["name"] == "authors"
     written = json.loads((tmp_path / "eval" / "gsm8k.json").read_text())
     assert written["headline"]["value"] == pytest.approx(1 / 3) and written["protocol"]["name"] == "authors"
@@ -238,9 +254,15 @@ def test_after_the_save_hf_backend_equals_in_memory(tmp_path):
     settings = EvalSettings(protocol="authors", backend="hf", limit=2, save_samples=True)
     saved = evaluate_after_save(tmp_path / "model", settings, output_dir=tmp_path / "out")
     assert saved["protocol"]["name"] == "authors" and saved["headline"]["value"] == pytest.approx(0.5)
-    on_disk = [json.loads(line) for line in (tmp_path / "out" / "eval" / "gsm8k.samples.jsonl").read_text().splitlines()]
+    on_disk = [
+        json.loads(line) for line in (tmp_path / "out" / "eval" / "gsm8k.samples.jsonl").read_text().splitlines()
+    ]
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
-    memory = evaluate_model(loaded, AutoTokenizer.from_pretrained(tmp_path / "model"),
-                            EvalSettings(protocol="authors", limit=2, save_samples=True), print_table=False)
+    memory = evaluate_model(
+        loaded,
+        AutoTokenizer.from_pretrained(tmp_path / "model"),
+        EvalSettings(protocol="authors", limit=2, save_samples=True),
+        print_table=False,
+    )
     assert [s["generation"] for s in on_disk] == [s["generation"] for s in memory["samples"]["gsm8k"]]
     assert [s["correct"] for s in on_disk] == [True, False]

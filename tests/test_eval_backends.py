@@ -56,9 +56,15 @@ def _one_thread(fn):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(protocol="paper", num_fewshot=5), "num_fewshot=5 contradicts protocol='paper', which fixes num_fewshot=0"),
+        (
+            dict(protocol="paper", num_fewshot=5),
+            "num_fewshot=5 contradicts protocol='paper', which fixes num_fewshot=0",
+        ),
         (dict(protocol="paper", max_gen_toks=256), "contradicts protocol='paper', which fixes max_gen_toks=64"),
-        (dict(protocol="paper", tasks="gsm8k_cot"), "tasks=['gsm8k_cot'] contradicts protocol='paper', the paper's GSM8K protocol, which evaluates gsm8k only"),
+        (
+            dict(protocol="paper", tasks="gsm8k_cot"),
+            "tasks=['gsm8k_cot'] contradicts protocol='paper', the paper's GSM8K protocol, which evaluates gsm8k only",
+        ),
         (dict(protocol="zero-shot"), "choose one of 'lm-eval', 'paper'"),
         (dict(backend="sglang"), "choose one of 'in-memory', 'hf', 'vllm'"),
         (dict(tensor_parallel_size=2), "needs backend='vllm'"),
@@ -89,21 +95,35 @@ def test_paper_protocol_is_lm_evals_gsm8k_zero_shot_64_tokens(tmp_path):
     from midblock_plugin.testing import tiny_model, tiny_tokenizer
 
     model, tok = tiny_model("llama", num_layers=2, seed=1), tiny_tokenizer()
-    paper = evaluate_model(model, tok, EvalSettings(protocol="paper", limit=3, batch_size=3, save_samples=True),
-                           output_dir=tmp_path, print_table=False)
-    explicit = evaluate_model(model, tok, EvalSettings(limit=3, batch_size=3, num_fewshot=0, max_gen_toks=64, save_samples=True),
-                              print_table=False)
+    paper = evaluate_model(
+        model,
+        tok,
+        EvalSettings(protocol="paper", limit=3, batch_size=3, save_samples=True),
+        output_dir=tmp_path,
+        print_table=False,
+    )
+    explicit = evaluate_model(
+        model,
+        tok,
+        EvalSettings(limit=3, batch_size=3, num_fewshot=0, max_gen_toks=64, save_samples=True),
+        print_table=False,
+    )
     assert _responses(paper) == _responses(explicit)
     assert paper["results"]["gsm8k"]["metrics"] == explicit["results"]["gsm8k"]["metrics"]
     entry = paper["results"]["gsm8k"]
     assert entry["num_fewshot"] == 0 and entry["lm_eval_config"]["generation_kwargs"]["max_gen_toks"] == 64
     assert entry["lm_eval_config"]["generation_kwargs"]["do_sample"] is False
     prompt = paper["samples"]["gsm8k"][0]["prompt"]
-    assert prompt.startswith("Question: ") and prompt.count("Question:") == 1 and prompt.endswith("Answer:")  # zero-shot
+    assert (
+        prompt.startswith("Question: ") and prompt.count("Question:") == 1 and prompt.endswith("Answer:")
+    )  # zero-shot
     written = json.loads((tmp_path / "eval" / "gsm8k.json").read_text())
     assert written["protocol"]["name"] == "paper" and written["protocol"]["max_gen_toks"] == 64
     assert written["headline"] == {
-        "protocol": "paper", "filter": "flexible-extract", "metric": "exact_match", "n": 3,
+        "protocol": "paper",
+        "filter": "flexible-extract",
+        "metric": "exact_match",
+        "n": 3,
         "value": entry["metrics"]["flexible-extract"]["exact_match"],
         "stderr": entry["metrics"]["flexible-extract"]["exact_match_stderr"],
     }
@@ -114,7 +134,10 @@ def test_paper_protocol_is_lm_evals_gsm8k_zero_shot_64_tokens(tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--protocol", "paper", "--num-fewshot", "5"], "--num-fewshot 5: contradicts --protocol 'paper', which fixes --num-fewshot 0"),
+        (
+            ["--protocol", "paper", "--num-fewshot", "5"],
+            "--num-fewshot 5: contradicts --protocol 'paper', which fixes --num-fewshot 0",
+        ),
         (["--protocol", "paper", "--max-gen-toks", "100"], "Leave --max-gen-toks unset"),
         (["--tensor-parallel-size", "2"], "needs --backend 'vllm'"),
     ],
@@ -143,13 +166,30 @@ def _saved_tiny(tmp_path: Path, seed: int = 1):
 def test_eval_command_carries_every_setting(tmp_path):
     from midblock_plugin.evaluation.saved import eval_command
 
-    settings = EvalSettings(backend="vllm", protocol="paper", limit=7, tensor_parallel_size=4, data_parallel_size=2,
-                            vllm_args="gpu_memory_utilization=0.8", data_dir=str(GSM8K_DIR), save_samples=True)
+    settings = EvalSettings(
+        backend="vllm",
+        protocol="paper",
+        limit=7,
+        tensor_parallel_size=4,
+        data_parallel_size=2,
+        vllm_args="gpu_memory_utilization=0.8",
+        data_dir=str(GSM8K_DIR),
+        save_samples=True,
+    )
     cmd = eval_command(tmp_path / "out", settings, tmp_path / "out" / "eval" / "gsm8k.json", adapter=tmp_path / "a")
     text = " ".join(cmd)
-    for part in ("-m midblock_plugin.cli eval", "--backend vllm", "--protocol paper", "--limit 7",
-                 "--tensor-parallel-size 4", "--data-parallel-size 2", "--vllm-args gpu_memory_utilization=0.8",
-                 f"--data-dir {settings.resolved_data_dir()}", "--save-samples", f"--adapter {tmp_path / 'a'}"):
+    for part in (
+        "-m midblock_plugin.cli eval",
+        "--backend vllm",
+        "--protocol paper",
+        "--limit 7",
+        "--tensor-parallel-size 4",
+        "--data-parallel-size 2",
+        "--vllm-args gpu_memory_utilization=0.8",
+        f"--data-dir {settings.resolved_data_dir()}",
+        "--save-samples",
+        f"--adapter {tmp_path / 'a'}",
+    ):
         assert part in text, part
     hf = eval_command(tmp_path, EvalSettings(backend="hf", processes=2, limit=3), tmp_path / "x.json")
     assert hf[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] and "--backend" in hf
@@ -175,10 +215,16 @@ def test_after_save_hf_equals_in_memory(tmp_path):
     assert any(r["response"].strip() for r in rows)
 
     # data-parallel (2 processes under torchrun): the ranks split the batches, results unchanged
-    parallel = evaluate_after_save(model_dir, EvalSettings(**fields, backend="hf", processes=2),
-                                   output_dir=tmp_path / "dp", env=env)
-    assert parallel["distributed"] == {"mode": "sharded", "world_size": 2, "partitioner": None,
-                                       "rows_per_rank": [3, 2], "generate_calls_per_rank": [2, 1]}
+    parallel = evaluate_after_save(
+        model_dir, EvalSettings(**fields, backend="hf", processes=2), output_dir=tmp_path / "dp", env=env
+    )
+    assert parallel["distributed"] == {
+        "mode": "sharded",
+        "world_size": 2,
+        "partitioner": None,
+        "rows_per_rank": [3, 2],
+        "generate_calls_per_rank": [2, 1],
+    }
     assert parallel["metrics"] == saved["metrics"]
     rows = [json.loads(line) for line in open(tmp_path / "dp" / "eval" / "gsm8k.samples.jsonl")]
     assert {str(r["doc_id"]): r["response"] for r in rows} == _responses(memory)
@@ -214,14 +260,27 @@ def test_vllm_missing_is_named_before_any_work(tmp_path, capsys):
 def test_vllm_model_args_pass_parallelism_through(tmp_path):
     from midblock_plugin.evaluation.saved import vllm_model_args
 
-    settings = EvalSettings(backend="vllm", tensor_parallel_size=4, data_parallel_size=2, batch_size="auto",
-                            max_length=2048, vllm_args="gpu_memory_utilization=0.85,enforce_eager=True,seed=7")
+    settings = EvalSettings(
+        backend="vllm",
+        tensor_parallel_size=4,
+        data_parallel_size=2,
+        batch_size="auto",
+        max_length=2048,
+        vllm_args="gpu_memory_utilization=0.85,enforce_eager=True,seed=7",
+    )
     args = vllm_model_args(tmp_path / "merged", settings, dtype="bfloat16")
     assert args == {
-        "pretrained": str(tmp_path / "merged"), "tokenizer": str(tmp_path / "merged"),
-        "tensor_parallel_size": 4, "data_parallel_size": 2, "dtype": "bfloat16", "batch_size": "auto",
-        "trust_remote_code": False, "max_model_len": 2048,
-        "gpu_memory_utilization": 0.85, "enforce_eager": True, "seed": 7,
+        "pretrained": str(tmp_path / "merged"),
+        "tokenizer": str(tmp_path / "merged"),
+        "tensor_parallel_size": 4,
+        "data_parallel_size": 2,
+        "dtype": "bfloat16",
+        "batch_size": "auto",
+        "trust_remote_code": False,
+        "max_model_len": 2048,
+        "gpu_memory_utilization": 0.85,
+        "enforce_eager": True,
+        "seed": 7,
     }
 
 
@@ -250,7 +309,11 @@ def test_adapter_is_merged_into_a_temporary_copy(tmp_path):
     with merged_model(model_dir, None) as same:
         assert same == model_dir  # no adapter: the saved model itself, no copy
     with merged_model(model_dir, adapter, tmp_root=tmp_path) as merged:
-        assert merged != model_dir and (merged / "config.json").is_file() and not (merged / "adapter_config.json").exists()
+        assert (
+            merged != model_dir
+            and (merged / "config.json").is_file()
+            and not (merged / "adapter_config.json").exists()
+        )
         assert AutoTokenizer.from_pretrained(merged)("Answer: 5")["input_ids"] == tok("Answer: 5")["input_ids"]
         with torch.no_grad():
             got = AutoModelForCausalLM.from_pretrained(merged)(ids).logits
@@ -275,15 +338,41 @@ def test_vllm_backend_on_a_saved_model_with_adapter(tmp_path):
     from midblock_plugin.cli import main
 
     _, tok, model_dir = _saved_tiny(tmp_path, seed=2)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
-                                LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    )
     adapter = tmp_path / "adapter"
     peft_model.save_pretrained(adapter)
-    common = [str(model_dir), "--adapter", str(adapter), "--data-dir", str(GSM8K_DIR), "--limit", "4",
-              "--protocol", "paper", "--save-samples", "--dtype", "float32"]
+    common = [
+        str(model_dir),
+        "--adapter",
+        str(adapter),
+        "--data-dir",
+        str(GSM8K_DIR),
+        "--limit",
+        "4",
+        "--protocol",
+        "paper",
+        "--save-samples",
+        "--dtype",
+        "float32",
+    ]
     out = tmp_path / "vllm" / "gsm8k.json"
-    assert main(["eval", *common, "--backend", "vllm", "--output", str(out),
-                 "--vllm-args", "gpu_memory_utilization=0.3,enforce_eager=True"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                *common,
+                "--backend",
+                "vllm",
+                "--output",
+                str(out),
+                "--vllm-args",
+                "gpu_memory_utilization=0.3,enforce_eager=True",
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["backend"] == "vllm" and report["model"]["class"] == "VLLM" and report["model"]["merged_adapter"]
     assert report["n_samples"] == 4 and report["protocol"]["name"] == "paper" and report["num_fewshot"] == 0

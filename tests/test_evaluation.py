@@ -126,7 +126,10 @@ def test_unknown_task_is_rejected_with_suggestions():
     # other lm-eval tasks are accepted next to the local GSM8K (checked against lm-eval's full index)
     plan = plan_tasks(EvalSettings(tasks=["gsm8k", "arc_easy"]))
     assert plan.include_defaults is True
-    assert plan.sources["gsm8k"]["kind"] == "local" and plan.sources["arc_easy"] == {"kind": "hub", "gsm8k_family": False}
+    assert plan.sources["gsm8k"]["kind"] == "local" and plan.sources["arc_easy"] == {
+        "kind": "hub",
+        "gsm8k_family": False,
+    }
 
 
 # ------------------------------------------------------------------------- scoring path
@@ -203,11 +206,28 @@ def test_in_memory_equals_midblock_eval_equals_lm_eval_cli(tmp_path):
     assert len(mem_resps) == 4 and any(r.strip() for r in mem_resps.values())
 
     out = tmp_path / "cli" / "gsm8k.json"
-    argv = ["eval", str(model_dir), "--limit", "4", "--num-fewshot", "1", "--max-gen-toks", "16",
-            "--batch-size", "2", "--device", "cpu", "--output", str(out), "--save-samples"]
+    argv = [
+        "eval",
+        str(model_dir),
+        "--limit",
+        "4",
+        "--num-fewshot",
+        "1",
+        "--max-gen-toks",
+        "16",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--output",
+        str(out),
+        "--save-samples",
+    ]
     assert main(argv) == 0
     cli = json.loads(out.read_text())
-    cli_resps = {json.loads(line)["doc_id"]: json.loads(line)["response"] for line in open(out.with_name("gsm8k.samples.jsonl"))}
+    cli_resps = {
+        json.loads(line)["doc_id"]: json.loads(line)["response"] for line in open(out.with_name("gsm8k.samples.jsonl"))
+    }
     assert cli["metrics"] == mem_file["metrics"]
     for key in ("task", "n_samples", "limit", "num_fewshot", "source"):
         assert cli[key] == mem_file[key], key
@@ -215,11 +235,32 @@ def test_in_memory_equals_midblock_eval_equals_lm_eval_cli(tmp_path):
 
     # lm-eval's own command line, same task directory, data, limit and generation settings
     lm_out = tmp_path / "lm_eval_out"
-    cmd = [sys.executable, "-m", "lm_eval", "--model", "hf",
-           "--model_args", f"pretrained={model_dir},dtype=float32", "--tasks", "gsm8k",
-           "--include_path", mem_file["source"]["include_path"], "--limit", "4", "--num_fewshot", "1",
-           "--gen_kwargs", "max_gen_toks=16", "--batch_size", "2", "--device", "cpu",
-           "--output_path", str(lm_out), "--log_samples"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={model_dir},dtype=float32",
+        "--tasks",
+        "gsm8k",
+        "--include_path",
+        mem_file["source"]["include_path"],
+        "--limit",
+        "4",
+        "--num_fewshot",
+        "1",
+        "--gen_kwargs",
+        "max_gen_toks=16",
+        "--batch_size",
+        "2",
+        "--device",
+        "cpu",
+        "--output_path",
+        str(lm_out),
+        "--log_samples",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=OFFLINE_ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lm_results, lm_resps = _lm_eval_cli_samples(lm_out)
@@ -263,9 +304,17 @@ def test_report_schema_chat_template_and_side_effects(tmp_path):
     assert data["n_samples_total"] == 1319
     assert data["source"]["data_dir"] == str(GSM8K_DIR.resolve())
     assert set(data["timings"]) == {"task_setup_s", "evaluate_s", "total_s"} and data["timings"]["total_s"] > 0
-    assert {"lm_eval", "transformers", "torch", "peft", "midblock_plugin"} <= {k for k, v in data["versions"].items() if v}
+    assert {"lm_eval", "transformers", "torch", "peft", "midblock_plugin"} <= {
+        k for k, v in data["versions"].items() if v
+    }
     assert data["settings"]["apply_chat_template"] is True
-    assert data["distributed"] == {"mode": "single", "world_size": 1, "partitioner": None, "rows_per_rank": [2], "generate_calls_per_rank": [1]}
+    assert data["distributed"] == {
+        "mode": "single",
+        "world_size": 1,
+        "partitioner": None,
+        "rows_per_rank": [2],
+        "generate_calls_per_rank": [1],
+    }
     assert data["protocol"]["name"] == "lm-eval" and data["headline"]["filter"] == "strict-match"
     assert data["lm_eval_config"]["doc_to_text"] == "Question: {{question}}\nAnswer:"
 
@@ -275,10 +324,20 @@ def test_baseline_change_and_table():
 
     def rep(label, strict, flex):
         return {
-            "label": label, "tasks": ["gsm8k"], "limit": 10, "timings": {"total_s": 1.0},
-            "results": {"gsm8k": {"n_samples": 10, "num_fewshot": 5, "metrics": {
-                "strict-match": {"exact_match": strict, "exact_match_stderr": 0.1},
-                "flexible-extract": {"exact_match": flex, "exact_match_stderr": 0.1}}}},
+            "label": label,
+            "tasks": ["gsm8k"],
+            "limit": 10,
+            "timings": {"total_s": 1.0},
+            "results": {
+                "gsm8k": {
+                    "n_samples": 10,
+                    "num_fewshot": 5,
+                    "metrics": {
+                        "strict-match": {"exact_match": strict, "exact_match_stderr": 0.1},
+                        "flexible-extract": {"exact_match": flex, "exact_match_stderr": 0.1},
+                    },
+                }
+            },
         }
 
     final = add_baseline(rep("final", 0.5, 0.6), rep("baseline", 0.2, 0.6))
@@ -300,7 +359,9 @@ def test_hub_gsm8k_offline_fails_with_a_clear_message(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(EvaluationError, match="--data-dir DIR") as info:
-        evaluate_model(tiny_model(num_layers=2), tiny_tokenizer(), EvalSettings(data_dir="hub", limit=1, num_fewshot=0))
+        evaluate_model(
+            tiny_model(num_layers=2), tiny_tokenizer(), EvalSettings(data_dir="hub", limit=1, num_fewshot=0)
+        )
     assert "openai/gsm8k" in str(info.value)
 
 

@@ -38,8 +38,12 @@ pytestmark = [
 ]
 
 ENV = {
-    **os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+    "DS_ACCELERATOR": "cpu",
 }
 
 
@@ -97,7 +101,13 @@ def test_ddp_ranks_score_disjoint_shards_and_match_single_process(tmp_path):
 
     # rank 0 generates for rows 0, 2, 4 and rank 1 for rows 1, 3: 5 generations in all, not 10
     assert [r["generated_rows"] for r in ranks] == [3, 2]
-    expected = {"mode": "sharded", "world_size": 2, "partitioner": None, "rows_per_rank": [3, 2], "generate_calls_per_rank": [3, 2]}
+    expected = {
+        "mode": "sharded",
+        "world_size": 2,
+        "partitioner": None,
+        "rows_per_rank": [3, 2],
+        "generate_calls_per_rank": [3, 2],
+    }
     assert all(r["distributed"] == expected for r in ranks)
     assert ranks[0]["files"] and ranks[1]["files"] == []  # only rank 0 writes
     assert ranks[0]["metrics"] == ranks[1]["metrics"] and ranks[0]["responses"] == ranks[1]["responses"]
@@ -210,13 +220,26 @@ def test_zero3_sharded_evaluation_inside_training(tmp_path):
     for r in with_baseline:
         assert r["errors"] == {}
         # 5 rows in batches of 2 (2, 2, 1): rank 0 gets batches 0 and 2, rank 1 batch 1 and a dummy
-        assert r["distributed"] == {"mode": "sharded", "world_size": 2, "partitioner": "deepspeed-zero3",
-                                    "rows_per_rank": [3, 2], "generate_calls_per_rank": [2, 2]}
-        assert r["again_distributed"] == {"mode": "lockstep", "world_size": 2, "partitioner": "deepspeed-zero3",
-                                          "rows_per_rank": [5, 5], "generate_calls_per_rank": [3, 3]}
+        assert r["distributed"] == {
+            "mode": "sharded",
+            "world_size": 2,
+            "partitioner": "deepspeed-zero3",
+            "rows_per_rank": [3, 2],
+            "generate_calls_per_rank": [2, 2],
+        }
+        assert r["again_distributed"] == {
+            "mode": "lockstep",
+            "world_size": 2,
+            "partitioner": "deepspeed-zero3",
+            "rows_per_rank": [5, 5],
+            "generate_calls_per_rank": [3, 3],
+        }
         assert r["partitioned_numel"] == 0  # the evaluation really ran on partitioned parameters
         assert r["gathered_at_first_step"] == 0 and r["gathered_after_final"] == 0 and r["gathered_after_again"] == 0
-        assert r["logged"] == ["lm_eval/gsm8k/strict-match/exact_match", "lm_eval_baseline/gsm8k/strict-match/exact_match"]
+        assert r["logged"] == [
+            "lm_eval/gsm8k/strict-match/exact_match",
+            "lm_eval_baseline/gsm8k/strict-match/exact_match",
+        ]
         assert r["again_metrics"] == r["metrics"] and r["again_responses"] == r["responses"]
     assert with_baseline[0]["files"] and with_baseline[1]["files"] == []
     assert with_baseline[0]["responses"] == with_baseline[1]["responses"]
@@ -229,9 +252,13 @@ def test_zero3_sharded_evaluation_inside_training(tmp_path):
     torch.set_num_threads(1)
     try:
         fields = dict(limit=5, num_fewshot=1, max_gen_toks=8, batch_size=2, save_samples=True)
-        single = evaluate_model(tiny_model("llama", num_layers=2, seed=3), tiny_tokenizer(), EvalSettings(**fields), print_table=False)
+        single = evaluate_model(
+            tiny_model("llama", num_layers=2, seed=3), tiny_tokenizer(), EvalSettings(**fields), print_table=False
+        )
     finally:
         torch.set_num_threads(threads)
-    assert with_baseline[0]["baseline_responses"] == {str(s["doc_id"]): s["response"] for s in single["samples"]["gsm8k"]}
+    assert with_baseline[0]["baseline_responses"] == {
+        str(s["doc_id"]): s["response"] for s in single["samples"]["gsm8k"]
+    }
     assert with_baseline[0]["baseline_metrics"] == single["results"]["gsm8k"]["metrics"]
     assert any(v.strip() for v in with_baseline[0]["baseline_responses"].values())

@@ -35,12 +35,24 @@ def _trainer(output_dir: Path, model, tok, peft: bool = True):
 
     rows = [{"text": f"Question: {r['question']}\nAnswer: {r['answer']}"} for r in gsm8k_rows("train", 16)]
     args = SFTConfig(
-        output_dir=str(output_dir), use_cpu=True, bf16=False, max_steps=2, report_to=[],
-        gradient_checkpointing=False, per_device_train_batch_size=4, max_length=128,
-        learning_rate=1e-2, logging_steps=1, save_strategy="no", seed=0,
+        output_dir=str(output_dir),
+        use_cpu=True,
+        bf16=False,
+        max_steps=2,
+        report_to=[],
+        gradient_checkpointing=False,
+        per_device_train_batch_size=4,
+        max_length=128,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
     )
     return SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]) if peft else None,
     )
 
@@ -82,7 +94,9 @@ def test_sft_end_of_training_eval_with_baseline_equals_midblock_eval(tmp_path):
     final_log = next(h for h in history if "lm_eval/gsm8k/strict-match/exact_match" in h)
     assert base_log["step"] == 0 and final_log["step"] == 2
     assert history.index(final_log) > max(i for i, h in enumerate(history) if "train_loss" in h)
-    assert final_log["lm_eval/gsm8k/flexible-extract/exact_match"] == final["metrics"]["flexible-extract"]["exact_match"]
+    assert (
+        final_log["lm_eval/gsm8k/flexible-extract/exact_match"] == final["metrics"]["flexible-extract"]["exact_match"]
+    )
     assert final_log["lm_eval/gsm8k/n_samples"] == 3.0
     assert callback.reports["final"]["results"]["gsm8k"]["metrics"] == final["metrics"]
 
@@ -91,12 +105,32 @@ def test_sft_end_of_training_eval_with_baseline_equals_midblock_eval(tmp_path):
     before = {s["doc_id"]: s["response"] for s in callback.reports["baseline"]["samples"]["gsm8k"]}
     assert mem != before
     cli_out = tmp_path / "cli" / "gsm8k.json"
-    argv = ["eval", str(base_dir), "--adapter", str(out_dir), "--limit", "3", "--num-fewshot", "1",
-            "--max-gen-toks", "16", "--batch-size", "3", "--device", "cpu", "--output", str(cli_out), "--save-samples"]
+    argv = [
+        "eval",
+        str(base_dir),
+        "--adapter",
+        str(out_dir),
+        "--limit",
+        "3",
+        "--num-fewshot",
+        "1",
+        "--max-gen-toks",
+        "16",
+        "--batch-size",
+        "3",
+        "--device",
+        "cpu",
+        "--output",
+        str(cli_out),
+        "--save-samples",
+    ]
     assert main(argv) == 0
     cli = json.loads(cli_out.read_text())
     assert cli["metrics"] == final["metrics"] and cli["n_samples"] == final["n_samples"]
-    cli_resps = {json.loads(line)["doc_id"]: json.loads(line)["response"] for line in open(cli_out.with_name("gsm8k.samples.jsonl"))}
+    cli_resps = {
+        json.loads(line)["doc_id"]: json.loads(line)["response"]
+        for line in open(cli_out.with_name("gsm8k.samples.jsonl"))
+    }
     assert cli_resps == mem
 
 

@@ -19,8 +19,25 @@ def run(*args):
 
 def test_example_trains_and_saves_a_midblock_adapter(tmp_path):
     out = tmp_path / "run"
-    r = run("--model", "tiny", "--data", str(GSM8K_DIR / "train.jsonl"), "--num-examples", "8", "--segments", "01110",
-            "--rank", "8", "--max-steps", "2", "--batch-size", "2", "--gradient-checkpointing", "--output-dir", str(out))
+    r = run(
+        "--model",
+        "tiny",
+        "--data",
+        str(GSM8K_DIR / "train.jsonl"),
+        "--num-examples",
+        "8",
+        "--segments",
+        "01110",
+        "--rank",
+        "8",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--gradient-checkpointing",
+        "--output-dir",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["layers_to_transform"] == [1, 2, 3, 4, 5]  # L=8, mask 01110
@@ -36,10 +53,26 @@ def test_example_trains_and_saves_a_midblock_adapter(tmp_path):
 
 def test_example_full_mode_with_chat_data(tmp_path):
     data = tmp_path / "chat.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"What is {i}+{i}?"}, {"role": "assistant", "content": str(2 * i)}]} for i in range(6)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"What is {i}+{i}?"}, {"role": "assistant", "content": str(2 * i)}]}
+        for i in range(6)
+    ]
     data.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "full"
-    r = run("--data", str(data), "--mode", "full", "--layers", "2-5", "--max-steps", "1", "--batch-size", "2", "--output-dir", str(out))
+    r = run(
+        "--data",
+        str(data),
+        "--mode",
+        "full",
+        "--layers",
+        "2-5",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--output-dir",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (out / "model.safetensors").exists()
     plan = json.loads((out / "midblock" / "plan.json").read_text())
@@ -67,7 +100,9 @@ def test_example_reentrant_needs_checkpointing(tmp_path, capsys):
     ex = _example_module()
     out = tmp_path / "never"
     assert ex.main(["--data", str(GSM8K_DIR / "train.jsonl"), "--output-dir", str(out), "--reentrant"]) == 2
-    assert "--reentrant chooses the gradient checkpointing mode; add --gradient-checkpointing" in capsys.readouterr().err
+    assert (
+        "--reentrant chooses the gradient checkpointing mode; add --gradient-checkpointing" in capsys.readouterr().err
+    )
     assert not out.exists()
 
 

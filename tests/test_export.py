@@ -71,7 +71,9 @@ def _logits_through_peft(base, adapter_dir, ids):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(adapter_dir))
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(adapter_dir)
+    )
     with torch.no_grad():
         return model.eval()(input_ids=ids).logits
 
@@ -165,8 +167,9 @@ def test_merged_in_bfloat16_is_sharded_with_its_tokenizer(adapter, tmp_path):
     from transformers import AutoModelForCausalLM
 
     base, src = adapter
-    report = export_adapter(src, "merged", tmp_path / "m", dtype="bfloat16", max_shard_size="100KB",
-                            log=lambda _: None)
+    report = export_adapter(
+        src, "merged", tmp_path / "m", dtype="bfloat16", max_shard_size="100KB", log=lambda _: None
+    )
     assert report["passed"]
     out = tmp_path / "m"
     assert len(list(out.glob("model-*.safetensors"))) > 1 and (out / "model.safetensors.index.json").is_file()
@@ -248,7 +251,9 @@ def test_tgi_padding_on_gpt2_conv1d_all_linear(tmp_path):
 
     base = save_tiny(tmp_path / "gpt2", "gpt2", num_layers=NUM_LAYERS)
     model = AutoModelForCausalLM.from_pretrained(base)
-    peft_model = get_peft_model(model, build_plan(model, MidBlockConfig(rank=4, target_modules="all-linear")).lora_config())
+    peft_model = get_peft_model(
+        model, build_plan(model, MidBlockConfig(rank=4, target_modules="all-linear")).lora_config()
+    )
     torch.manual_seed(0)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -256,10 +261,14 @@ def test_tgi_padding_on_gpt2_conv1d_all_linear(tmp_path):
                 p.normal_(0, 0.02)
     peft_model.save_pretrained(tmp_path / "adapter")
     report = export_adapter(tmp_path / "adapter", "tgi", tmp_path / "tgi", log=lambda _: None)
-    assert report["passed"] and report["padded_layer_modules"] == 2 * 4  # layers 0 and 4 x (c_attn, c_proj, c_fc, c_proj)
+    assert (
+        report["passed"] and report["padded_layer_modules"] == 2 * 4
+    )  # layers 0 and 4 x (c_attn, c_proj, c_fc, c_proj)
     padded = _tensors(tmp_path / "tgi")
-    assert padded["base_model.model.transformer.h.0.attn.c_attn.lora_A.weight"].shape == \
-        padded["base_model.model.transformer.h.2.attn.c_attn.lora_A.weight"].shape
+    assert (
+        padded["base_model.model.transformer.h.0.attn.c_attn.lora_A.weight"].shape
+        == padded["base_model.model.transformer.h.2.attn.c_attn.lora_A.weight"].shape
+    )
 
 
 @pytest.mark.gpu
@@ -291,11 +300,19 @@ def _option(command, flag):
 def _string_literals(path: Path) -> set[str]:
     """The string constants of a module's code (docstrings left out)."""
     tree = ast.parse(path.read_text())
-    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
-    return {node.value for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings}
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    }
 
 
 def test_the_target_table_is_the_only_source():
@@ -350,11 +367,15 @@ def test_a_registered_target_exports_end_to_end(adapter, tmp_path, monkeypatch, 
         work.tensors = {k: v * 2 if ".lora_B." in k else v for k, v in work.tensors.items()}
 
     serve = lambda out, base, report: f"fake-serve --base {base} --adapter {out}"  # noqa: E731
-    monkeypatch.setattr(targets, "TARGETS", {
-        **TARGETS,
-        "fake": ExportTarget("fake", "FakeServe", "the adapter with a marker key", serve, steps=(record,)),
-        "fake-wrong": ExportTarget("fake-wrong", "FakeServe", "lora_B doubled", serve, steps=(double_b,)),
-    })
+    monkeypatch.setattr(
+        targets,
+        "TARGETS",
+        {
+            **TARGETS,
+            "fake": ExportTarget("fake", "FakeServe", "the adapter with a marker key", serve, steps=(record,)),
+            "fake-wrong": ExportTarget("fake-wrong", "FakeServe", "lora_B doubled", serve, steps=(double_b,)),
+        },
+    )
     _, option = _option("export", "--target")
     assert "fake" in option.choices and "fake: the adapter with a marker key" in option.help
     capsys.readouterr()

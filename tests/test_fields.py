@@ -20,7 +20,9 @@ class _Demo:
     count: Optional[int] = dataclasses.field(default=None, metadata={"help": "how many", "default": "the preset"})
     ratio: float | None = dataclasses.field(default=0.5, metadata={"help": "a ratio"})
     flag: bool = dataclasses.field(default=False, metadata={"help": "a switch"})
-    items: tuple = dataclasses.field(default=("a",), metadata={"help": "comma list", "parse": lambda t: tuple(t.split(","))})
+    items: tuple = dataclasses.field(
+        default=("a",), metadata={"help": "comma list", "parse": lambda t: tuple(t.split(","))}
+    )
     hidden: int = dataclasses.field(default=3, metadata={"help": "set in code", "cli": False})
 
 
@@ -31,10 +33,17 @@ def _parser(**kw) -> argparse.ArgumentParser:
 
 
 def test_types_choices_bools_and_defaults_come_from_the_fields():
-    args = _parser().parse_args(["--name", "x", "--mode", "full", "--count", "3", "--ratio", "0.25", "--flag",
-                                 "--items", "b,c"])
-    assert values_from_args(args, _Demo) == {"name": "x", "mode": "full", "count": 3, "ratio": 0.25, "flag": True,
-                                             "items": ("b", "c")}
+    args = _parser().parse_args(
+        ["--name", "x", "--mode", "full", "--count", "3", "--ratio", "0.25", "--flag", "--items", "b,c"]
+    )
+    assert values_from_args(args, _Demo) == {
+        "name": "x",
+        "mode": "full",
+        "count": 3,
+        "ratio": 0.25,
+        "flag": True,
+        "items": ("b", "c"),
+    }
     assert _Demo(**values_from_args(args, _Demo)).hidden == 3  # no flag for a cli=False field
     defaults = values_from_args(_parser().parse_args(["--name", "x"]), _Demo)
     assert defaults == {"name": "x", "mode": "lora", "count": None, "ratio": 0.5, "flag": False, "items": ("a",)}
@@ -76,7 +85,9 @@ def test_every_eval_flag_is_a_field_of_its_dataclasses_and_the_protocol_choices_
     from midblock_plugin.evaluation.settings import EvalSettings
     from midblock_plugin.evaluation.standalone import SavedEvalOptions
 
-    fields = {f.name for f in dataclasses.fields(EvalSettings)} | {f.name for f in dataclasses.fields(SavedEvalOptions)}
+    fields = {f.name for f in dataclasses.fields(EvalSettings)} | {
+        f.name for f in dataclasses.fields(SavedEvalOptions)
+    }
     parser = _subparsers()["eval"]
     assert _dests(parser) - {"func"} <= fields
     protocol = next(a for a in parser._actions if a.dest == "protocol")  # noqa: SLF001

@@ -31,7 +31,9 @@ def _lora(seed=0):
 
     model = tiny_model("llama", num_layers=4, seed=0)
     torch.manual_seed(seed)
-    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    return get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    )
 
 
 def test_untouched_model_forgets_nothing(blocks):
@@ -56,8 +58,13 @@ def _trained(lr, tok, steps=3):
     rows = gsm8k_rows("train", n=steps * 2)
     model.train()
     for i in range(steps):
-        batch = tok([gsm8k.training_text(r) for r in rows[2 * i:2 * i + 2]], return_tensors="pt", padding=True,
-                    truncation=True, max_length=48)
+        batch = tok(
+            [gsm8k.training_text(r) for r in rows[2 * i : 2 * i + 2]],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=48,
+        )
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["input_ids"])
         out.loss.backward()
         opt.step()

@@ -15,10 +15,26 @@ from tests.test_trl import L, _dataset
 def _trainer(out, callback, peft_config=None, model=None, **kw):
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(output_dir=str(out), per_device_train_batch_size=2, use_cpu=True, bf16=False, report_to=[],
-                     logging_steps=1, max_length=48, learning_rate=5e-3, seed=0, **{"max_steps": 2, "save_strategy": "no", **kw})
-    return SFTTrainer(model=model or tiny_model("llama", num_layers=L), args=args, train_dataset=_dataset(),
-                      processing_class=tiny_tokenizer(), peft_config=peft_config, callbacks=[callback])
+    args = SFTConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        logging_steps=1,
+        max_length=48,
+        learning_rate=5e-3,
+        seed=0,
+        **{"max_steps": 2, "save_strategy": "no", **kw},
+    )
+    return SFTTrainer(
+        model=model or tiny_model("llama", num_layers=L),
+        args=args,
+        train_dataset=_dataset(),
+        processing_class=tiny_tokenizer(),
+        peft_config=peft_config,
+        callbacks=[callback],
+    )
 
 
 def test_full_mode_with_a_lora_peft_config_is_refused(tmp_path):
@@ -36,8 +52,14 @@ def test_lora_config_for_another_window_is_refused_in_both_directions(tmp_path, 
         _trainer(tmp_path, MidBlockCallback(MidBlockConfig(segments=callback_mask)), peft_config=lora, model=model)
 
 
-@pytest.mark.parametrize("change, field", [({"rank": 8}, "r:"), ({"lora_alpha": 3.0}, "lora_alpha:"),
-                                           ({"target_modules": ["q_proj", "v_proj"]}, "target_modules:")])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"rank": 8}, "r:"),
+        ({"lora_alpha": 3.0}, "lora_alpha:"),
+        ({"target_modules": ["q_proj", "v_proj"]}, "target_modules:"),
+    ],
+)
 def test_lora_config_with_another_rank_alpha_or_targets_is_refused(tmp_path, change, field):
     model = tiny_model("llama", num_layers=L)
     lora = build_plan(model, MidBlockConfig(**{"rank": 4, **change})).lora_config()
@@ -57,8 +79,14 @@ def checkpointed(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
     model = tiny_model("llama", num_layers=L)
     plan = build_plan(model, MidBlockConfig(rank=4))
-    trainer = _trainer(out, MidBlockCallback(plan=plan, verbose=False), peft_config=plan.lora_config(), model=model,
-                       save_strategy="steps", save_steps=1)
+    trainer = _trainer(
+        out,
+        MidBlockCallback(plan=plan, verbose=False),
+        peft_config=plan.lora_config(),
+        model=model,
+        save_strategy="steps",
+        save_steps=1,
+    )
     trainer.train()
     return out, plan
 
@@ -70,23 +98,31 @@ def test_every_checkpoint_carries_its_plan(checkpointed):
         assert saved["layers"] == plan.layers and saved["layer_rank"] == plan.layer_rank
 
 
-@pytest.mark.parametrize("config, field", [(MidBlockConfig(rank=4, segments="01000"), "layers"),
-                                           (MidBlockConfig(rank=8), "r:")])
+@pytest.mark.parametrize(
+    "config, field", [(MidBlockConfig(rank=4, segments="01000"), "layers"), (MidBlockConfig(rank=8), "r:")]
+)
 def test_resume_with_another_window_or_rank_is_refused_before_loading(checkpointed, tmp_path, config, field):
     out, _ = checkpointed
     model = tiny_model("llama", num_layers=L)
     plan = build_plan(model, config)
     with pytest.raises(PlanMismatch, match=f"cannot resume from .*checkpoint-2.*{field}"):
-        _trainer(out, MidBlockCallback(plan=plan, verbose=False), peft_config=plan.lora_config(), model=model,
-                 resume_from_checkpoint=str(out / "checkpoint-2"), max_steps=3)
+        _trainer(
+            out,
+            MidBlockCallback(plan=plan, verbose=False),
+            peft_config=plan.lora_config(),
+            model=model,
+            resume_from_checkpoint=str(out / "checkpoint-2"),
+            max_steps=3,
+        )
 
 
 def test_resume_through_train_with_another_window_stops_before_a_step(checkpointed):
     out, _ = checkpointed
     model = tiny_model("llama", num_layers=L)
     plan = build_plan(model, MidBlockConfig(rank=4, layers="2-4"))  # same rank, other layers: the weights load
-    trainer = _trainer(out, MidBlockCallback(plan=plan, verbose=False), peft_config=plan.lora_config(), model=model,
-                       max_steps=3)
+    trainer = _trainer(
+        out, MidBlockCallback(plan=plan, verbose=False), peft_config=plan.lora_config(), model=model, max_steps=3
+    )
     with pytest.raises(PlanMismatch, match="cannot resume from .*checkpoint-2"):
         trainer.train(resume_from_checkpoint=str(out / "checkpoint-2"))
     assert trainer.state.global_step == 2  # the checkpoint's step: no step was taken after the resume
@@ -96,7 +132,13 @@ def test_resume_with_the_same_plan_continues(checkpointed):
     out, _ = checkpointed
     model = tiny_model("llama", num_layers=L)
     plan = build_plan(model, MidBlockConfig(rank=4))
-    trainer = _trainer(out, MidBlockCallback(plan=plan, verbose=False), peft_config=plan.lora_config(), model=model,
-                       max_steps=3, resume_from_checkpoint=str(out / "checkpoint-2"))
+    trainer = _trainer(
+        out,
+        MidBlockCallback(plan=plan, verbose=False),
+        peft_config=plan.lora_config(),
+        model=model,
+        max_steps=3,
+        resume_from_checkpoint=str(out / "checkpoint-2"),
+    )
     trainer.train(resume_from_checkpoint=str(out / "checkpoint-2"))
     assert trainer.state.global_step == 3

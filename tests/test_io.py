@@ -12,9 +12,22 @@ from midblock_plugin import io
 
 
 def test_json_safe_values():
-    doc = {"nan": float("nan"), "inf": math.inf, "np": np.float32(0.5), "t": torch.tensor(2), "tuple": (1, 2),
-           "path": io.artifact("run", io.PLAN_JSON)}
-    assert io.json_safe(doc) == {"nan": None, "inf": None, "np": 0.5, "t": 2, "tuple": [1, 2], "path": "run/midblock/plan.json"}
+    doc = {
+        "nan": float("nan"),
+        "inf": math.inf,
+        "np": np.float32(0.5),
+        "t": torch.tensor(2),
+        "tuple": (1, 2),
+        "path": io.artifact("run", io.PLAN_JSON),
+    }
+    assert io.json_safe(doc) == {
+        "nan": None,
+        "inf": None,
+        "np": 0.5,
+        "t": 2,
+        "tuple": [1, 2],
+        "path": "run/midblock/plan.json",
+    }
     json.loads(io.to_json(doc))  # strict JSON: no NaN literal
 
 

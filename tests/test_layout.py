@@ -19,8 +19,25 @@ import pytest
 
 
 PKG = Path(__file__).resolve().parents[1] / "midblock_plugin"
-CORE = ("choices", "window", "architecture", "config", "plan", "adapters", "io", "compat", "memory", "training", "data")
-UPPER = ("midblock_plugin.integrations", "midblock_plugin.axolotl", "midblock_plugin.cli", "midblock_plugin.experiments")
+CORE = (
+    "choices",
+    "window",
+    "architecture",
+    "config",
+    "plan",
+    "adapters",
+    "io",
+    "compat",
+    "memory",
+    "training",
+    "data",
+)
+UPPER = (
+    "midblock_plugin.integrations",
+    "midblock_plugin.axolotl",
+    "midblock_plugin.cli",
+    "midblock_plugin.experiments",
+)
 
 
 def _modules():
@@ -53,33 +70,49 @@ def test_core_never_imports_an_integration_the_cli_or_the_experiments(name, path
 
 
 def test_testing_helpers_are_not_imported_by_shipped_modules():
-    offenders = [n for n, p in _modules() if not n.startswith("midblock_plugin.testing")
-                 and any(i.startswith("midblock_plugin.testing") for i in _imports(p))]
+    offenders = [
+        n
+        for n, p in _modules()
+        if not n.startswith("midblock_plugin.testing")
+        and any(i.startswith("midblock_plugin.testing") for i in _imports(p))
+    ]
     assert not offenders
 
 
 def test_the_package_knows_no_shared_folder():
-    offenders = [str(p) for _, p in _modules() if re.search(r"\.\./shared|\"shared\"|'shared'", p.read_text(encoding="utf-8"))]
+    offenders = [
+        str(p) for _, p in _modules() if re.search(r"\.\./shared|\"shared\"|'shared'", p.read_text(encoding="utf-8"))
+    ]
     assert not offenders
 
 
 def test_private_api_touches_live_in_compat():
-    pattern = re.compile(r"_model_mapping|_gradient_checkpointing_func|_forward_hooks|_getframe|__closure__|_invalidate_trace"
-                         # lm-eval internals: its helper modules, its registry, HFLM's private generate
-                         r"|lm_eval\.models\.utils|lm_eval\.utils|lm_eval\.api\.registry|_model_generate")
-    offenders = [n for n, p in _modules() if n != "midblock_plugin.compat" and pattern.search(p.read_text(encoding="utf-8"))]
+    pattern = re.compile(
+        r"_model_mapping|_gradient_checkpointing_func|_forward_hooks|_getframe|__closure__|_invalidate_trace"
+        # lm-eval internals: its helper modules, its registry, HFLM's private generate
+        r"|lm_eval\.models\.utils|lm_eval\.utils|lm_eval\.api\.registry|_model_generate"
+    )
+    offenders = [
+        n for n, p in _modules() if n != "midblock_plugin.compat" and pattern.search(p.read_text(encoding="utf-8"))
+    ]
     assert not offenders
 
 
 def test_window_is_pure_arithmetic():
-    code = "import sys, midblock_plugin.window; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    code = (
+        "import sys, midblock_plugin.window; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
 
 
 def test_experiments_import_nothing_from_the_cli():
-    offenders = sorted(n for n, p in _modules() if n.startswith("midblock_plugin.experiments")
-                       and any(i.startswith("midblock_plugin.cli") for i in _imports(p)))
+    offenders = sorted(
+        n
+        for n, p in _modules()
+        if n.startswith("midblock_plugin.experiments")
+        and any(i.startswith("midblock_plugin.cli") for i in _imports(p))
+    )
     assert not offenders
 
 

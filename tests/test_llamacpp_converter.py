@@ -46,8 +46,12 @@ GGUF_NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_pro
 @pytest.fixture(scope="module")
 def converter() -> Path:
     """The cached converter directory (downloads the sdist the first time)."""
-    run = subprocess.run(["bash", str(ROOT / "scripts" / "llamacpp-converter.sh")], capture_output=True, text=True,
-                         env={**os.environ, "PYTHON": sys.executable})
+    run = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "llamacpp-converter.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     if run.returncode == 3:
         pytest.skip(f"llama-cpp-python sdist unavailable: {run.stderr.strip()[-400:]}")
     assert run.returncode == 0, run.stderr
@@ -74,16 +78,43 @@ def adapters(tmp_path_factory):
             if "lora_B" in name:
                 p.normal_(0, 0.02)
     peft_model.save_pretrained(root / "adapter")
-    run = subprocess.run([sys.executable, "-m", "midblock_plugin.cli", "export", str(root / "adapter"), "--target",
-                          "llama.cpp", "--base", str(base), "--output", str(root / "export")],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "midblock_plugin.cli",
+            "export",
+            str(root / "adapter"),
+            "--target",
+            "llama.cpp",
+            "--base",
+            str(base),
+            "--output",
+            str(root / "export"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     return base, root / "adapter", root / "export"
 
 
 def _convert(converter: Path, base: Path, adapter: Path, out: Path) -> Path:
-    run = subprocess.run([sys.executable, str(converter / "convert_lora_to_gguf.py"), "--base", str(base),
-                          "--outtype", "f32", "--outfile", str(out), str(adapter)], capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(converter / "convert_lora_to_gguf.py"),
+            "--base",
+            str(base),
+            "--outtype",
+            "f32",
+            "--outfile",
+            str(out),
+            str(adapter),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert out.is_file()
     return out
@@ -102,8 +133,11 @@ def _tensors(reader) -> dict[str, torch.Tensor]:
 
 def _permute(weights: torch.Tensor, n_head: int) -> torch.Tensor:
     """convert_hf_to_gguf's LlamaModel.permute (q / k rows reordered for llama.cpp's RoPE)."""
-    return weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(
-        weights.shape)
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
 
 
 def test_converter_reads_the_llamacpp_export(converter, adapters, tmp_path):

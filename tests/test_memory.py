@@ -24,7 +24,13 @@ def test_full_finetuning_equals_deepspeed_estimator(gpus, nodes, offload):
     plan = build_plan(tiny_config("qwen2", num_layers=10, hidden=128), MidBlockConfig(rank=8))
     assert plan.full_params == total and plan.largest_module_params == largest
     cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
-        total, largest, num_gpus_per_node=gpus, num_nodes=nodes, cpu_offload=offload, cpu_offload_params=offload, zero_init=True
+        total,
+        largest,
+        num_gpus_per_node=gpus,
+        num_nodes=nodes,
+        cpu_offload=offload,
+        cpu_offload_params=offload,
+        zero_init=True,
     )
     full = zero3_estimates(plan, gpus, nodes, offload=offload)[-1]
     assert full.method == "full fine-tuning"
@@ -48,12 +54,32 @@ def test_midblock_and_uniform_lora_rows():
 
 def test_cli_zero3_table_and_json(tmp_path):
     tiny_config("olmo2", num_layers=16, hidden=128).save_pretrained(tmp_path)
-    cmd = [sys.executable, "-m", "midblock_plugin.cli", "plan", str(tmp_path), "--zero3", "--gpus-per-node", "8", "--nodes", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "midblock_plugin.cli",
+        "plan",
+        str(tmp_path),
+        "--zero3",
+        "--gpus-per-node",
+        "8",
+        "--nodes",
+        "4",
+    ]
     r = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     mem = json.loads(r.stdout)["zero3_memory"]
-    assert mem["nodes"] == 4 and [e["method"].split(" ")[0] for e in mem["estimates"]] == ["mid-block", "uniform", "full"]
+    assert mem["nodes"] == 4 and [e["method"].split(" ")[0] for e in mem["estimates"]] == [
+        "mid-block",
+        "uniform",
+        "full",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert "ZeRO-3 model-state memory per GPU, 4 node(s) x 8 GPU(s)" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "midblock_plugin.cli", "plan", "--num-layers", "16", "--zero3"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "midblock_plugin.cli", "plan", "--num-layers", "16", "--zero3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0 and "--zero3 needs a MODEL" in r.stderr

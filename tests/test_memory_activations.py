@@ -71,8 +71,15 @@ def _overrides(arch):
     return {"attn_pdrop": 0.0} if arch == "gpt2" else {}
 
 
-def build(arch, method, dtype=torch.float32, checkpointing=False, truncation=True, lora_dropout=0.0,
-          target_modules="attention"):
+def build(
+    arch,
+    method,
+    dtype=torch.float32,
+    checkpointing=False,
+    truncation=True,
+    lora_dropout=0.0,
+    target_modules="attention",
+):
     """The tiny model trained as ``method`` (one of METHODS), and its plan."""
     from peft import get_peft_model
 
@@ -80,8 +87,13 @@ def build(arch, method, dtype=torch.float32, checkpointing=False, truncation=Tru
 
     over = _overrides(arch)
     model = tiny_model(arch, num_layers=LAYERS, hidden=HIDDEN, attn_implementation="sdpa", **over)
-    mb = MidBlockConfig(segments="01110", rank=4, lora_dropout=lora_dropout, truncate_backward=truncation,
-                        target_modules=target_modules)
+    mb = MidBlockConfig(
+        segments="01110",
+        rank=4,
+        lora_dropout=lora_dropout,
+        truncate_backward=truncation,
+        target_modules=target_modules,
+    )
     plan = build_plan(tiny_config(arch, num_layers=LAYERS, hidden=HIDDEN, **over), mb)
     if method == "mid-block LoRA":
         model = get_peft_model(model, plan.lora_config())
@@ -101,16 +113,29 @@ def build(arch, method, dtype=torch.float32, checkpointing=False, truncation=Tru
     return model, plan
 
 
-def measure(arch, method, dtype=torch.float32, checkpointing=False, truncation=True, lora_dropout=0.0,
-            target_modules="attention"):
+def measure(
+    arch,
+    method,
+    dtype=torch.float32,
+    checkpointing=False,
+    truncation=True,
+    lora_dropout=0.0,
+    target_modules="attention",
+):
     torch.manual_seed(0)
     model, plan = build(arch, method, dtype, checkpointing, truncation, lora_dropout, target_modules)
     ids = torch.randint(0, 512, (BATCH, SEQ))
     counted = count_saved_bytes(model, ids)
     d = torch.finfo(dtype).bits // 8
     rows = activation_estimates(
-        plan, tiny_config(arch, num_layers=LAYERS, hidden=HIDDEN, **_overrides(arch)), BATCH, SEQ, checkpointing, d,
-        truncation=truncation, dropout_mask_bytes=d,  # CPU dropout keeps its mask in the input dtype
+        plan,
+        tiny_config(arch, num_layers=LAYERS, hidden=HIDDEN, **_overrides(arch)),
+        BATCH,
+        SEQ,
+        checkpointing,
+        d,
+        truncation=truncation,
+        dropout_mask_bytes=d,  # CPU dropout keeps its mask in the input dtype
     )
     row = next(r for r in rows if r.method.startswith(method))
     return row, counted
@@ -123,9 +148,14 @@ def _ratio(arch, method, **kw):
 
 # ----------------------------------------------------------------------------- estimate vs autograd
 
-GRID = [(m, False, True) for m in METHODS] + [(m, True, True) for m in METHODS] + [
-    ("mid-block LoRA", True, False), ("mid-block full", True, False),
-]
+GRID = (
+    [(m, False, True) for m in METHODS]
+    + [(m, True, True) for m in METHODS]
+    + [
+        ("mid-block LoRA", True, False),
+        ("mid-block full", True, False),
+    ]
+)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -243,7 +273,12 @@ def test_rows_table_and_json_shape():
     config = tiny_config("llama", num_layers=16, hidden=128)
     plan = build_plan(config, MidBlockConfig(segments="01110", rank=16))
     rows = activation_estimates(plan, config, 1, 4096, checkpointing=True, gpus_per_node=8, nodes=2)
-    assert [r.method.split(" (")[0] for r in rows] == ["mid-block LoRA", "mid-block full", "uniform LoRA r=16", "full fine-tuning"]
+    assert [r.method.split(" (")[0] for r in rows] == [
+        "mid-block LoRA",
+        "mid-block full",
+        "uniform LoRA r=16",
+        "full fine-tuning",
+    ]
     assert [r.truncation for r in rows] == [True, True, False, False]
     states = zero3_estimates(plan, 8, 2)
     assert rows[0].model_states_gb == states[0].gpu_total_gb  # the plan is LoRA: its own row
@@ -259,8 +294,18 @@ def test_rows_table_and_json_shape():
     out = json.loads(json.dumps(activations_to_json(rows)))
     assert out["micro_batch"] == 1 and out["seq_len"] == 4096 and out["gradient_checkpointing"] is True
     assert out["not_modelled"] == list(NOT_MODELLED) and len(out["estimates"]) == 4
-    assert {"method", "saved_gb", "recompute_gb", "logits_gb", "peak_gb", "model_states_gb", "total_gb",
-            "saved_bytes", "active_layers", "truncation"} <= set(out["estimates"][0])
+    assert {
+        "method",
+        "saved_gb",
+        "recompute_gb",
+        "logits_gb",
+        "peak_gb",
+        "model_states_gb",
+        "total_gb",
+        "saved_bytes",
+        "active_layers",
+        "truncation",
+    } <= set(out["estimates"][0])
     # without GPUs: activations only
     bare = activation_estimates(plan, config, 1, 4096)
     assert bare[0].model_states_gb is None and "states GB" not in format_activation_table(bare)
@@ -300,8 +345,9 @@ def test_configs_it_cannot_model_are_refused():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "midblock_plugin.cli", "plan", *args], capture_output=True, text=True,
-                          timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "midblock_plugin.cli", "plan", *args], capture_output=True, text=True, timeout=180
+    )
 
 
 def test_cli_activation_table_and_json(tmp_path):
@@ -318,6 +364,9 @@ def test_cli_activation_table_and_json(tmp_path):
     r = _cli(*base)
     assert r.returncode == 0, r.stderr
     assert "ZeRO-3 model-state memory per GPU" in r.stdout
-    assert "Activation memory per GPU: micro-batch 1 x 256 tokens, bf16/fp16, sdpa attention, gradient checkpointing off" in r.stdout
+    assert (
+        "Activation memory per GPU: micro-batch 1 x 256 tokens, bf16/fp16, sdpa attention, gradient checkpointing off"
+        in r.stdout
+    )
     r = _cli(str(tmp_path), "--zero3", "--micro-batch", "1")
     assert r.returncode != 0 and "--seq-len" in r.stderr

@@ -37,8 +37,14 @@ pytestmark = pytest.mark.slow
 
 def recipe() -> list[str]:
     """The training arguments every shipped launcher passes (``RECIPE`` in ``recipe.sh``)."""
-    out = subprocess.run(["bash", "-c", 'source examples/multinode/recipe.sh && printf "%s\\0" "$TRAIN_SCRIPT" "${RECIPE[@]}"'],
-                         capture_output=True, text=True, cwd=ROOT, check=True, env={"PATH": os.environ["PATH"]}).stdout
+    out = subprocess.run(
+        ["bash", "-c", 'source examples/multinode/recipe.sh && printf "%s\\0" "$TRAIN_SCRIPT" "${RECIPE[@]}"'],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+        env={"PATH": os.environ["PATH"]},
+    ).stdout
     script, *args = out.split("\0")[:-1]
     assert ROOT / script == SCRIPT
     return args
@@ -46,16 +52,41 @@ def recipe() -> list[str]:
 
 def _overrides(model_dir) -> list[str]:
     """What a CPU test changes in the recipe (appended: the example keeps an option's last value)."""
-    return ["--model", str(model_dir), "--data", str(GSM8K_DIR / "train.jsonl"), "--num-examples", "128", "--max-steps", "2",
-            "--optim", "sgd", "--lr", "0.5", "--seed", "7", "--lora-dropout", "0", "--sequential", "--no-bf16"]
+    return [
+        "--model",
+        str(model_dir),
+        "--data",
+        str(GSM8K_DIR / "train.jsonl"),
+        "--num-examples",
+        "128",
+        "--max-steps",
+        "2",
+        "--optim",
+        "sgd",
+        "--lr",
+        "0.5",
+        "--seed",
+        "7",
+        "--lora-dropout",
+        "0",
+        "--sequential",
+        "--no-bf16",
+    ]
 
 
 def _env(**extra) -> dict:
     """The launchers are found on PATH (this interpreter's environment first), as on a cluster."""
     bin_dir = str(Path(sys.executable).parent)
     # PYTHONFAULTHANDLER: a rank that dies on a signal (abort, segfault) prints its Python stacks
-    return dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""), OMP_NUM_THREADS="1",
-                PYTHONFAULTHANDLER="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), **extra)
+    return dict(
+        os.environ,
+        PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        OMP_NUM_THREADS="1",
+        PYTHONFAULTHANDLER="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        **extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +97,25 @@ def setup(tmp_path_factory):
     batch = int(args[args.index("--batch-size") + 1])
     single = root / "single"
     # one process, no DeepSpeed, the same global batch (2 nodes x batch per node; the recipe's --grad-accum)
-    run_nodes([([sys.executable, str(SCRIPT), *args, *_overrides(model_dir), "--batch-size", str(NODES * batch),
-                 "--output-dir", str(single)], _env())], ROOT, root / "single-logs")
+    run_nodes(
+        [
+            (
+                [
+                    sys.executable,
+                    str(SCRIPT),
+                    *args,
+                    *_overrides(model_dir),
+                    "--batch-size",
+                    str(NODES * batch),
+                    "--output-dir",
+                    str(single),
+                ],
+                _env(),
+            )
+        ],
+        ROOT,
+        root / "single-logs",
+    )
     return {"root": root, "model_dir": model_dir, "single": single}
 
 
@@ -85,7 +133,9 @@ def test_torchrun_two_nodes(setup):
     out = setup["root"] / "torchrun"
     env = _env(NNODES=str(NODES), NPROC_PER_NODE="1")
     cmd = ["bash", str(MULTINODE / "launch_torchrun.sh"), *_overrides(setup["model_dir"]), "--output-dir", str(out)]
-    text = run_nodes([(cmd, dict(env, NODE_RANK=str(rank))) for rank in range(NODES)], ROOT, setup["root"] / "torchrun-logs")
+    text = run_nodes(
+        [(cmd, dict(env, NODE_RANK=str(rank))) for rank in range(NODES)], ROOT, setup["root"] / "torchrun-logs"
+    )
     _check_run(text)
     assert_same_adapter(out, setup["single"])
 
@@ -94,7 +144,9 @@ def test_accelerate_two_machines(setup):
     out = setup["root"] / "accelerate"
     env = _env(NNODES=str(NODES), NPROC_PER_NODE="1")
     cmd = ["bash", str(MULTINODE / "launch_accelerate.sh"), *_overrides(setup["model_dir"]), "--output-dir", str(out)]
-    text = run_nodes([(cmd, dict(env, NODE_RANK=str(rank))) for rank in range(NODES)], ROOT, setup["root"] / "accelerate-logs")
+    text = run_nodes(
+        [(cmd, dict(env, NODE_RANK=str(rank))) for rank in range(NODES)], ROOT, setup["root"] / "accelerate-logs"
+    )
     _check_run(text)
     assert_same_adapter(out, setup["single"])
 
@@ -140,13 +192,31 @@ def test_slurm_script_two_nodes(setup):
     for f in ("srun", "scontrol"):
         (fake / f).chmod(0o755)
     out = setup["root"] / "slurm"
-    env = _env(SLURM_NNODES=str(NODES), SLURM_JOB_NODELIST="127.0.0.1,localhost", SLURM_GPUS_ON_NODE="1",
-               FAKE_SRUN_LOG=str(setup["root"] / "srun.log"))
+    env = _env(
+        SLURM_NNODES=str(NODES),
+        SLURM_JOB_NODELIST="127.0.0.1,localhost",
+        SLURM_GPUS_ON_NODE="1",
+        FAKE_SRUN_LOG=str(setup["root"] / "srun.log"),
+    )
     env["PATH"] = f"{fake}{os.pathsep}{env['PATH']}"
     for name in ("MASTER_ADDR", "NNODES", "NODE_RANK", "NPROC_PER_NODE"):  # the sbatch derives these from SLURM
         env.pop(name, None)
-    text = run_nodes([(["bash", str(MULTINODE / "slurm_zero3.sbatch"), *_overrides(setup["model_dir"]), "--output-dir", str(out)], env)],
-                     ROOT, setup["root"] / "slurm-logs")
+    text = run_nodes(
+        [
+            (
+                [
+                    "bash",
+                    str(MULTINODE / "slurm_zero3.sbatch"),
+                    *_overrides(setup["model_dir"]),
+                    "--output-dir",
+                    str(out),
+                ],
+                env,
+            )
+        ],
+        ROOT,
+        setup["root"] / "slurm-logs",
+    )
     launched = (setup["root"] / "srun.log").read_text().splitlines()
     assert [line.split(":")[0] for line in launched] == ["node 0", "node 1"]
     _check_run(text)
@@ -165,6 +235,8 @@ def test_deepspeed_hostfile_two_nodes(setup):
     out = setup["root"] / "deepspeed"
     env = _env(HOSTFILE=str(hostfile))
     cmd = ["bash", str(MULTINODE / "launch_deepspeed.sh"), *_overrides(setup["model_dir"]), "--output-dir", str(out)]
-    text = run_nodes([(cmd, dict(env, NODE_RANK=str(rank))) for rank in range(NODES)], ROOT, setup["root"] / "deepspeed-logs")
+    text = run_nodes(
+        [(cmd, dict(env, NODE_RANK=str(rank))) for rank in range(NODES)], ROOT, setup["root"] / "deepspeed-logs"
+    )
     _check_run(text)
     assert_same_adapter(out, setup["single"])

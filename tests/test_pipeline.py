@@ -12,8 +12,24 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["--max-steps", "2", "--num-examples", "8", "--eval-limit", "2", "--num-fewshot", "1",
-         "--max-gen-toks", "8", "--heldout", "3", "--analysis-prompts", "6", "--preset", "cpu"]
+SMALL = [
+    "--max-steps",
+    "2",
+    "--num-examples",
+    "8",
+    "--eval-limit",
+    "2",
+    "--num-fewshot",
+    "1",
+    "--max-gen-toks",
+    "8",
+    "--heldout",
+    "3",
+    "--analysis-prompts",
+    "6",
+    "--preset",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -28,7 +44,9 @@ def tiny_base(tmp_path_factory):
 
 
 def _midblock(*args):
-    r = subprocess.run([sys.executable, "-m", "midblock_plugin.cli", *args], capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "midblock_plugin.cli", *args], capture_output=True, text=True, timeout=900
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     return r
 
@@ -41,14 +59,24 @@ def test_compare_writes_a_complete_report(tmp_path):
     out = tmp_path / "cmp"
     _midblock("compare", *SMALL, "--variants", "11111,01110", "--output-dir", str(out))
     report = (out / "report.md").read_text()
-    for section in ("## Setup", "## Results", "## Against uniform and against the base", "## Forgetting",
-                    "## What is significant", "## Training loss", "## Per-layer drift", "## Layer-wise analysis"):
+    for section in (
+        "## Setup",
+        "## Results",
+        "## Against uniform and against the base",
+        "## Forgetting",
+        "## What is significant",
+        "## Training loss",
+        "## Per-layer drift",
+        "## Layer-wise analysis",
+    ):
         assert section in report
     assert "intervals need at least 3 seeds" in report  # one seed: no interval printed
     table = report.split("## Results")[1].split("## Against")[0]
     rows = [l for l in table.splitlines() if l.startswith("| `")]
     assert [r.split("|")[1].strip() for r in rows] == ["`11111`", "`01110`"]
-    for row in rows:  # every cell measured: lr, accuracy with stderr, n, loss (no interval: one seed), step time, memory
+    for (
+        row
+    ) in rows:  # every cell measured: lr, accuracy with stderr, n, loss (no interval: one seed), step time, memory
         cells = [c.strip() for c in row.split("|")[1:-1]]
         assert float(cells[4]) == 5e-4
         assert re.fullmatch(r"\d\.\d{3} ± \d\.\d{3}", cells[5]) and re.fullmatch(r"\d\.\d{3} ± \d\.\d{3}", cells[6])
@@ -98,10 +126,38 @@ def test_run_and_bad_input(tmp_path):
     assert json.loads((out / "analysis" / "analysis.json").read_text())["tuned_variant"] == "11111"
     assert results["analysis"]["tuned_variant"] == "11111" and not results["analysis"]["reused_comparison_run"]
     assert (out / "analysis" / "model-11111" / "adapter").is_dir()
-    bad = subprocess.run([sys.executable, "-m", "midblock_plugin.cli", "compare", *SMALL, "--variants", "11111,0000",
-                          "--output-dir", str(tmp_path / "bad")], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "midblock_plugin.cli",
+            "compare",
+            *SMALL,
+            "--variants",
+            "11111,0000",
+            "--output-dir",
+            str(tmp_path / "bad"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode != 0 and "segments='0000' activates no segment" in bad.stderr
     assert not (tmp_path / "bad" / "variant-11111").exists()  # rejected before any training
-    bad = subprocess.run([sys.executable, "-m", "midblock_plugin.cli", "run", *SMALL, "--data-dir", str(tmp_path),
-                          "--output-dir", str(tmp_path / "bad2")], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "midblock_plugin.cli",
+            "run",
+            *SMALL,
+            "--data-dir",
+            str(tmp_path),
+            "--output-dir",
+            str(tmp_path / "bad2"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode != 0 and "train.jsonl and test.jsonl" in bad.stderr and "Traceback" not in bad.stderr

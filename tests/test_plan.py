@@ -33,7 +33,9 @@ def test_plan_counts_are_exact(arch):
         assert idx in plan.layers
         assert any(t in name for t in ("attn", "attention"))
     # uniform LoRA at rank r, counted by PEFT itself
-    uniform = get_peft_model(tiny_model(arch, num_layers=10), lora_config(plan, r=8, layers_to_transform=None, layers_pattern=None))
+    uniform = get_peft_model(
+        tiny_model(arch, num_layers=10), lora_config(plan, r=8, layers_to_transform=None, layers_pattern=None)
+    )
     assert plan.uniform_lora_params == sum(p.numel() for p in uniform.parameters() if p.requires_grad)
 
 
@@ -53,9 +55,16 @@ def test_alpha_policies_and_rslora():
 
 def test_target_module_presets():
     cfg = tiny_config("llama", num_layers=5)
-    assert build_plan(cfg, MidBlockConfig(target_modules="mlp")).target_modules == ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    assert build_plan(cfg, MidBlockConfig(target_modules="mlp")).target_modules == [
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ]
     assert len(build_plan(cfg, MidBlockConfig(target_modules="all-linear")).target_modules) == 7
-    assert build_plan(cfg, MidBlockConfig(target_modules=["q_proj", "v_proj"])).target_modules == ["self_attn.q_proj", "self_attn.v_proj"]
+    assert build_plan(cfg, MidBlockConfig(target_modules=["q_proj", "v_proj"])).target_modules == [
+        "self_attn.q_proj",
+        "self_attn.v_proj",
+    ]
     # GPT-2: the attention and the MLP both have a c_proj; the preset keeps them apart
     gpt2 = build_plan(tiny_config("gpt2", num_layers=5), MidBlockConfig())
     assert gpt2.target_modules == ["attn.c_attn", "attn.c_proj"] and gpt2.fan_in_fan_out
@@ -85,23 +94,47 @@ def test_config_errors(kwargs, pattern):
 def test_full_mode_plan_counts():
     model = tiny_model("llama", num_layers=10)
     plan = build_plan(model, MidBlockConfig(mode="full", train_final_norm=True))
-    window = sum(p.numel() for n, p in model.named_parameters() if any(n.startswith(f"model.layers.{i}.") for i in plan.layers))
+    window = sum(
+        p.numel() for n, p in model.named_parameters() if any(n.startswith(f"model.layers.{i}.") for i in plan.layers)
+    )
     assert plan.trainable_params == window + model.model.norm.weight.numel()
     assert plan.ranks == {}
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "midblock_plugin.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "midblock_plugin.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_plan_json_without_weights(tmp_path):
     # a directory with only config.json: nothing but the config is read
     tiny_config("olmo2", num_layers=16).save_pretrained(tmp_path)
     assert not list(tmp_path.glob("*.safetensors"))
-    r = _cli("plan", str(tmp_path), "--segments", "01110", "--rank", "64", "--lora-alpha", "128", "--alpha-policy", "fixed", "--json")
+    r = _cli(
+        "plan",
+        str(tmp_path),
+        "--segments",
+        "01110",
+        "--rank",
+        "64",
+        "--lora-alpha",
+        "128",
+        "--alpha-policy",
+        "fixed",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    for key in ("num_layers", "layers", "ranks", "lora_alpha", "trainable_params", "uniform_lora_params", "full_params"):
+    for key in (
+        "num_layers",
+        "layers",
+        "ranks",
+        "lora_alpha",
+        "trainable_params",
+        "uniform_lora_params",
+        "full_params",
+    ):
         assert key in out
     assert out["num_layers"] == 16 and out["layers"] == list(range(3, 12))
     assert set(out["ranks"].values()) == {113} and out["lora_alpha"] == 128
@@ -122,7 +155,10 @@ def test_cli_plan_num_layers_and_summary(tmp_path):
 @pytest.mark.parametrize(
     "args, pattern",
     [
-        (["--num-layers", "16", "--window", "0.8:0.2"], "--window '0.8:0.2': need 0 <= a < b <= 1"),  # the flag, as typed
+        (
+            ["--num-layers", "16", "--window", "0.8:0.2"],
+            "--window '0.8:0.2': need 0 <= a < b <= 1",
+        ),  # the flag, as typed
         (["--num-layers", "16", "--segments", "0000"], "activates no segment"),
         (["--num-layers", "4", "--layers", "7"], "layer 7 is out of range"),
         ([], "give a MODEL"),

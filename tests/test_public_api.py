@@ -13,7 +13,12 @@ def test_one_import_gives_the_public_api_and_the_old_paths_still_work():
     from midblock_plugin.plan import MidBlockPlan as Plan
 
     assert (MidBlockConfig, EvalSettings, MidBlockCallback, build_plan, MidBlockPlan) == (
-        Config, Settings, Callback, build, Plan)
+        Config,
+        Settings,
+        Callback,
+        build,
+        Plan,
+    )
     plan = build_plan(None, MidBlockConfig(segments="01110", rank=16), num_layers=16)
     assert isinstance(plan, MidBlockPlan) and plan.layers == list(range(3, 12))
 

@@ -59,17 +59,26 @@ def test_full_mode_on_a_prequantized_checkpoint_is_refused_at_config_load(tmp_pa
     config = _quantized_config(load_in_4bit=True)
     config.save_pretrained(tmp_path)
     validate_midblock_keys({**BASE, "base_model": str(tmp_path)})  # LoRA mode: QLoRA on it
-    with pytest.raises(ValueError, match=r"quantized \(a quantization_config in its config.json\).*Use midblock_mode: 'lora' \(QLoRA\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"quantized \(a quantization_config in its config.json\).*Use midblock_mode: 'lora' \(QLoRA\)",
+    ):
         validate_midblock_keys({**BASE, "base_model": str(tmp_path), "midblock_mode": "full"})
 
 
 def test_the_4bit_config_is_axolotls_qlora_config_with_bnb_config_kwargs_on_top():
     assert bnb_quantization_config({**BASE, "load_in_4bit": True, "bf16": True}) == {
-        "load_in_4bit": True, "llm_int8_threshold": 6.0, "llm_int8_has_fp16_weight": False,
-        "bnb_4bit_compute_dtype": "bfloat16", "bnb_4bit_use_double_quant": True, "bnb_4bit_quant_type": "nf4",
+        "load_in_4bit": True,
+        "llm_int8_threshold": 6.0,
+        "llm_int8_has_fp16_weight": False,
+        "bnb_4bit_compute_dtype": "bfloat16",
+        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_quant_type": "nf4",
         "bnb_4bit_quant_storage": "bfloat16",
     }
-    custom = bnb_quantization_config({**BASE, "load_in_4bit": True, "bnb_config_kwargs": {"bnb_4bit_quant_type": "fp4"}})
+    custom = bnb_quantization_config(
+        {**BASE, "load_in_4bit": True, "bnb_config_kwargs": {"bnb_4bit_quant_type": "fp4"}}
+    )
     assert custom["bnb_4bit_quant_type"] == "fp4" and custom["bnb_4bit_compute_dtype"] == "float32"
     assert bnb_quantization_config({**BASE, "load_in_8bit": True}) == {"load_in_8bit": True}
     assert bnb_quantization_config(BASE) is None
@@ -121,9 +130,15 @@ def test_a_prequantized_config_gives_the_quantized_counts():
     four = ModelLayout.from_config(_quantized_config(load_in_4bit=True))
     assert (plain.quantization, plain.quantized_params) == (None, 0)
     assert (four.quantization, four.quantized_params) == ("bnb-4bit", _decoder_linear_weights(plain))
-    assert (four.full_params, four.layer_params, four.linears) == (plain.full_params, plain.layer_params, plain.linears)
+    assert (four.full_params, four.layer_params, four.linears) == (
+        plain.full_params,
+        plain.layer_params,
+        plain.linears,
+    )
     eight = ModelLayout.from_config(_quantized_config(load_in_8bit=True, llm_int8_skip_modules=["lm_head", "mlp"]))
-    attention = sum(m.in_features * m.out_features for layer in plain.linears for n, m in layer.items() if "mlp" not in n)
+    attention = sum(
+        m.in_features * m.out_features for layer in plain.linears for n, m in layer.items() if "mlp" not in n
+    )
     assert (eight.quantization, eight.quantized_params) == ("bnb-8bit", attention)
     assert config_quantization({"quantization_config": {"quant_method": "gptq", "bits": 4}}) == (None, ())
 

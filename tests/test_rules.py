@@ -24,11 +24,16 @@ def test_an_option_error_is_spelled_per_surface():
     exc = _err(rules.check_rank, 0)
     assert isinstance(exc, ValueError) and (exc.field, exc.value) == ("rank", 0)
     assert str(exc) == "rank=0 must be a positive integer (the uniform-LoRA rank r), e.g. 16."
-    assert str(respell(exc, {"rank": "--rank"})) == "--rank 0: must be a positive integer (the uniform-LoRA rank r), e.g. 16."
+    assert (
+        str(respell(exc, {"rank": "--rank"}))
+        == "--rank 0: must be a positive integer (the uniform-LoRA rank r), e.g. 16."
+    )
     assert str(respell(exc, {"rank": "midblock_rank"})).startswith("midblock_rank: 0 must be a positive integer")
     assert str(respell(exc, {"rank": "lora_r"})) == exc.spelled("lora_r")
     assert str(respell(exc, {})) == str(exc)  # a surface that does not name the field keeps it
-    assert str(exc) == "rank=0 must be a positive integer (the uniform-LoRA rank r), e.g. 16."  # the original is unchanged
+    assert (
+        str(exc) == "rank=0 must be a positive integer (the uniform-LoRA rank r), e.g. 16."
+    )  # the original is unchanged
 
 
 def test_respell_spells_the_fields_a_rule_mentions_and_passes_other_errors_through():
@@ -58,12 +63,18 @@ def test_a_respelled_window_error_keeps_its_class_and_pickles():
     assert type(again) is type(flagged) and str(again) == str(flagged)
 
 
-@pytest.mark.parametrize("call, args, field", [
-    (rules.check_rank, (1.5,), "rank"), (rules.check_rank, (True,), "rank"),
-    (rules.check_alpha, (float("inf"),), "lora_alpha"), (rules.check_alpha, (0,), "lora_alpha"),
-    (rules.check_dropout, (1.0,), "lora_dropout"), (rules.check_dropout, ("0.1",), "lora_dropout"),
-    (rules.check_bool, (1, "use_rslora"), "use_rslora"),
-])
+@pytest.mark.parametrize(
+    "call, args, field",
+    [
+        (rules.check_rank, (1.5,), "rank"),
+        (rules.check_rank, (True,), "rank"),
+        (rules.check_alpha, (float("inf"),), "lora_alpha"),
+        (rules.check_alpha, (0,), "lora_alpha"),
+        (rules.check_dropout, (1.0,), "lora_dropout"),
+        (rules.check_dropout, ("0.1",), "lora_dropout"),
+        (rules.check_bool, (1, "use_rslora"), "use_rslora"),
+    ],
+)
 def test_each_rule_refuses_its_bad_values(call, args, field):
     assert _err(call, *args).field == field
 
@@ -98,14 +109,21 @@ def test_full_mode_on_a_quantized_model_is_one_rule():
     exc = _err(rules.check_quantized_full, "full", "bnb-4bit")
     assert "quantized (bnb-4bit)" in str(exc) and "Use mode='lora' (QLoRA) for LoRA mode" in str(exc)
     yaml = str(respell(exc, {"mode": "midblock_mode"}))
-    assert yaml.startswith("midblock_mode: 'full' trains the base weights") and "Use midblock_mode: 'lora' (QLoRA)" in yaml
+    assert (
+        yaml.startswith("midblock_mode: 'full' trains the base weights")
+        and "Use midblock_mode: 'lora' (QLoRA)" in yaml
+    )
 
 
 def test_vllm_ranks_come_from_serving():
     from midblock_plugin.serving import VLLM_MAX_LORA_RANKS
 
-    assert rules.check_vllm_rank(113) == 128 and rules.check_vllm_rank(VLLM_MAX_LORA_RANKS[-1]) == VLLM_MAX_LORA_RANKS[-1]
-    assert f"--max-lora-rank {VLLM_MAX_LORA_RANKS[-1]}" in str(_err(rules.check_vllm_rank, VLLM_MAX_LORA_RANKS[-1] + 1))
+    assert (
+        rules.check_vllm_rank(113) == 128 and rules.check_vllm_rank(VLLM_MAX_LORA_RANKS[-1]) == VLLM_MAX_LORA_RANKS[-1]
+    )
+    assert f"--max-lora-rank {VLLM_MAX_LORA_RANKS[-1]}" in str(
+        _err(rules.check_vllm_rank, VLLM_MAX_LORA_RANKS[-1] + 1)
+    )
 
 
 def test_install_hints_have_one_home():
@@ -114,8 +132,10 @@ def test_install_hints_have_one_home():
     assert checks.INSTALL_HINTS is rules.INSTALL_HINTS and checks.MissingDependency is rules.MissingDependency
     exc = rules.missing_dependency("vllm", "--backend vllm", "or pip install vllm")
     assert isinstance(exc, ImportError) and exc.name == "vllm"
-    assert str(exc) == ("--backend vllm needs the optional package 'vllm', which is not installed: "
-                        "pip install 'midblock-plugin[vllm]' (or pip install vllm).")
+    assert str(exc) == (
+        "--backend vllm needs the optional package 'vllm', which is not installed: "
+        "pip install 'midblock-plugin[vllm]' (or pip install vllm)."
+    )
     with pytest.raises(rules.MissingDependency, match="no_such_pkg_xyz"):
         rules.check_dependency("no_such_pkg_xyz", "a test")
     rules.check_dependency("json", "a test")

@@ -22,7 +22,18 @@ from midblock_plugin.cli import main
 
 pytestmark = pytest.mark.slow
 
-FAST = ["--preset", "cpu", "--max-steps", "2", "--num-examples", "8", "--heldout", "3", "--skip-eval", "--skip-analysis"]
+FAST = [
+    "--preset",
+    "cpu",
+    "--max-steps",
+    "2",
+    "--num-examples",
+    "8",
+    "--heldout",
+    "3",
+    "--skip-eval",
+    "--skip-analysis",
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +60,15 @@ def _status(out: Path) -> dict:
 def race(tiny, tmp_path_factory):
     """Two ``midblock run`` processes started together into one directory."""
     out = tmp_path_factory.mktemp("race") / "run"
-    procs = [subprocess.Popen(_cmd("run", "--model", tiny, *FAST, "--output-dir", out), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            _cmd("run", "--model", tiny, *FAST, "--output-dir", out),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     try:
         first = None
         deadline = time.monotonic() + 600
@@ -68,8 +86,13 @@ def race(tiny, tmp_path_factory):
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    return {"out": out, "first": first.pid, "other": other.pid, "overlap": other_running_when_first_ended,
-            "results": results}
+    return {
+        "out": out,
+        "first": first.pid,
+        "other": other.pid,
+        "overlap": other_running_when_first_ended,
+        "results": results,
+    }
 
 
 def test_two_concurrent_runs_one_fails_at_once_naming_the_lock(race):
@@ -130,8 +153,12 @@ def test_interrupted_run_is_marked_incomplete_and_a_rerun_refused(tiny, tmp_path
     args = ["run", "--model", tiny, *FAST, "--max-steps", "100000", "--output-dir", out]
     with open(log, "w") as fh:
         # SIGINT must reach Python's default handler even if the test runner ignores it
-        p = subprocess.Popen(_cmd(*args), stdout=fh, stderr=subprocess.STDOUT,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        p = subprocess.Popen(
+            _cmd(*args),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         try:
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline and p.poll() is None:
@@ -161,12 +188,21 @@ def test_a_killed_run_counts_as_incomplete(tiny, tmp_path):
     out = tmp_path / "run"
     (out / "variant-01110" / "midblock").mkdir(parents=True)
     (out / "variant-01110" / "midblock" / "plan.json").write_text("{}")
-    io.write_json(out / io.RUN_STATUS_JSON, {"status": "running", "pid": int(dead.stdout), "host": socket.gethostname(),
-                                             "started": "2020-01-01T00:00:00+00:00"})
+    io.write_json(
+        out / io.RUN_STATUS_JSON,
+        {
+            "status": "running",
+            "pid": int(dead.stdout),
+            "host": socket.gethostname(),
+            "started": "2020-01-01T00:00:00+00:00",
+        },
+    )
     st = io.run_status(out)
     assert st["status"] == "incomplete" and st["stale"]
     r = _midblock("run", "--model", tiny, *FAST, "--output-dir", out, timeout=120)
-    assert r.returncode == 2 and "incomplete midblock run" in r.stderr and f"pid {int(dead.stdout)}" in r.stderr, r.stderr
+    assert r.returncode == 2 and "incomplete midblock run" in r.stderr and f"pid {int(dead.stdout)}" in r.stderr, (
+        r.stderr
+    )
 
 
 def test_run_directory_guard_in_process(tmp_path):
@@ -265,7 +301,9 @@ sys.exit(main(sys.argv[1:]))
 def test_without_matplotlib_the_run_completes_and_says_figures_were_skipped(tiny, tmp_path):
     out = tmp_path / "run"
     args = ["run", "--model", tiny, *FAST[:-1], "--analysis-prompts", "4", "--output-dir", out]  # with the analysis
-    r = subprocess.run([sys.executable, "-c", NO_MATPLOTLIB, *map(str, args)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", NO_MATPLOTLIB, *map(str, args)], capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     report = (out / io.REPORT_MD).read_text()
     assert "Figures were skipped: matplotlib is not installed" in report

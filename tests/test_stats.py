@@ -22,19 +22,23 @@ REGIMES = {
 
 
 def _sweeps(rng, k: int, sd_seed: float, sd_row: float, sd_resid: float, n: int = ROWS) -> np.ndarray:
-    return (sd_seed * rng.standard_normal((SWEEPS, k, 1)) + sd_row * rng.standard_normal((SWEEPS, 1, n))
-            + sd_resid * rng.standard_normal((SWEEPS, k, n)))
+    return (
+        sd_seed * rng.standard_normal((SWEEPS, k, 1))
+        + sd_row * rng.standard_normal((SWEEPS, 1, n))
+        + sd_resid * rng.standard_normal((SWEEPS, k, n))
+    )
 
 
 def _true_se(k: int, sd_seed: float, sd_row: float, sd_resid: float, n: int = ROWS) -> float:
-    return math.sqrt(sd_seed ** 2 / k + sd_row ** 2 / n + sd_resid ** 2 / (k * n))
+    return math.sqrt(sd_seed**2 / k + sd_row**2 / n + sd_resid**2 / (k * n))
 
 
 # ---------------------------------------------------------------- distributions
 
 
-@pytest.mark.parametrize("df, table", [(1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (9, 2.262), (30, 2.042),
-                                       (1e9, 1.960)])
+@pytest.mark.parametrize(
+    "df, table", [(1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (9, 2.262), (30, 2.042), (1e9, 1.960)]
+)
 def test_t_quantiles_match_the_table(df, table):
     q = float(stats.t_quantile(0.975, df))
     assert q == pytest.approx(table, abs=5e-4)
@@ -101,12 +105,19 @@ def test_a_t_test_over_seeds_alone_fails_when_rows_are_shared():
     assert np.mean(r["p_value"] < 0.05) <= 0.065
 
 
-@pytest.mark.parametrize("regime, k, effect_se", [
-    ("shared row effect dominates", 3, 3.0), ("shared row effect dominates", 5, 3.0),
-    ("shared row effect dominates", 10, 3.0), ("seed and row terms comparable", 10, 3.0),
-    # with seed noise dominating only k - 1 df exist: 2 df need a larger effect for 80% power
-    ("seed noise dominates", 3, 6.0), ("seed noise dominates", 5, 4.0), ("seed noise dominates", 10, 3.5),
-])
+@pytest.mark.parametrize(
+    "regime, k, effect_se",
+    [
+        ("shared row effect dominates", 3, 3.0),
+        ("shared row effect dominates", 5, 3.0),
+        ("shared row effect dominates", 10, 3.0),
+        ("seed and row terms comparable", 10, 3.0),
+        # with seed noise dominating only k - 1 df exist: 2 df need a larger effect for 80% power
+        ("seed noise dominates", 3, 6.0),
+        ("seed noise dominates", 5, 4.0),
+        ("seed noise dominates", 10, 3.5),
+    ],
+)
 def test_paired_comparison_has_power(regime, k, effect_se):
     rng = np.random.default_rng(21 + k)
     d = _sweeps(rng, k, *REGIMES[regime]) + effect_se * _true_se(k, *REGIMES[regime])
@@ -230,7 +241,7 @@ def test_accuracy_error_covers_the_population_accuracy(k):
     assert single["stderr"] >= one_seed_errors.min() - 1e-15 and single["exact_match"] == pytest.approx(c[0].mean())
     if k == 10:
         one_seed = np.sqrt(c.mean(axis=2) * (1 - c.mean(axis=2)) / 149)  # (sweeps, k)
-        old = np.sqrt((one_seed ** 2).sum(axis=1)) / k
+        old = np.sqrt((one_seed**2).sum(axis=1)) / k
         assert np.mean(np.abs(r["mean"] - truth) <= 1.96 * old) < 0.75
 
 

@@ -48,25 +48,47 @@ def test_paired_difference_of_uniform_to_itself_is_zero():
 
 
 def test_gsm8k_accuracy_pooled_over_seeds():
-    acc = stats.accuracy([{"exact_match": 0.1, "stderr": 0.03, "n": 100}, {"exact_match": 0.2, "stderr": 0.04, "n": 100}])
+    acc = stats.accuracy(
+        [{"exact_match": 0.1, "stderr": 0.03, "n": 100}, {"exact_match": 0.2, "stderr": 0.04, "n": 100}]
+    )
     assert acc == {"exact_match": pytest.approx(0.15), "stderr": pytest.approx(0.025), "n": 100, "seeds": 2}
 
 
 # ---------------------------------------------------------------- --recipe paper
 
 
-PAPER = dict(shuffle_seed=42, num_examples=2000, max_length=128, max_steps=-1, batch_size=4, grad_accum=8,
-             lora_alpha=128.0, alpha_policy="fixed", lora_dropout=0.05, eval_protocol="paper", rank=64, lr=1e-4)
+PAPER = dict(
+    shuffle_seed=42,
+    num_examples=2000,
+    max_length=128,
+    max_steps=-1,
+    batch_size=4,
+    grad_accum=8,
+    lora_alpha=128.0,
+    alpha_policy="fixed",
+    lora_dropout=0.05,
+    eval_protocol="paper",
+    rank=64,
+    lr=1e-4,
+)
 
 
-@pytest.mark.parametrize("depth,rank,lr", [(16, 64, 1e-4), (32, 64, 1e-4), (40, 64, 2e-4), (64, 8, 5e-5), (30, 64, 1e-4)])
+@pytest.mark.parametrize(
+    "depth,rank,lr", [(16, 64, 1e-4), (32, 64, 1e-4), (40, 64, 2e-4), (64, 8, 5e-5), (30, 64, 1e-4)]
+)
 def test_recipe_paper_sets_the_authors_setup(tmp_path, depth, rank, lr):
     opts = JobOptions(output_dir=str(tmp_path), recipe="paper").resolved(num_layers=depth)
     for name, value in dict(PAPER, rank=rank, lr=lr).items():
         assert getattr(opts, name) == value, name
     assert opts.recipe == "paper"
     mb = opts.midblock_config("01110")
-    assert (mb.rank, mb.lora_alpha, mb.alpha_policy, mb.lora_dropout, mb.target_modules) == (rank, 128.0, "fixed", 0.05, "attention")
+    assert (mb.rank, mb.lora_alpha, mb.alpha_policy, mb.lora_dropout, mb.target_modules) == (
+        rank,
+        128.0,
+        "fixed",
+        0.05,
+        "attention",
+    )
     ev = opts.eval_settings()  # zero-shot, greedy, 64 new tokens, scored on the last number
     assert ev.protocol == "paper" and ev.effective_num_fewshot == 0
     assert ev.gen_kwargs == {"max_gen_toks": 64, "do_sample": False} and ev.headline_filter == "flexible-extract"
@@ -83,12 +105,22 @@ def test_recipe_paper_is_q_k_v_o_on_a_model(tmp_path):
 
 
 def test_explicit_options_beat_the_recipe_and_the_default_recipe_is_unchanged(tmp_path):
-    opts = JobOptions(output_dir=str(tmp_path), recipe="paper", lr=3e-4, rank=8, shuffle_seed=7).resolved(num_layers=16)
+    opts = JobOptions(output_dir=str(tmp_path), recipe="paper", lr=3e-4, rank=8, shuffle_seed=7).resolved(
+        num_layers=16
+    )
     assert (opts.lr, opts.rank, opts.shuffle_seed, opts.lora_alpha) == (3e-4, 8, 7, 128.0)
     default = JobOptions(output_dir=str(tmp_path), preset="cpu").resolved()
-    assert (default.recipe, default.rank, default.alpha_policy, default.lora_alpha, default.shuffle_seed,
-            default.max_steps, default.grad_accum, default.lr, default.eval_protocol) == \
-        ("default", 16, "ratio", None, None, 16, 1, 5e-4, "lm-eval")
+    assert (
+        default.recipe,
+        default.rank,
+        default.alpha_policy,
+        default.lora_alpha,
+        default.shuffle_seed,
+        default.max_steps,
+        default.grad_accum,
+        default.lr,
+        default.eval_protocol,
+    ) == ("default", 16, "ratio", None, None, 16, 1, 5e-4, "lm-eval")
 
 
 def test_paper_shuffle_matches_datasets_shuffle(tmp_path):
@@ -108,7 +140,9 @@ def test_cli_takes_the_recipe_and_general_text(tmp_path, command):
     from midblock_plugin.cli import build_parser
     from midblock_plugin.cli.run import options
 
-    args = build_parser().parse_args([command, "--recipe", "paper", "--general-text", "f.txt", "--output-dir", str(tmp_path)])
+    args = build_parser().parse_args(
+        [command, "--recipe", "paper", "--general-text", "f.txt", "--output-dir", str(tmp_path)]
+    )
     opts = options(args)
     assert opts.recipe == "paper" and opts.general_text == "f.txt" and opts.rank is None
     if command == "sweep":
@@ -122,7 +156,20 @@ def test_bad_sweep_input_fails_before_training(tmp_path, capsys):
 
     assert main(["sweep", "--seeds", "0", "--output-dir", str(tmp_path / "a")]) == 2
     assert "--seeds 0" in capsys.readouterr().err
-    assert main(["sweep", "--general-text", str(tmp_path / "nope.txt"), "--preset", "cpu", "--output-dir", str(tmp_path / "b")]) == 2
+    assert (
+        main(
+            [
+                "sweep",
+                "--general-text",
+                str(tmp_path / "nope.txt"),
+                "--preset",
+                "cpu",
+                "--output-dir",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--general-text" in err and "no such file" in err and "Traceback" not in err
     assert not (tmp_path / "b").exists()
@@ -132,14 +179,33 @@ def test_bad_sweep_input_fails_before_training(tmp_path, capsys):
 
 
 def _sweep(*args):
-    r = subprocess.run([sys.executable, "-m", "midblock_plugin.cli", "sweep", *map(str, args)], capture_output=True, text=True,
-                       timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "midblock_plugin.cli", "sweep", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     return r
 
 
-TINY_SWEEP = ["--preset", "cpu", "--max-steps", "1", "--num-examples", "4", "--heldout", "6", "--max-length", "64",
-              "--forgetting-blocks", "3", "--skip-eval", "--seeds", "1"]
+TINY_SWEEP = [
+    "--preset",
+    "cpu",
+    "--max-steps",
+    "1",
+    "--num-examples",
+    "4",
+    "--heldout",
+    "6",
+    "--max-length",
+    "64",
+    "--forgetting-blocks",
+    "3",
+    "--skip-eval",
+    "--seeds",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +216,21 @@ def lr_sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
     model = save_tiny(tmp / "tiny", "llama", num_layers=10, seed=0)
     out = tmp / "sweep"
-    _sweep("--model", model, *TINY_SWEEP, "--variants", "11111,01110", "--lrs", "1e-4,5e-3", "--validation", "5",
-           "--analysis-prompts", "4", "--output-dir", out)
+    _sweep(
+        "--model",
+        model,
+        *TINY_SWEEP,
+        "--variants",
+        "11111,01110",
+        "--lrs",
+        "1e-4,5e-3",
+        "--validation",
+        "5",
+        "--analysis-prompts",
+        "4",
+        "--output-dir",
+        out,
+    )
     return model, out, json.loads((out / "results.json").read_text())
 
 
@@ -161,7 +240,17 @@ def test_sweep_end_to_end_results_schema(lr_sweep):
     assert res["lrs"] == [1e-4, 5e-3] and res["validation_rows"] == 5 and res["heldout_rows"] == 6
     uni, mid = res["variants"]
     for v in res["variants"]:
-        assert {"mask", "layers", "rank", "seeds", "heldout_loss", "vs_uniform", "forgetting", "best_lr", "by_lr"} <= set(v)
+        assert {
+            "mask",
+            "layers",
+            "rank",
+            "seeds",
+            "heldout_loss",
+            "vs_uniform",
+            "forgetting",
+            "best_lr",
+            "by_lr",
+        } <= set(v)
         assert v["seeds"] == 1 and v["seed_values"] == [42] and len(v["runs"]) == 2  # one seed, two rates
         assert [b["lr"] for b in v["by_lr"]] == [1e-4, 5e-3]
         for b in v["by_lr"]:
@@ -173,7 +262,9 @@ def test_sweep_end_to_end_results_schema(lr_sweep):
         assert v["heldout_loss"]["ci95"] is None  # one seed: no interval
         assert v["vs_base"]["mean_diff"] < 0  # one step already lowers the held-out loss of a random model
         f = v["forgetting"]
-        assert {"general_text", "loss_base", "delta_loss", "kl", "kl_at_uniform_gain"} <= set(f) and f["kl"]["mean"] > 0
+        assert {"general_text", "loss_base", "delta_loss", "kl", "kl_at_uniform_gain"} <= set(f) and f["kl"][
+            "mean"
+        ] > 0
         at = f["kl_at_uniform_gain"]
         assert len(at["per_seed"]) == 1
         if at["per_seed"][0] is None:  # uniform's gain outside this variant's range over the grid: said, not faked
@@ -181,7 +272,8 @@ def test_sweep_end_to_end_results_schema(lr_sweep):
         assert "gsm8k" not in v  # not evaluated (--skip-eval)
     assert uni["vs_uniform"]["reference"] and uni["vs_uniform"]["p_value"] is None
     assert uni["forgetting"]["kl_at_uniform_gain"]["per_seed"][0] == pytest.approx(
-        next(r for r in uni["runs"] if r["lr"] == uni["best_lr"])["general_kl_mean"])
+        next(r for r in uni["runs"] if r["lr"] == uni["best_lr"])["general_kl_mean"]
+    )
     d = mid["vs_uniform"]
     assert {"p_value", "p_holm", "significant"} <= set(d) and d["significant"] is False  # one seed: no test
     assert d["mean_diff"] == pytest.approx(mid["heldout_loss"]["mean"] - uni["heldout_loss"]["mean"])
@@ -190,12 +282,26 @@ def test_sweep_end_to_end_results_schema(lr_sweep):
         assert (out / "variant-01110" / f"lr-{lr}" / "adapter").is_dir()
     ids = res["row_ids"]  # validation rows: training-file rows never trained on; held-out rows: test-file rows
     assert len(ids["validation"]) == 5 and not set(ids["validation"]) & set(ids["training"])
-    for png in ("heldout_loss.png", "gain_vs_forgetting.png", "paired_differences.png", "loss_curves.png", "drift.png"):
+    for png in (
+        "heldout_loss.png",
+        "gain_vs_forgetting.png",
+        "paired_differences.png",
+        "loss_curves.png",
+        "drift.png",
+    ):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     report = (out / "report.md").read_text()
-    for section in ("## Learning rates", "## Against uniform and against the base", "## Forgetting", "## What is significant"):
+    for section in (
+        "## Learning rates",
+        "## Against uniform and against the base",
+        "## Forgetting",
+        "## What is significant",
+    ):
         assert section in report
-    assert "intervals need at least 3 seeds" in report and "significantly" not in report.split("## What is significant")[1]
+    assert (
+        "intervals need at least 3 seeds" in report
+        and "significantly" not in report.split("## What is significant")[1]
+    )
     # the analysis ran on the uniform model of the comparison (first seed, its chosen rate)
     analysis = json.loads((out / "analysis" / "analysis.json").read_text())
     assert analysis["tuned_variant"] == "11111" and res["analysis"]["tuned_variant"] == "11111"
@@ -207,8 +313,20 @@ def test_sweep_tests_the_recommended_window(lr_sweep, tmp_path):
     analysis = out / "analysis" / "analysis.json"
     layers = json.loads(analysis.read_text())["recommendation"]["layers"]
     new = tmp_path / "rec"
-    _sweep("--model", model, *TINY_SWEEP, "--variants", "recommended,11111", "--window-from", analysis, "--skip-analysis",
-           "--seed", "7", "--output-dir", new)
+    _sweep(
+        "--model",
+        model,
+        *TINY_SWEEP,
+        "--variants",
+        "recommended,11111",
+        "--window-from",
+        analysis,
+        "--skip-analysis",
+        "--seed",
+        "7",
+        "--output-dir",
+        new,
+    )
     got = json.loads((new / "results.json").read_text())
     rec, uni = got["variants"]
     assert rec["mask"] == rec["variant"] == "recommended" and rec["layers"] == layers

@@ -13,18 +13,39 @@ from midblock_plugin.experiments.summary import summarise
 
 ROWS, BLOCKS = 8, 4
 TOKENS = [10] * ROWS
-BASE = {"variant": "base (no tuning)", "heldout_loss": 3.0, "heldout_row_loss": [30.0] * ROWS, "heldout_row_tokens": TOKENS,
-        "general_text": {"source": "text", "blocks": BLOCKS, "block_tokens": 16, "loss": 4.0}}
+BASE = {
+    "variant": "base (no tuning)",
+    "heldout_loss": 3.0,
+    "heldout_row_loss": [30.0] * ROWS,
+    "heldout_row_tokens": TOKENS,
+    "general_text": {"source": "text", "blocks": BLOCKS, "block_tokens": 16, "loss": 4.0},
+}
 
 
 def _rec(variant, seed, lr, heldout, validation, kl, jitter=0.0):
     """A record whose per-token held-out loss is ``heldout`` (+ a small per-row, per-seed jitter)."""
     rows = [(heldout + jitter * ((i * 7 + seed) % 5 - 2) / 100) * 10 for i in range(ROWS)]
-    return SeedRecord(variant=variant, seed=seed, lr=lr, layers=[0, 1], window="0-1", rank=16, lora_alpha=32.0,
-                      trainable_params=10, uniform_lora_params=10, steps=1, step_time_s=0.1, peak_memory_bytes=1,
-                      peak_memory_kind="process_rss", heldout_row_loss=rows, heldout_row_tokens=TOKENS,
-                      validation_row_loss=[validation * 10] * ROWS, validation_row_tokens=TOKENS,
-                      general_delta_loss=[0.01 * kl] * BLOCKS, general_kl=[kl + 0.0001 * ((seed + b) % 3) for b in range(BLOCKS)])
+    return SeedRecord(
+        variant=variant,
+        seed=seed,
+        lr=lr,
+        layers=[0, 1],
+        window="0-1",
+        rank=16,
+        lora_alpha=32.0,
+        trainable_params=10,
+        uniform_lora_params=10,
+        steps=1,
+        step_time_s=0.1,
+        peak_memory_bytes=1,
+        peak_memory_kind="process_rss",
+        heldout_row_loss=rows,
+        heldout_row_tokens=TOKENS,
+        validation_row_loss=[validation * 10] * ROWS,
+        validation_row_tokens=TOKENS,
+        general_delta_loss=[0.01 * kl] * BLOCKS,
+        general_kl=[kl + 0.0001 * ((seed + b) % 3) for b in range(BLOCKS)],
+    )
 
 
 def _records(seeds=(42, 43, 44), lrs=(1e-4, 1e-3)):
@@ -33,10 +54,14 @@ def _records(seeds=(42, 43, 44), lrs=(1e-4, 1e-3)):
         for lr in lrs:
             big = lr == max(lrs)
             # uniform: gains 0.5 (small lr) / 1.0 (big lr), validation prefers the big lr
-            recs.append(_rec("11111", s, lr, 2.0 if big else 2.5, 2.1 if big else 2.6, 0.02 if big else 0.01, jitter=1))
+            recs.append(
+                _rec("11111", s, lr, 2.0 if big else 2.5, 2.1 if big else 2.6, 0.02 if big else 0.01, jitter=1)
+            )
             # the window: held-out prefers the SMALL lr, validation the BIG one -> the big one must be chosen;
             # its gains 0.4 / 1.2 bracket uniform's 1.0: KL at that gain = 0.01 + (0.6/0.8) * 0.02 = 0.025
-            recs.append(_rec("01110", s, lr, 1.8 if big else 2.6, 2.0 if big else 2.9, 0.03 if big else 0.01, jitter=2))
+            recs.append(
+                _rec("01110", s, lr, 1.8 if big else 2.6, 2.0 if big else 2.9, 0.03 if big else 0.01, jitter=2)
+            )
             # a window far worse than uniform everywhere (gain never reaches uniform's): KL at gain is None
             recs.append(_rec("00001", s, lr, 2.9 if big else 2.95, 2.9 if big else 2.95, 0.001, jitter=1))
     return recs
@@ -111,7 +136,12 @@ def test_gsm8k_paired_per_question_against_uniform():
     for r in recs:
         right = 6 if r.variant == "01110" else 2
         r.gsm8k_correct = {"strict-match": [1] * right + [0] * (8 - right)}
-        r.eval = {"n_samples": 8, "num_fewshot": 0, "limit": 8, "strict-match": {"exact_match": right / 8, "stderr": 0.1}}
+        r.eval = {
+            "n_samples": 8,
+            "num_fewshot": 0,
+            "limit": 8,
+            "strict-match": {"exact_match": right / 8, "stderr": 0.1},
+        }
     uni, mid = summarise(recs, BASE, ("11111", "01110"))
     g = mid["gsm8k"]["strict-match"]
     assert g["exact_match"] == 0.75 and g["n"] == 8 and g["seeds"] == 3
@@ -124,9 +154,17 @@ def test_gsm8k_paired_per_question_against_uniform():
 # ---------------------------------------------------------------- options
 
 
-@pytest.mark.parametrize("bad, says", [("", "empty"), ("0,1e-3", "'0' is not a learning rate"),
-                                       ("-1e-4", "is not a learning rate"), ("1e-3,1e-3", "more than once"),
-                                       ("abc", "is not a number"), ("1e-3,,1e-4", "empty entry")])
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ("", "empty"),
+        ("0,1e-3", "'0' is not a learning rate"),
+        ("-1e-4", "is not a learning rate"),
+        ("1e-3,1e-3", "more than once"),
+        ("abc", "is not a number"),
+        ("1e-3,,1e-4", "empty entry"),
+    ],
+)
 def test_bad_lrs_are_refused_naming_the_flag(tmp_path, bad, says):
     with pytest.raises(ValueError, match="--lrs") as exc:
         JobOptions(output_dir=str(tmp_path), lrs=bad)
@@ -154,8 +192,15 @@ def test_validation_rows_are_training_rows_never_trained_on_and_not_test_rows(tm
     from midblock_plugin.data import gsm8k
     from midblock_plugin.experiments.jobs import _load_data
 
-    opts = JobOptions(output_dir=str(tmp_path), preset="cpu", lrs="1e-4,1e-3", num_examples=192, validation=64,
-                      shuffle_seed=42, heldout=128).resolved()
+    opts = JobOptions(
+        output_dir=str(tmp_path),
+        preset="cpu",
+        lrs="1e-4,1e-3",
+        num_examples=192,
+        validation=64,
+        shuffle_seed=42,
+        heldout=128,
+    ).resolved()
     data = _load_data(opts, log=lambda *_: None)
     train_file, test_file, _ = gsm8k.load(None, lambda *_: None)
     trained = {r["question"] for r in data.train[:192]}
@@ -168,7 +213,8 @@ def test_validation_rows_are_training_rows_never_trained_on_and_not_test_rows(tm
     assert _load_data(opts, log=lambda *_: None).ids == data.ids  # deterministic
     single = _load_data(JobOptions(output_dir=str(tmp_path), preset="cpu").resolved(), log=lambda *_: None)
     assert single.validation is None  # one rate: nothing to choose, no validation rows
-    too_many = JobOptions(output_dir=str(tmp_path), preset="cpu", lrs="1e-4,1e-3", num_examples=len(train_file) - 10,
-                          validation=64).resolved()
+    too_many = JobOptions(
+        output_dir=str(tmp_path), preset="cpu", lrs="1e-4,1e-3", num_examples=len(train_file) - 10, validation=64
+    ).resolved()
     with pytest.raises(ValueError, match="--validation 64"):
         _load_data(too_many, log=lambda *_: None)

@@ -24,23 +24,49 @@ L = 6  # window 0.2:0.8 -> layers 1..3
 def _dataset(n=8):
     from datasets import Dataset
 
-    return Dataset.from_list([{"text": f"Question: {r['question']}\nAnswer: {r['answer']}"} for r in gsm8k_rows("train", n)])
+    return Dataset.from_list(
+        [{"text": f"Question: {r['question']}\nAnswer: {r['answer']}"} for r in gsm8k_rows("train", n)]
+    )
 
 
-def train(arch, mode, out, mb=None, gradient_checkpointing=False, steps=2, extra_callbacks=(), seed=0, bind=True, **sft_kwargs):
+def train(
+    arch,
+    mode,
+    out,
+    mb=None,
+    gradient_checkpointing=False,
+    steps=2,
+    extra_callbacks=(),
+    seed=0,
+    bind=True,
+    **sft_kwargs,
+):
     from trl import SFTConfig, SFTTrainer
 
     mb = mb or MidBlockConfig(mode=mode, rank=4)
     model = tiny_model(arch, num_layers=L, seed=seed)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = SFTConfig(
-        output_dir=str(out), max_steps=steps, per_device_train_batch_size=2, use_cpu=True, bf16=False,
-        report_to=[], logging_steps=1, max_length=48, gradient_checkpointing=gradient_checkpointing,
-        save_strategy="no", learning_rate=5e-3, seed=seed, **sft_kwargs,
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        logging_steps=1,
+        max_length=48,
+        gradient_checkpointing=gradient_checkpointing,
+        save_strategy="no",
+        learning_rate=5e-3,
+        seed=seed,
+        **sft_kwargs,
     )
     cb = MidBlockCallback(mb, verbose=False)
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=_dataset(), processing_class=tiny_tokenizer(),
+        model=model,
+        args=args,
+        train_dataset=_dataset(),
+        processing_class=tiny_tokenizer(),
         peft_config=midblock_lora_config(model, mb) if mb.mode == "lora" else None,
         callbacks=[*extra_callbacks, cb],
     )
@@ -103,7 +129,11 @@ def test_full_mode_trains_only_window_layers(arch, tmp_path):
     layers = {layer_of(n, plan.layers_pattern) for n in changed}
     assert layers == set(plan.layers), changed
     # every parameter of the window layers that has a gradient path moved; none outside
-    frozen_outside = [n for n, p in trainer.model.named_parameters() if layer_of(n, plan.layers_pattern) not in plan.layers and p.requires_grad]
+    frozen_outside = [
+        n
+        for n, p in trainer.model.named_parameters()
+        if layer_of(n, plan.layers_pattern) not in plan.layers and p.requires_grad
+    ]
     assert frozen_outside == []
     assert cb.trainable_params == plan.trainable_params
 
@@ -128,8 +158,13 @@ def test_adapters_load_with_plain_peft(lora_runs):
         assert not any(m.startswith("midblock_plugin") for m in sys.modules), "midblock_plugin was imported"
         """
     )
-    r = subprocess.run([sys.executable, "-c", script, json.dumps(dirs)], capture_output=True, text=True, timeout=300,
-                       cwd=str(next(iter(lora_runs.values()))["out"]))
+    r = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(dirs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(next(iter(lora_runs.values()))["out"]),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("ok ") == len(ARCHITECTURES)
 
@@ -151,8 +186,13 @@ def test_lora_mode_without_peft_config_is_an_error(tmp_path):
 
     model = tiny_model("llama", num_layers=L)
     with pytest.raises(ValueError, match="mode='lora' but the model has no LoRA parameters|nothing would be trained"):
-        SFTTrainer(model=model, args=SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], max_steps=1),
-                   train_dataset=_dataset(), processing_class=tiny_tokenizer(), callbacks=[MidBlockCallback(MidBlockConfig())])
+        SFTTrainer(
+            model=model,
+            args=SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], max_steps=1),
+            train_dataset=_dataset(),
+            processing_class=tiny_tokenizer(),
+            callbacks=[MidBlockCallback(MidBlockConfig())],
+        )
 
 
 def test_foreign_lora_config_outside_window_is_rejected(tmp_path):
@@ -162,9 +202,14 @@ def test_foreign_lora_config_outside_window_is_rejected(tmp_path):
     model = tiny_model("llama", num_layers=L)
     uniform = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     with pytest.raises(ValueError, match=r"outside the mid-block window 1-3.*layers\.0\."):
-        SFTTrainer(model=model, args=SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], max_steps=1),
-                   train_dataset=_dataset(), processing_class=tiny_tokenizer(), peft_config=uniform,
-                   callbacks=[MidBlockCallback(MidBlockConfig())])
+        SFTTrainer(
+            model=model,
+            args=SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], max_steps=1),
+            train_dataset=_dataset(),
+            processing_class=tiny_tokenizer(),
+            peft_config=uniform,
+            callbacks=[MidBlockCallback(MidBlockConfig())],
+        )
 
 
 @pytest.fixture

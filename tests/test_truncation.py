@@ -40,7 +40,9 @@ def _grads_and_probe(reentrant, truncate, mode="lora"):
         assert trunc.removed_input_hooks >= 1
     seen = {}
     below = find_decoder_layers(model)[1][plan.layers[0] - 1]
-    h = below.register_forward_hook(lambda m, a, out: seen.__setitem__("requires_grad", (out[0] if isinstance(out, tuple) else out).requires_grad))
+    h = below.register_forward_hook(
+        lambda m, a, out: seen.__setitem__("requires_grad", (out[0] if isinstance(out, tuple) else out).requires_grad)
+    )
     ids = torch.arange(5, 37).view(2, 16)
     loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
@@ -77,7 +79,9 @@ def test_sfttrainer_with_checkpointing_same_losses(tmp_path, reentrant):
 
     kwargs = dict(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": reentrant}, steps=3)
     base_mb = dict(rank=4, lora_dropout=0.0)
-    t1, cb1, _ = train("llama", "lora", tmp_path / "a", mb=MidBlockConfig(truncate_backward=False, **base_mb), **kwargs)
+    t1, cb1, _ = train(
+        "llama", "lora", tmp_path / "a", mb=MidBlockConfig(truncate_backward=False, **base_mb), **kwargs
+    )
     t2, cb2, _ = train("llama", "lora", tmp_path / "b", mb=MidBlockConfig(**base_mb), **kwargs)
     assert cb1.truncation is None
     assert cb2.truncation is not None and cb2.truncation.removed_input_hooks >= 1

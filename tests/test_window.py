@@ -31,7 +31,13 @@ def test_paper_fraction_windows(L, first, last, count):
 
 @pytest.mark.parametrize(
     "r, L, mask, expected",
-    [(64, 16, "01110", 113), (64, 32, "01110", 107), (64, 40, "01110", 106), (8, 64, "01110", 13), (64, 16, "01000", 341)],
+    [
+        (64, 16, "01110", 113),
+        (64, 32, "01110", 107),
+        (64, 40, "01110", 106),
+        (8, 64, "01110", 13),
+        (64, 16, "01000", 341),
+    ],
 )
 def test_paper_rank_table(r, L, mask, expected):
     n = len(resolve_layers(L, window="0.2:0.8")) if mask == "01110" else len(segments_to_layers(mask, L))

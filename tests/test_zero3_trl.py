@@ -25,7 +25,23 @@ from midblock_plugin.testing import GSM8K_DIR, save_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "trl" / "sft_midblock.py"
-COMMON = ["--data", str(GSM8K_DIR / "train.jsonl"), "--num-examples", "16", "--max-steps", "2", "--optim", "sgd", "--lr", "0.5", "--seed", "7", "--lora-dropout", "0", "--sequential"]
+COMMON = [
+    "--data",
+    str(GSM8K_DIR / "train.jsonl"),
+    "--num-examples",
+    "16",
+    "--max-steps",
+    "2",
+    "--optim",
+    "sgd",
+    "--lr",
+    "0.5",
+    "--seed",
+    "7",
+    "--lora-dropout",
+    "0",
+    "--sequential",
+]
 #: Tolerance between the 2-process ZeRO-3 run and the single-process run: float32 on CPU,
 #: SGD (updates linear in the gradient, so the comparison is not blurred by Adam's
 #: sign-like first steps); the runs differ only in reduction order.
@@ -53,7 +69,19 @@ def _run(cmd, env_extra=None):
 
 
 def _torchrun(port, *args):
-    return _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(SCRIPT), *args])
+    return _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            str(SCRIPT),
+            *args,
+        ]
+    )
 
 
 def _single(*args):
@@ -79,14 +107,40 @@ def runs(tmp_path_factory):
         # the reference: one process, no DeepSpeed, checkpointing as midblock chooses (non-reentrant)
         single_dir = root / f"{mode}-single"
         extra = EVAL if mode == "lora" else []
-        _single(*COMMON, *extra, "--model", str(model_dir), "--mode", mode, "--batch-size", "4", "--gradient-checkpointing",
-                "--output-dir", str(single_dir))
+        _single(
+            *COMMON,
+            *extra,
+            "--model",
+            str(model_dir),
+            "--mode",
+            mode,
+            "--batch-size",
+            "4",
+            "--gradient-checkpointing",
+            "--output-dir",
+            str(single_dir),
+        )
         out[mode] = single_dir
     for mode, reentrant in ZERO3_RUNS:
         ds_dir = root / f"{mode}-ds-{'reentrant' if reentrant else 'nonreentrant'}"
         extra = EVAL if mode == "lora" and not reentrant else []  # the evaluation once, in the default mode
-        r = _torchrun(free_port(), *COMMON, *extra, "--model", str(model_dir), "--mode", mode, "--batch-size", "2",
-                      "--deepspeed", "zero3", "--gradient-checkpointing", _flag(reentrant), "--output-dir", str(ds_dir))
+        r = _torchrun(
+            free_port(),
+            *COMMON,
+            *extra,
+            "--model",
+            str(model_dir),
+            "--mode",
+            mode,
+            "--batch-size",
+            "2",
+            "--deepspeed",
+            "zero3",
+            "--gradient-checkpointing",
+            _flag(reentrant),
+            "--output-dir",
+            str(ds_dir),
+        )
         out[mode, reentrant] = ds_dir
         out["logs"][mode, reentrant] = r.stderr + r.stdout
     return out
@@ -166,8 +220,10 @@ def test_zero3_evaluation_equals_single_process(runs):
     b = json.loads((single_dir / "eval" / "gsm8k.json").read_text())
     assert a["distributed"]["world_size"] == 2 and a["n_samples"] == b["n_samples"] == 3
     assert a["metrics"] == b["metrics"]
+
     def responses(d):
         return [json.loads(l)["response"] for l in (d / "eval" / "gsm8k.samples.jsonl").read_text().splitlines()]
+
     assert responses(ds_dir) == responses(single_dir)  # generation for generation
 
 

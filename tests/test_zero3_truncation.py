@@ -42,8 +42,24 @@ def runs(tmp_path_factory):
     model_dir = save_tiny(root / "model", "llama", num_layers=6, seed=7)
     out = root / "out"
     out.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           str(WORKER), "--model", str(model_dir), "--layers", "2-4", "--out", str(out), "--steps", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(WORKER),
+        "--model",
+        str(model_dir),
+        "--layers",
+        "2-4",
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert r.returncode == 0, r.stderr[-4000:]

@@ -71,7 +71,9 @@ def main() -> None:
         if layer is not None and in_backward():
             params = list(current_submodule.parameters(recurse=False))
             counts["ds_fetch"][layer] += 1
-            counts["ds_gathered"][layer] += sum(p.ds_numel for p in params if getattr(p, "ds_status", None) == ZeroParamStatus.NOT_AVAILABLE)
+            counts["ds_gathered"][layer] += sum(
+                p.ds_numel for p in params if getattr(p, "ds_status", None) == ZeroParamStatus.NOT_AVAILABLE
+            )
         return original_fetch(self, current_submodule, forward)
 
     original_backward = DeepSpeedEngine.backward
@@ -89,7 +91,10 @@ def main() -> None:
     PartitionedParameterCoordinator.fetch_sub_module = counting_fetch
     DeepSpeedEngine.backward = capturing_backward
 
-    rows = [{"text": f"Question: what is {i} plus {i + 3}?\nAnswer: {i} + {i + 3} = {2 * i + 3}. #### {2 * i + 3}"} for i in range(16)]
+    rows = [
+        {"text": f"Question: what is {i} plus {i + 3}?\nAnswer: {i} + {i + 3} = {2 * i + 3}. #### {2 * i + 3}"}
+        for i in range(16)
+    ]
     results = {}
     for run in [r for r in args.runs.split(",") if r]:
         truncate = run == "truncated"
@@ -100,18 +105,38 @@ def main() -> None:
         engine_model.clear()
         out_dir = os.path.join(args.out, run)
         sft = SFTConfig(
-            output_dir=out_dir, max_steps=args.steps, per_device_train_batch_size=2, gradient_accumulation_steps=1,
-            learning_rate=0.5, optim="sgd", max_length=64, gradient_checkpointing=True, bf16=False, seed=7,
-            train_sampling_strategy="sequential", logging_steps=1, save_strategy="no", report_to=[],
-            deepspeed=config_path("zero3"), accelerator_config={"use_configured_state": True},
+            output_dir=out_dir,
+            max_steps=args.steps,
+            per_device_train_batch_size=2,
+            gradient_accumulation_steps=1,
+            learning_rate=0.5,
+            optim="sgd",
+            max_length=64,
+            gradient_checkpointing=True,
+            bf16=False,
+            seed=7,
+            train_sampling_strategy="sequential",
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            deepspeed=config_path("zero3"),
+            accelerator_config={"use_configured_state": True},
         )
         # after the training arguments, so that ZeRO-3 partitions the weights as they load
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(args.model)
-        plan = build_plan(args.model, MidBlockConfig(layers=args.layers, rank=4, lora_dropout=0.0, truncate_backward=truncate))
+        plan = build_plan(
+            args.model, MidBlockConfig(layers=args.layers, rank=4, lora_dropout=0.0, truncate_backward=truncate)
+        )
         callback = MidBlockCallback(plan=plan, verbose=False)
-        trainer = SFTTrainer(model=model, args=sft, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                             peft_config=plan.lora_config(), callbacks=[callback])
+        trainer = SFTTrainer(
+            model=model,
+            args=sft,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tok,
+            peft_config=plan.lora_config(),
+            callbacks=[callback],
+        )
         callback.bind(trainer)
         engine_model.append(trainer.model)
         handles = []

@@ -29,9 +29,16 @@ from midblock_plugin.training.model_card import write_model_card
 
 TINY_LAYERS = 8  # --model tiny: a random 8-layer Llama
 #: The EvalSettings fields this script takes, and their flags (dest ``eval_<field>``).
-_EVAL_FLAGS = {"limit": "--eval-limit", "num_fewshot": "--eval-fewshot", "max_gen_toks": "--eval-max-gen-toks",
-               "data_dir": "--eval-data-dir", "baseline": "--eval-baseline", "protocol": "--eval-protocol",
-               "backend": "--eval-backend", "tensor_parallel_size": "--eval-tensor-parallel-size"}
+_EVAL_FLAGS = {
+    "limit": "--eval-limit",
+    "num_fewshot": "--eval-fewshot",
+    "max_gen_toks": "--eval-max-gen-toks",
+    "data_dir": "--eval-data-dir",
+    "baseline": "--eval-baseline",
+    "protocol": "--eval-protocol",
+    "backend": "--eval-backend",
+    "tensor_parallel_size": "--eval-tensor-parallel-size",
+}
 
 
 class _EvalFlags:
@@ -49,7 +56,9 @@ class _EvalFlags:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny", help="'tiny' (a random 8-layer Llama, no download), a model directory or a hub id")
+    p.add_argument(
+        "--model", default="tiny", help="'tiny' (a random 8-layer Llama, no download), a model directory or a hub id"
+    )
     p.add_argument("--data", required=True, help="JSONL of {question, answer} or {messages} rows")
     p.add_argument("--num-examples", type=int, default=None, help="use the first N rows (default: all)")
     p.add_argument("--max-steps", type=int, default=-1)
@@ -59,21 +68,35 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--optim", default="adamw_torch", help="an HF optimizer name (adamw_torch, sgd, ...)")
     p.add_argument("--max-length", type=int, default=128, help="sequence length (the paper truncated to 128)")
-    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
-                   help="recompute activations in the backward (what the 32B recipe uses)")
-    p.add_argument("--reentrant", action=argparse.BooleanOptionalAction, default=None,
-                   help="checkpointing mode with --gradient-checkpointing (default: midblock chooses; non-reentrant "
-                        "unless ZeRO-3 runs on a DeepSpeed too old for it)")
+    p.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="recompute activations in the backward (what the 32B recipe uses)",
+    )
+    p.add_argument(
+        "--reentrant",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="checkpointing mode with --gradient-checkpointing (default: midblock chooses; non-reentrant "
+        "unless ZeRO-3 runs on a DeepSpeed too old for it)",
+    )
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False, help="bf16 training (GPU)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--sequential", action="store_true", help="iterate the data in file order (reproducible comparisons)")
+    p.add_argument(
+        "--sequential", action="store_true", help="iterate the data in file order (reproducible comparisons)"
+    )
     p.add_argument("--logging-steps", type=int, default=1)
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--deepspeed", help="ZeRO-3: 'zero3', 'zero3_offload' (configs shipped with midblock) or a JSON path")
+    p.add_argument(
+        "--deepspeed", help="ZeRO-3: 'zero3', 'zero3_offload' (configs shipped with midblock) or a JSON path"
+    )
     g = p.add_argument_group("GSM8K evaluation at the end of training (lm-eval; off unless --eval-limit is given)")
     # generated from EvalSettings' fields (help, default, choices), under this script's --eval-* names
     add_dataclass_arguments(_EvalFlags(g), EvalSettings, only=list(_EVAL_FLAGS))
-    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)  # the deepspeed launcher adds it
+    p.add_argument(
+        "--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS
+    )  # the deepspeed launcher adds it
     add_config_arguments(p)
     # "--layers -4--1": a value that starts with "-" is joined to its flag, as in the midblock CLI
     return p.parse_args(join_dash_values(list(sys.argv[1:] if argv is None else argv)))
@@ -81,6 +104,7 @@ def parse_args(argv=None):
 
 def check_numbers(args) -> None:
     """Degenerate training values (zero, negative, infinite, NaN) are errors naming the flag."""
+
     def bad(flag, value, allowed):
         raise ValueError(f"{flag} {value}: {allowed}.")
 
@@ -92,8 +116,11 @@ def check_numbers(args) -> None:
         bad("--epochs", args.epochs, "give a positive, finite number of epochs (or --max-steps N)")
     if not (math.isfinite(args.lr) and args.lr > 0):
         bad("--lr", args.lr, "give a positive, finite learning rate, e.g. 1e-4")
-    for flag, value in (("--batch-size", args.batch_size), ("--grad-accum", args.grad_accum),
-                        ("--logging-steps", args.logging_steps)):
+    for flag, value in (
+        ("--batch-size", args.batch_size),
+        ("--grad-accum", args.grad_accum),
+        ("--logging-steps", args.logging_steps),
+    ):
         if value < 1:
             bad(flag, value, "must be an integer >= 1")
     if args.max_length < 2:
@@ -128,7 +155,9 @@ def check_setup(args) -> None:
 
         names = [o.value for o in OptimizerNames]
         if args.optim not in names:
-            raise ValueError(f"--optim {args.optim!r} is not an optimizer the HF Trainer knows; choose one of {', '.join(names)}.")
+            raise ValueError(
+                f"--optim {args.optim!r} is not an optimizer the HF Trainer knows; choose one of {', '.join(names)}."
+            )
     if args.model != "tiny":
         checks.check_model_dir(args.model, "--model", weights=True)
 
@@ -174,14 +203,24 @@ def _parse_row(line: str, where: str) -> dict:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno}); write one JSON object per line.") from None
+        raise ValueError(
+            f"{where}: not valid JSON ({exc.msg}, column {exc.colno}); write one JSON object per line."
+        ) from None
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: a row must be a JSON object with 'question'+'answer', 'messages' or 'text' "
-                         f"(got a JSON {type(row).__name__}).")
+        raise ValueError(
+            f"{where}: a row must be a JSON object with 'question'+'answer', 'messages' or 'text' "
+            f"(got a JSON {type(row).__name__})."
+        )
     if "messages" in row:
         msgs = row["messages"]
-        if not (isinstance(msgs, list) and msgs and all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)):
-            raise ValueError(f"{where}: 'messages' must be a non-empty list of {{\"role\": ..., \"content\": ...}} objects.")
+        if not (
+            isinstance(msgs, list)
+            and msgs
+            and all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)
+        ):
+            raise ValueError(
+                f'{where}: \'messages\' must be a non-empty list of {{"role": ..., "content": ...}} objects.'
+            )
         return {"messages": msgs}
     if "question" in row and "answer" in row:
         if not (isinstance(row["question"], str) and isinstance(row["answer"], str)):
@@ -204,8 +243,10 @@ def main(argv=None) -> int:
         eval_settings = eval_settings_from_args(args)
         check_setup(args)
         if args.reentrant is not None and not args.gradient_checkpointing:
-            raise ValueError(f"--{'' if args.reentrant else 'no-'}reentrant chooses the gradient checkpointing mode; "
-                             "add --gradient-checkpointing or drop it.")
+            raise ValueError(
+                f"--{'' if args.reentrant else 'no-'}reentrant chooses the gradient checkpointing mode; "
+                "add --gradient-checkpointing or drop it."
+            )
         from midblock_plugin.integrations.trl import build_plan
 
         # The plan is built once, from config.json only: the window is checked against the model here.
@@ -268,7 +309,9 @@ def main(argv=None) -> int:
         print(f"sft_midblock.py: error: --no-reentrant: {exc}", file=sys.stderr)
         return 2
     if checkpointing is not None and sft.process_index == 0:
-        print(f"sft_midblock.py: gradient checkpointing: {midblock_trl.describe_mode(*checkpointing)}", file=sys.stderr)
+        print(
+            f"sft_midblock.py: gradient checkpointing: {midblock_trl.describe_mode(*checkpointing)}", file=sys.stderr
+        )
     if args.model == "tiny":
         from midblock_plugin.testing import tiny_model, tiny_tokenizer
 
@@ -292,8 +335,11 @@ def main(argv=None) -> int:
     callback.bind(trainer)
     if checkpointing is not None and midblock_trl.keep_checkpointing_mode(trainer, checkpointing[0]):
         if trainer.is_world_process_zero():
-            print(f"sft_midblock.py: gradient checkpointing: kept {midblock_trl.describe_mode(*checkpointing)}; "
-                  "TRL switches PEFT + ZeRO-3 to reentrant, a workaround only DeepSpeed < 0.19.3 needs", file=sys.stderr)
+            print(
+                f"sft_midblock.py: gradient checkpointing: kept {midblock_trl.describe_mode(*checkpointing)}; "
+                "TRL switches PEFT + ZeRO-3 to reentrant, a workaround only DeepSpeed < 0.19.3 needs",
+                file=sys.stderr,
+            )
     eval_callback = None
     if eval_settings is not None:
         from midblock_plugin.evaluation import EvalCallback

@@ -84,8 +84,16 @@ class LayerCollector:
     one forward per model under :meth:`pass_of`, and :meth:`end_batch`.
     """
 
-    def __init__(self, num_layers: int, dim: int, *, pair: bool, stats_dtype: Any, device: Any,
-                 readouts: dict[str, Optional[Readout]]) -> None:
+    def __init__(
+        self,
+        num_layers: int,
+        dim: int,
+        *,
+        pair: bool,
+        stats_dtype: Any,
+        device: Any,
+        readouts: dict[str, Optional[Readout]],
+    ) -> None:
         import torch
 
         from midblock_plugin.analysis.metrics import CrossStats, MomentStats
@@ -95,7 +103,9 @@ class LayerCollector:
         keys = ("base", "tuned") if pair else ("base",)
         self.stats = {k: _ModelStats(num_layers, dim, stats_dtype, device) for k in keys}
         self.cross = [CrossStats() for _ in range(num_layers)]
-        self.input_moments = None if pair else MomentStats(dim, dtype=stats_dtype, device=device, track_normalized=False)
+        self.input_moments = (
+            None if pair else MomentStats(dim, dtype=stats_dtype, device=device, track_normalized=False)
+        )
         self.readouts = readouts
         self.ee_cross = torch.zeros(num_layers, dtype=torch.float64, device=device)
         self.current: Optional[str] = None
@@ -243,7 +253,7 @@ def padded_batches(ids: list[list[int]], batch_size: int, pad_id: int) -> Iterat
 
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for start in range(0, len(order), batch_size):
-        chunk = [ids[i] for i in order[start:start + batch_size]]
+        chunk = [ids[i] for i in order[start : start + batch_size]]
         width = max(len(x) for x in chunk)
         input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -251,7 +261,6 @@ def padded_batches(ids: list[list[int]], batch_size: int, pad_id: int) -> Iterat
             input_ids[r, : len(x)] = torch.tensor(x, dtype=torch.long)
             mask[r, : len(x)] = 1
         yield input_ids, mask
-
 
 
 # --------------------------------------------------------------------------- own change

@@ -121,7 +121,11 @@ def gradient_probe(
     from midblock_plugin.analysis.collect import padded_batches, tokenize_prompts
     from midblock_plugin.analysis.prompts import render_prompts
 
-    for name, value, low in (("num_batches", num_batches, 1), ("batch_size", batch_size, 1), ("max_length", max_length, 2)):
+    for name, value, low in (
+        ("num_batches", num_batches, 1),
+        ("batch_size", batch_size, 1),
+        ("max_length", max_length, 2),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"gradient_probe: {name}={value!r}: need an integer >= {low}.")
     t0 = time.perf_counter()
@@ -176,11 +180,21 @@ def gradient_probe(
             w.requires_grad_(f)
         model.train(was_training)
     if used == 0:
-        raise ValueError("gradient_probe: every calibration batch gave an undefined loss; check the prompts and model.")
+        raise ValueError(
+            "gradient_probe: every calibration batch gave an undefined loss; check the prompts and model."
+        )
     with torch.no_grad():
         w_norm = [math.sqrt(sum(float(w.detach().float().pow(2).sum()) for w in ws)) for ws in weights]
     g_norm = [math.sqrt(s / used) for s in sq_grad]
     signal = [g / w if w > 0 else 0.0 for g, w in zip(g_norm, w_norm)]
     rec = recommend_window(signal, signal_name=PROBE_SIGNAL, min_objective=min_objective)
-    return ProbeResult(signal=signal, grad_norm=g_norm, weight_norm=w_norm, recommendation=rec, num_batches=used,
-                       sequences=sequences, tokens=tokens, seconds=time.perf_counter() - t0)
+    return ProbeResult(
+        signal=signal,
+        grad_norm=g_norm,
+        weight_norm=w_norm,
+        recommendation=rec,
+        num_batches=used,
+        sequences=sequences,
+        tokens=tokens,
+        seconds=time.perf_counter() - t0,
+    )

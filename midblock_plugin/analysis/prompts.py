@@ -108,7 +108,7 @@ def _read_jsonl(path: Path, limit: int) -> list[PromptRow]:
                 if not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
                     raise ValueError(
                         f"--prompts {str(path)!r}: line {lineno}: every message needs 'role' and "
-                        "'content', e.g. {\"role\": \"user\", \"content\": \"Hi\"}."
+                        '\'content\', e.g. {"role": "user", "content": "Hi"}.'
                     )
                 rows.append(msgs)
             elif isinstance(obj, dict) and "question" in obj:
@@ -118,7 +118,7 @@ def _read_jsonl(path: Path, limit: int) -> list[PromptRow]:
                 raise ValueError(
                     f"--prompts {str(path)!r}: line {lineno} has neither a 'text' string nor a "
                     f"non-empty 'messages' list (got {keys}); write rows like "
-                    "{\"text\": \"...\"} or {\"messages\": [{\"role\": \"user\", \"content\": \"...\"}]}."
+                    '{"text": "..."} or {"messages": [{"role": "user", "content": "..."}]}.'
                 )
             if len(rows) >= limit:
                 break

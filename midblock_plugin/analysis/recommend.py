@@ -50,13 +50,13 @@ _TIE = 1e-12
 #: The signals the search reads, with a one-line meaning (stored in the JSON).
 SIGNALS = {
     "own_output": "relative change of the layer's own residual update on the same base input: "
-                  "||f_tuned(h) - f_base(h)|| / ||f_base(h)||, h = the base model's input to the layer",
+    "||f_tuned(h) - f_base(h)|| / ||f_base(h)||, h = the base model's input to the layer",
     "weight": "relative norm of the layer's effective weight update ||W_tuned - W_base||_F / ||W_base||_F "
-              "(for an adapter, W_tuned - W_base = the tuner's delta weight, e.g. scale * B @ A)",
+    "(for an adapter, W_tuned - W_base = the tuner's delta weight, e.g. scale * B @ A)",
     "gradient_probe": "before training: relative gradient norm of the layer's projection weights on a few "
-                      "calibration batches, sqrt(mean_batches ||g||^2) / ||W|| (a diagonal-Fisher score)",
+    "calibration batches, sqrt(mean_batches ||g||^2) / ||W|| (a diagonal-Fisher score)",
     "inherited_cka": "1 - CKA(base_l, tuned_l) of the hidden states: change passed up from below plus the "
-                     "layer's own (kept for comparison; it spreads change to every layer above a changed one)",
+    "layer's own (kept for comparison; it spreads change to every layer above a changed one)",
     "none": "no per-layer signal (one model and no --probe): the paper's default window",
 }
 
@@ -155,33 +155,49 @@ def _clean(signal: Sequence[Optional[float]]) -> list[Optional[float]]:
     return out
 
 
-def _make(layers: list[int], num_layers: int, signal_name: str, clean: list, rule: str, *,
-          captured: Optional[float], objective: Optional[float], fallback: Optional[str] = None,
-          refused: Optional[str] = None) -> Recommendation:
+def _make(
+    layers: list[int],
+    num_layers: int,
+    signal_name: str,
+    clean: list,
+    rule: str,
+    *,
+    captured: Optional[float],
+    objective: Optional[float],
+    fallback: Optional[str] = None,
+    refused: Optional[str] = None,
+) -> Recommendation:
     near, jac = best_segment_mask(layers, num_layers)
     n = len(layers)
     return Recommendation(
-        layers=layers, num_layers=num_layers, window=describe_window(num_layers, layers),
+        layers=layers,
+        num_layers=num_layers,
+        window=describe_window(num_layers, layers),
         segments=exact_segment_mask(layers, num_layers) if layers else None,
-        nearest_mask=near, nearest_mask_jaccard=jac, signal_name=signal_name, signal=clean,
+        nearest_mask=near,
+        nearest_mask_jaccard=jac,
+        signal_name=signal_name,
+        signal=clean,
         captured_share=None if captured is None else round(captured, 6),
         layer_share=round(n / num_layers, 6) if n else None,
         objective=None if objective is None else round(objective, 6),
         rank_multiplier=round(num_layers / n, 6) if n else None,
-        rule=rule, fallback=fallback, refused=refused,
+        rule=rule,
+        fallback=fallback,
+        refused=refused,
     )
 
 
-def _default(num_layers: int, signal_name: str, clean: list, rule: str, reason: str,
-             shares: Optional[list[float]] = None) -> Recommendation:
+def _default(
+    num_layers: int, signal_name: str, clean: list, rule: str, reason: str, shares: Optional[list[float]] = None
+) -> Recommendation:
     try:
         layers = resolve_layers(num_layers)
     except WindowError:  # 0.2:0.8 selects nothing in a 1-layer model
         layers = list(range(num_layers))
     captured = sum(shares[i] for i in layers) if shares else None
     objective = None if captured is None else captured - len(layers) / num_layers
-    return _make(layers, num_layers, signal_name, clean, rule, captured=captured, objective=objective,
-                 fallback=reason)
+    return _make(layers, num_layers, signal_name, clean, rule, captured=captured, objective=objective, fallback=reason)
 
 
 def search_windows(shares: Sequence[float]) -> tuple[int, int, float]:
@@ -226,25 +242,34 @@ def recommend_window(
     rule = RULE.format(min_objective=min_objective)
     missing = [i for i, v in enumerate(clean) if v is None]
     if missing:
-        return _default(num_layers, signal_name, clean, rule,
-                        f"the {signal_name} signal is undefined at layer(s) {describe_window(num_layers, missing)}")
+        return _default(
+            num_layers,
+            signal_name,
+            clean,
+            rule,
+            f"the {signal_name} signal is undefined at layer(s) {describe_window(num_layers, missing)}",
+        )
     vals = [max(0.0, float(v)) for v in clean]  # type: ignore[arg-type]
     total = sum(vals)
     if not total > 0:
-        return _default(num_layers, signal_name, clean, rule,
-                        f"no layer changed (the {signal_name} signal is zero everywhere)")
+        return _default(
+            num_layers, signal_name, clean, rule, f"no layer changed (the {signal_name} signal is zero everywhere)"
+        )
     shares = [v / total for v in vals]
     a, b, objective = search_windows(shares)
     if objective < min_objective:
         return _default(
-            num_layers, signal_name, clean, rule,
+            num_layers,
+            signal_name,
+            clean,
+            rule,
             f"the change is spread out: the best window {describe_window(num_layers, list(range(a, b + 1)))} holds "
-            f"{sum(shares[a:b + 1]):.1%} of it on {(b - a + 1) / num_layers:.1%} of the layers "
+            f"{sum(shares[a : b + 1]):.1%} of it on {(b - a + 1) / num_layers:.1%} of the layers "
             f"(objective {objective:.3f} < {min_objective:g})",
             shares,
         )
     layers = list(range(a, b + 1))
-    return _make(layers, num_layers, signal_name, clean, rule, captured=sum(shares[a:b + 1]), objective=objective)
+    return _make(layers, num_layers, signal_name, clean, rule, captured=sum(shares[a : b + 1]), objective=objective)
 
 
 def default_recommendation(num_layers: int, reason: str) -> Recommendation:
@@ -252,12 +277,20 @@ def default_recommendation(num_layers: int, reason: str) -> Recommendation:
     return _default(num_layers, "none", [], RULE.format(min_objective=MIN_OBJECTIVE), reason)
 
 
-def refused_recommendation(num_layers: int, signal_name: str, signal: Sequence[Optional[float]],
-                           reason: str) -> Recommendation:
+def refused_recommendation(
+    num_layers: int, signal_name: str, signal: Sequence[Optional[float]], reason: str
+) -> Recommendation:
     """A recommendation that recommends nothing (``layers == []``), recording why."""
     return Recommendation(
-        layers=[], num_layers=num_layers, window="", segments=None, nearest_mask=None, nearest_mask_jaccard=None,
-        signal_name=signal_name, signal=_clean(signal), rule=RULE.format(min_objective=MIN_OBJECTIVE),
+        layers=[],
+        num_layers=num_layers,
+        window="",
+        segments=None,
+        nearest_mask=None,
+        nearest_mask_jaccard=None,
+        signal_name=signal_name,
+        signal=_clean(signal),
+        rule=RULE.format(min_objective=MIN_OBJECTIVE),
         refused=reason,
     )
 

@@ -23,23 +23,41 @@ __all__ = ["load_analysis", "summary_table", "to_json", "write_csv", "write_png"
 
 #: Figure panels: (title, [(column, label), ...]); columns missing from the data are skipped.
 PAIR_PANELS = (
-    ("Own change of each layer (on base inputs)", [("own_change", "own output change"),
-                                                   ("weight_change", "relative weight update")]),
+    (
+        "Own change of each layer (on base inputs)",
+        [("own_change", "own output change"), ("weight_change", "relative weight update")],
+    ),
     ("Representational similarity (base vs tuned)", [("cka", "linear CKA"), ("cosine", "cosine")]),
     ("Mean shift ||mu_t - mu_b||", [("mean_shift", "mean shift")]),
     ("Relative weight change", [("weight_change_attn", "attention"), ("weight_change_mlp", "MLP")]),
-    ("Effective rank / entropy", [("effective_rank_base", "eff. rank (base)"), ("effective_rank_tuned", "eff. rank (tuned)"),
-                                  ("dataset_entropy_base", "dataset H (base)"), ("dataset_entropy_tuned", "dataset H (tuned)"),
-                                  ("prompt_entropy_base", "prompt H (base)"), ("prompt_entropy_tuned", "prompt H (tuned)")]),
+    (
+        "Effective rank / entropy",
+        [
+            ("effective_rank_base", "eff. rank (base)"),
+            ("effective_rank_tuned", "eff. rank (tuned)"),
+            ("dataset_entropy_base", "dataset H (base)"),
+            ("dataset_entropy_tuned", "dataset H (tuned)"),
+            ("prompt_entropy_base", "prompt H (base)"),
+            ("prompt_entropy_tuned", "prompt H (tuned)"),
+        ],
+    ),
     ("Curvature", [("curvature_base", "base"), ("curvature_tuned", "tuned")]),
-    ("Early-exit agreement", [("early_exit_base", "base vs own final"), ("early_exit_tuned", "tuned vs own final"),
-                              ("early_exit_cross", "base vs tuned")]),
+    (
+        "Early-exit agreement",
+        [
+            ("early_exit_base", "base vs own final"),
+            ("early_exit_tuned", "tuned vs own final"),
+            ("early_exit_cross", "base vs tuned"),
+        ],
+    ),
 )
 SINGLE_PANELS = (
     ("Layer-to-layer similarity", [("adjacent_cka", "CKA(input, output)")]),
     ("Spectral SNR of weights", [("snr_attn", "attention"), ("snr_mlp", "MLP")]),
-    ("Effective rank / entropy", [("effective_rank", "eff. rank"), ("dataset_entropy", "dataset H"),
-                                  ("prompt_entropy", "prompt H")]),
+    (
+        "Effective rank / entropy",
+        [("effective_rank", "eff. rank"), ("dataset_entropy", "dataset H"), ("prompt_entropy", "prompt H")],
+    ),
     ("Curvature", [("curvature", "curvature")]),
     ("Early-exit agreement", [("early_exit", "vs final top-1")]),
 )
@@ -101,7 +119,7 @@ def write_png(doc: dict, path: str | os.PathLike, title: Optional[str] = None) -
         ax.grid(alpha=0.3)
         if len(series) > 1:
             ax.legend(fontsize=7, loc="best")
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     for ax in axes[-1]:
         ax.set_xlabel("relative depth")
@@ -112,12 +130,15 @@ def write_png(doc: dict, path: str | os.PathLike, title: Optional[str] = None) -
         if rec.get("refused"):
             what = "no window recommended (window-tuned TUNED)"
         else:
-            what = (f"window {rec['window']} (shaded, from {rec.get('signal_name')})"
-                    + (f", segments {rec['segments']}" if rec.get("segments") else "")
-                    + (", paper default" if rec.get("fallback") else ""))
+            what = (
+                f"window {rec['window']} (shaded, from {rec.get('signal_name')})"
+                + (f", segments {rec['segments']}" if rec.get("segments") else "")
+                + (", paper default" if rec.get("fallback") else "")
+            )
         probe = doc.get("probe")
-        title = (f"midblock analyze: {who}\nL={num_layers}, {what}"
-                 + (f"; probe window {probe['window']}" if probe else ""))
+        title = f"midblock analyze: {who}\nL={num_layers}, {what}" + (
+            f"; probe window {probe['window']}" if probe else ""
+        )
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -139,11 +160,15 @@ def write_reports(doc: dict, output_dir: str | os.PathLike, figure: bool = True)
 def summary_table(doc: dict) -> str:
     """A short human-readable table of the key metrics and the recommendation."""
     if doc["mode"] == "pair":
-        cols = [c for c in ("own_change", "weight_change", "cka", "mean_shift", "early_exit_cross")
-                if c in doc["columns"]]
+        cols = [
+            c for c in ("own_change", "weight_change", "cka", "mean_shift", "early_exit_cross") if c in doc["columns"]
+        ]
     else:
-        cols = [c for c in ("adjacent_cka", "effective_rank", "prompt_entropy", "snr_attn", "snr_mlp", "early_exit")
-                if c in doc["columns"]]
+        cols = [
+            c
+            for c in ("adjacent_cka", "effective_rank", "prompt_entropy", "snr_attn", "snr_mlp", "early_exit")
+            if c in doc["columns"]
+        ]
     rec = doc["recommendation"]
     in_window = set(rec["layers"])
     lines = ["layer  depth  " + "  ".join(f"{c:>18}" for c in cols)]
@@ -161,16 +186,25 @@ def summary_table(doc: dict) -> str:
             f"recommended window: layers {rec['window']} of {rec['num_layers']}"
             + (f" (mask {rec['segments']})" if rec.get("segments") else "")
             + (f", signal {rec['signal_name']}" if rec.get("signal_name") else "")
-            + (f", holds {rec['captured_share']:.1%} of the change on {rec['layer_share']:.1%} of the layers"
-               if rec.get("captured_share") is not None and rec.get("layer_share") is not None else "")
-            + ("" if not rec.get("fallback") else f"; paper default because {rec['fallback']}"))
+            + (
+                f", holds {rec['captured_share']:.1%} of the change on {rec['layer_share']:.1%} of the layers"
+                if rec.get("captured_share") is not None and rec.get("layer_share") is not None
+                else ""
+            )
+            + ("" if not rec.get("fallback") else f"; paper default because {rec['fallback']}")
+        )
     probe = doc.get("probe")
     if probe:
         vs = probe.get("vs_recommendation")
-        lines.append(f"probe (before training, {probe['signal_name']}): window {probe['window']}"
-                     + (f" (mask {probe['segments']})" if probe.get("segments") else "")
-                     + (f"; paper default because {probe['fallback']}" if probe.get("fallback") else "")
-                     + (f"; overlap with the recommendation {vs['jaccard']:.2f}" if vs and vs.get("jaccard") is not None
-                        else ""))
+        lines.append(
+            f"probe (before training, {probe['signal_name']}): window {probe['window']}"
+            + (f" (mask {probe['segments']})" if probe.get("segments") else "")
+            + (f"; paper default because {probe['fallback']}" if probe.get("fallback") else "")
+            + (
+                f"; overlap with the recommendation {vs['jaccard']:.2f}"
+                if vs and vs.get("jaccard") is not None
+                else ""
+            )
+        )
     lines.append(f"rule (heuristic): {rec['rule']}")
     return "\n".join(lines)

@@ -63,7 +63,7 @@ STATS_DTYPES = ("float64", "float32")
 #: (suffix ``_base`` / ``_tuned`` in two-model mode, no suffix in single-model mode).
 PAIR_COLUMNS = {
     "own_change": "the layer's own change: ||f_tuned(h) - f_base(h)|| / ||f_base(h)|| over tokens, h = the base "
-                  "model's input to the layer, f(h) = output - h (the layer's residual update)",
+    "model's input to the layer, f(h) = output - h (the layer's residual update)",
     "cka": "linear CKA of base vs tuned mean-pooled states (inherited: includes change passed up from below)",
     "cosine": "mean cosine similarity of paired base/tuned pooled vectors",
     "mean_shift": "||mean(tuned) - mean(base)||_2 of pooled states",
@@ -103,7 +103,9 @@ def check_model_path(spec: str, flag: str) -> None:
                 "saved with save_pretrained (config.json + weights)."
             )
     elif path.exists() or _looks_like_path(spec):
-        raise FileNotFoundError(f"{flag} {spec!r}: no such model directory; give a directory saved with save_pretrained.")
+        raise FileNotFoundError(
+            f"{flag} {spec!r}: no such model directory; give a directory saved with save_pretrained."
+        )
 
 
 def detect_tuned_kind(spec: str) -> str:
@@ -206,11 +208,15 @@ class AnalysisConfig:
         if self.signal not in PAIR_SIGNALS:
             raise ValueError(f"--signal={self.signal!r} is not one of {', '.join(PAIR_SIGNALS)}.")
         if self.signal == "weight" and not self.weight_stats:
-            raise ValueError("--signal=weight needs the weight statistics; drop --no-weight-stats or use --signal own_output.")
+            raise ValueError(
+                "--signal=weight needs the weight statistics; drop --no-weight-stats or use --signal own_output."
+            )
         mo = self.min_objective
         if isinstance(mo, bool) or not isinstance(mo, (int, float)) or not 0 <= mo < 1:
             raise ValueError(f"--min-objective={mo!r}: need a number in [0, 1), e.g. {MIN_OBJECTIVE}.")
-        if self.tuned_variant is not None and (not isinstance(self.tuned_variant, str) or not self.tuned_variant.strip()):
+        if self.tuned_variant is not None and (
+            not isinstance(self.tuned_variant, str) or not self.tuned_variant.strip()
+        ):
             raise ValueError(f"--tuned-variant={self.tuned_variant!r}: give what TUNED is, e.g. '11111' or 'full'.")
         self.base, self.tuned = os.fspath(self.base), None if self.tuned is None else os.fspath(self.tuned)
         check_model_path(self.base, "BASE")
@@ -236,14 +242,18 @@ class AnalysisConfig:
         if self.tuned_layers is not None:
             from midblock_plugin.window import describe_window
 
-            return (f"the adapter trains only layers {describe_window(0, self.tuned_layers)}; the layers outside were "
-                    "never trained, so a recommendation from it is circular; analyse a uniform (11111) adapter or a "
-                    "full fine-tune instead")
+            return (
+                f"the adapter trains only layers {describe_window(0, self.tuned_layers)}; the layers outside were "
+                "never trained, so a recommendation from it is circular; analyse a uniform (11111) adapter or a "
+                "full fine-tune instead"
+            )
         declared = (self.tuned_variant or "").strip()
         if declared and set(declared) <= {"0", "1"} and "0" in declared:
-            return (f"--tuned-variant {declared!r} is a window-tuned model; the layers outside its window were never "
-                    "trained, so a recommendation from it is circular; analyse a uniform (11111) adapter or a full "
-                    "fine-tune instead")
+            return (
+                f"--tuned-variant {declared!r} is a window-tuned model; the layers outside its window were never "
+                "trained, so a recommendation from it is circular; analyse a uniform (11111) adapter or a full "
+                "fine-tune instead"
+            )
         return None
 
 
@@ -283,13 +293,18 @@ def detect_variant(config: "AnalysisConfig") -> None:
         config.detected_variant = "11111"
     else:
         config.tuned_layers = trained
-        config.detected_variant = exact_segment_mask(trained, num_layers) or f"layers {describe_window(num_layers, trained)}"
+        config.detected_variant = (
+            exact_segment_mask(trained, num_layers) or f"layers {describe_window(num_layers, trained)}"
+        )
     declared = (config.tuned_variant or "").strip()
     if declared and set(declared) <= {"0", "1"} and declared != config.detected_variant:
         raise ValueError(
             f"--tuned-variant={declared!r} but TUNED {config.tuned!r} trains "
-            + ("every layer (11111)" if config.tuned_layers is None
-               else f"only layers {describe_window(num_layers, config.tuned_layers)} ({config.detected_variant})")
+            + (
+                "every layer (11111)"
+                if config.tuned_layers is None
+                else f"only layers {describe_window(num_layers, config.tuned_layers)} ({config.detected_variant})"
+            )
             + "; give the variant the adapter was trained as, or leave --tuned-variant out to detect it."
         )
 
@@ -369,7 +384,6 @@ class AnalysisResult:
         }
 
 
-
 # --------------------------------------------------------------------------- driver
 
 
@@ -403,7 +417,6 @@ def _check_pair_configs(config: AnalysisConfig, cb: Any = None, ct: Any = None) 
         )
 
 
-
 def _peak_memory(device: Any) -> dict:
     import resource
 
@@ -417,8 +430,10 @@ def _peak_memory(device: Any) -> dict:
 
 def result_columns(mode: str, *, weight_stats: bool = True, early_exit: bool = True) -> dict[str, str]:
     """The per-layer columns (name -> description) of a ``"pair"`` or ``"single"`` analysis, in order."""
-    columns: dict[str, str] = {"layer": "decoder layer index (0 = bottom)",
-                               "relative_depth": "(layer + 0.5) / L, the layer's centre in relative depth"}
+    columns: dict[str, str] = {
+        "layer": "decoder layer index (0 = bottom)",
+        "relative_depth": "(layer + 0.5) / L, the layer's centre in relative depth",
+    }
     if mode == "pair":
         columns.update({k: v for k, v in PAIR_COLUMNS.items() if weight_stats or not k.startswith("weight_change")})
         for k, v in MODEL_COLUMNS.items():
@@ -485,12 +500,16 @@ def run_analysis(config: AnalysisConfig) -> AnalysisResult:
     readouts: dict[str, Optional[Readout]] = {}
     early_exit = config.early_exit and norm_b is not None and head_b is not None
     if config.early_exit and not early_exit:
-        print("midblock analyze: warning: no final norm / LM head found; early-exit agreement is skipped.", file=sys.stderr)
+        print(
+            "midblock analyze: warning: no final norm / LM head found; early-exit agreement is skipped.",
+            file=sys.stderr,
+        )
     if early_exit:
         readouts["base"] = Readout(norm_b, head_b)
     stats_dtype = getattr(torch, config.stats_dtype)
-    collector = LayerCollector(num_layers, hidden, pair=config.mode == "pair", stats_dtype=stats_dtype,
-                               device=device, readouts=readouts)
+    collector = LayerCollector(
+        num_layers, hidden, pair=config.mode == "pair", stats_dtype=stats_dtype, device=device, readouts=readouts
+    )
     collector.attach(base_layers)
     own = OwnChange(num_layers) if config.mode == "pair" else None
     if own is not None:
@@ -510,9 +529,14 @@ def run_analysis(config: AnalysisConfig) -> AnalysisResult:
     tokens = 0
     try:
         with torch.inference_mode():
-            for input_ids, mask in tqdm(padded_batches(ids, config.batch_size, pad_id), total=num_batches,
-                                        desc="midblock analyze", unit="batch", disable=not config.progress,
-                                        file=sys.stderr):
+            for input_ids, mask in tqdm(
+                padded_batches(ids, config.batch_size, pad_id),
+                total=num_batches,
+                desc="midblock analyze",
+                unit="batch",
+                disable=not config.progress,
+                file=sys.stderr,
+            ):
                 input_ids, mask = input_ids.to(device), mask.to(device)
                 tokens += int(mask.sum())
                 collector.begin_batch(mask)
@@ -547,9 +571,16 @@ def run_analysis(config: AnalysisConfig) -> AnalysisResult:
 
         probe_ctx = base.disable_adapter() if config.tuned_kind == "adapter" else contextlib.nullcontext()
         with probe_ctx:
-            probe = gradient_probe(base, tokenizer, texts, num_batches=config.probe_batches,
-                                   batch_size=config.batch_size, max_length=config.max_length, device=device,
-                                   min_objective=config.min_objective)
+            probe = gradient_probe(
+                base,
+                tokenizer,
+                texts,
+                num_batches=config.probe_batches,
+                batch_size=config.batch_size,
+                max_length=config.max_length,
+                device=device,
+                min_objective=config.min_objective,
+            )
 
     rows = collector_rows
     if config.weight_stats:
@@ -582,19 +613,39 @@ def run_analysis(config: AnalysisConfig) -> AnalysisResult:
     runtime = {"seconds": round(time.perf_counter() - t0, 3)}
     runtime.update(_peak_memory(device))
     return AnalysisResult(
-        mode=config.mode, base=config.base, tuned=config.tuned, tuned_kind=config.tuned_kind,
-        num_layers=num_layers, hidden_size=hidden, layers_path=layers_path,
+        mode=config.mode,
+        base=config.base,
+        tuned=config.tuned,
+        tuned_kind=config.tuned_kind,
+        num_layers=num_layers,
+        hidden_size=hidden,
+        layers_path=layers_path,
         model_type=getattr(inner.config, "model_type", None),
-        prompts={"source": config.prompts, "count": len(ids), "max_length": config.max_length,
-                 "tokens": tokens, "split": config.split if config.prompts == "gsm8k" else None},
-        settings={"signal": config.signal if config.mode == "pair" else None, "min_objective": config.min_objective,
-                  "probe_batches": config.probe_batches if config.probe else None,
-                  "batch_size": config.batch_size, "dtype": str(next(inner.parameters()).dtype).replace("torch.", ""),
-                  "device": str(device), "stats_dtype": config.stats_dtype, "early_exit": early_exit,
-                  "weight_stats": config.weight_stats},
-        columns=columns, rows=final_rows, recommendation=rec, runtime=runtime,
+        prompts={
+            "source": config.prompts,
+            "count": len(ids),
+            "max_length": config.max_length,
+            "tokens": tokens,
+            "split": config.split if config.prompts == "gsm8k" else None,
+        },
+        settings={
+            "signal": config.signal if config.mode == "pair" else None,
+            "min_objective": config.min_objective,
+            "probe_batches": config.probe_batches if config.probe else None,
+            "batch_size": config.batch_size,
+            "dtype": str(next(inner.parameters()).dtype).replace("torch.", ""),
+            "device": str(device),
+            "stats_dtype": config.stats_dtype,
+            "early_exit": early_exit,
+            "weight_stats": config.weight_stats,
+        },
+        columns=columns,
+        rows=final_rows,
+        recommendation=rec,
+        runtime=runtime,
         tuned_variant=None if config.mode == "single" else (config.tuned_variant or config.detected_variant),
-        tuned_layers=config.tuned_layers, probe=probe_doc,
+        tuned_layers=config.tuned_layers,
+        probe=probe_doc,
     )
 
 
@@ -619,5 +670,7 @@ def _recommend(config: AnalysisConfig, rows: list[dict], num_layers: int, probe:
     if probe is not None:
         return probe.recommendation
     return default_recommendation(
-        num_layers, "one model and no --probe: nothing here measures which layers a fine-tune changes; give TUNED "
-                    "(a uniform 11111 adapter or a full fine-tune) or pass --probe")
+        num_layers,
+        "one model and no --probe: nothing here measures which layers a fine-tune changes; give TUNED "
+        "(a uniform 11111 adapter or a full fine-tune) or pass --probe",
+    )

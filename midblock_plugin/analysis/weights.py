@@ -61,7 +61,7 @@ def weight_change_adapter(peft_layers: Any) -> list[dict]:
         sq_base: dict[str, float] = {}
         for name, p in layer.named_parameters():
             owner = next((t for t in tuners if name.startswith(t + ".")), None)
-            if owner is not None and not name[len(owner) + 1:].startswith("base_layer."):
+            if owner is not None and not name[len(owner) + 1 :].startswith("base_layer."):
                 continue  # an adapter parameter, not a base weight
             g = projection_group(owner if owner is not None else name)
             sq_base[g] = sq_base.get(g, 0.0) + float(p.detach().float().pow(2).sum())

@@ -35,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except Exception as exc:  # every subcommand ships with the package: a broken one is a bug, said at once
-            raise ImportError(f"midblock: the module of a subcommand, {name}, fails to import: "
-                              f"{type(exc).__name__}: {exc}", name=name) from exc
+            raise ImportError(
+                f"midblock: the module of a subcommand, {name}, fails to import: {type(exc).__name__}: {exc}",
+                name=name,
+            ) from exc
         module.register(sub)
     return parser
 

@@ -34,9 +34,23 @@ from midblock_plugin.rules import flag_spelling, respell
 
 
 #: The ``EvalSettings`` fields ``midblock eval`` takes as flags (the others are training-time options).
-EVAL_FLAGS = ("backend", "protocol", "tensor_parallel_size", "data_parallel_size", "vllm_args", "tasks", "data_dir",
-              "limit", "num_fewshot", "batch_size", "max_gen_toks", "max_length", "fewshot_as_multiturn",
-              "system_instruction", "save_samples")
+EVAL_FLAGS = (
+    "backend",
+    "protocol",
+    "tensor_parallel_size",
+    "data_parallel_size",
+    "vllm_args",
+    "tasks",
+    "data_dir",
+    "limit",
+    "num_fewshot",
+    "batch_size",
+    "max_gen_toks",
+    "max_length",
+    "fewshot_as_multiturn",
+    "system_instruction",
+    "save_samples",
+)
 #: The backends of a saved model (``in-memory`` is the trainer's).
 SAVED_BACKENDS = ("hf", "vllm")
 
@@ -52,14 +66,21 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         ),
     )
     add_dataclass_arguments(p, SavedEvalOptions, only=["model_dir", "adapter"])
-    add_dataclass_arguments(p, EvalSettings, only=EVAL_FLAGS, defaults={"backend": "hf"}, help={
-        "backend": "hf: lm-eval's HFLM (data-parallel under accelerate launch / torchrun); vllm: lm-eval's vLLM model "
-                   "on the saved model, an adapter merged into a temporary copy (default: hf).",
-    })
+    add_dataclass_arguments(
+        p,
+        EvalSettings,
+        only=EVAL_FLAGS,
+        defaults={"backend": "hf"},
+        help={
+            "backend": "hf: lm-eval's HFLM (data-parallel under accelerate launch / torchrun); vllm: lm-eval's vLLM model "
+            "on the saved model, an adapter merged into a temporary copy (default: hf).",
+        },
+    )
     _restrict_choices(p, "backend", SAVED_BACKENDS)
     chat = EvalSettings.__dataclass_fields__["apply_chat_template"]
-    p.add_argument("--apply-chat-template", nargs="?", const=True, default=False, metavar="NAME",
-                   help=chat.metadata["help"])  # a bool or a name: the one flag of its own shape
+    p.add_argument(
+        "--apply-chat-template", nargs="?", const=True, default=False, metavar="NAME", help=chat.metadata["help"]
+    )  # a bool or a name: the one flag of its own shape
     add_dataclass_arguments(p, SavedEvalOptions, skip=["model_dir", "adapter"])
     p.set_defaults(func=run)
     return p

@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the original adapter on a few prompts (float32). The exit status is 1 if they differ. See docs/serving.md.",
     )
     add_option_arguments(p, ExportOptions)
-    p.add_argument("--json", action="store_true", help="print the report as JSON (also written to DIR/midblock-export.json)")
+    p.add_argument(
+        "--json", action="store_true", help="print the report as JSON (also written to DIR/midblock-export.json)"
+    )
     p.set_defaults(func=run)
 
 
@@ -40,7 +42,9 @@ def add_option_arguments(p: argparse.ArgumentParser, cls: type) -> None:
     fields = dataclasses.fields(cls)
     repeatable = [f for f in fields if f.metadata.get("repeatable")]
     add_dataclass_arguments(
-        p, cls, skip=[f.name for f in repeatable],
+        p,
+        cls,
+        skip=[f.name for f in repeatable],
         required=[f.name for f in fields if f.default is dataclasses.MISSING and not f.metadata.get("positional")],
         help={f.name: f.metadata["help"]() for f in fields if callable(f.metadata.get("help"))},
     )
@@ -48,8 +52,13 @@ def add_option_arguments(p: argparse.ArgumentParser, cls: type) -> None:
         if callable(f.metadata.get("choices")):
             next(a for a in p._actions if a.dest == f.name).choices = f.metadata["choices"]()
     for f in repeatable:
-        p.add_argument(f.metadata.get("flag") or "--" + f.name.replace("_", "-"), dest=f.name, action="append",
-                       metavar=f.metadata.get("metavar"), help=f.metadata["help"])
+        p.add_argument(
+            f.metadata.get("flag") or "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            action="append",
+            metavar=f.metadata.get("metavar"),
+            help=f.metadata["help"],
+        )
 
 
 def options_from_args(args: argparse.Namespace, cls: type) -> Any:
@@ -79,7 +88,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {report['output']} ({', '.join(report['files'])})")
         print(f"serve: {report['command']}")
     if not report["passed"]:
-        print(f"midblock export: error: the {options.target} export does not reproduce the original adapter's logits "
-              f"(see {report['output']}/midblock-export.json); do not serve it.", file=sys.stderr)
+        print(
+            f"midblock export: error: the {options.target} export does not reproduce the original adapter's logits "
+            f"(see {report['output']}/midblock-export.json); do not serve it.",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -46,8 +46,10 @@ def _unwrap(tp: Any) -> Any:
 
 
 def _is_literal(tp: Any) -> bool:
-    return get_origin(tp) is Literal or (get_origin(tp) in (Union, types.UnionType) and all(get_origin(a) is Literal for a in get_args(tp)
-                                                                         if a is not type(None)))
+    return get_origin(tp) is Literal or (
+        get_origin(tp) in (Union, types.UnionType)
+        and all(get_origin(a) is Literal for a in get_args(tp) if a is not type(None))
+    )
 
 
 def _default(f: dataclasses.Field) -> Any:

@@ -22,7 +22,9 @@ from midblock_plugin.window import WINDOW_FORMS
 DASH_VALUE_FLAGS = ("--layers", "--window", "--segments")
 
 
-def add_config_arguments(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = (), defaults: dict[str, Any] | None = None) -> None:
+def add_config_arguments(
+    p: argparse.ArgumentParser, *, skip: tuple[str, ...] = (), defaults: dict[str, Any] | None = None
+) -> None:
     """Add one flag per ``MidBlockConfig`` field (window forms first), except ``skip``
     (:func:`~midblock_plugin.cli.fields.add_dataclass_arguments`: help, default and choices from the field).
 
@@ -32,7 +34,10 @@ def add_config_arguments(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = 
     method = p.add_argument_group("method")
     tm_help = MidBlockConfig.__dataclass_fields__["target_modules"].metadata["help"]
     add_dataclass_arguments(
-        p, MidBlockConfig, skip=skip, defaults=defaults,
+        p,
+        MidBlockConfig,
+        skip=skip,
+        defaults=defaults,
         group_of=lambda name: window if name in WINDOW_FORMS else method,
         help={"target_modules": f"{tm_help} A list is comma-separated, e.g. q_proj,v_proj. (default: attention)"},
     )

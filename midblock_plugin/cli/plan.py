@@ -21,19 +21,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", help="model directory (with config.json) or hub id")
     p.add_argument("--num-layers", type=int, help="plan for an L-layer model without any model (no parameter counts)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.add_argument("--emit", choices=emitting.tool_names(), metavar="TOOL",
-                   help="print the config fragment that trains this window and rank in another tool, with its own keys: "
-                        + ", ".join(emitting.tool_names()) + " (needs MODEL)")
+    p.add_argument(
+        "--emit",
+        choices=emitting.tool_names(),
+        metavar="TOOL",
+        help="print the config fragment that trains this window and rank in another tool, with its own keys: "
+        + ", ".join(emitting.tool_names())
+        + " (needs MODEL)",
+    )
     g = p.add_argument_group("ZeRO-3 memory planner")
     g.add_argument("--zero3", action="store_true", help="print per-GPU model-state memory under DeepSpeed ZeRO-3")
     g.add_argument("--gpus-per-node", type=int, default=8)
     g.add_argument("--nodes", type=int, default=1)
     g.add_argument("--offload", action="store_true", help="optimizer and parameters offloaded to CPU (zero3_offload)")
-    g.add_argument("--micro-batch", type=int, help="also estimate activations per GPU: B sequences per step (with --seq-len)")
+    g.add_argument(
+        "--micro-batch", type=int, help="also estimate activations per GPU: B sequences per step (with --seq-len)"
+    )
     g.add_argument("--seq-len", type=int, help="tokens per sequence for the activation estimate (with --micro-batch)")
-    g.add_argument("--gradient-checkpointing", action="store_true", help="activation estimate with gradient checkpointing")
-    g.add_argument("--no-truncation", action="store_true",
-                   help="activation estimate: checkpointing without midblock's backward truncation below the window")
+    g.add_argument(
+        "--gradient-checkpointing", action="store_true", help="activation estimate with gradient checkpointing"
+    )
+    g.add_argument(
+        "--no-truncation",
+        action="store_true",
+        help="activation estimate: checkpointing without midblock's backward truncation below the window",
+    )
     g.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="activation dtype (default bf16)")
     add_config_arguments(p, skip=("truncate_backward", "drift_monitor"))
     p.set_defaults(func=run)
@@ -69,8 +81,10 @@ def _run(args: argparse.Namespace, stdout=None) -> int:
     if args.micro_batch is not None and not args.zero3:
         raise ValueError("--micro-batch / --seq-len extend the --zero3 memory planner; add --zero3.")
     if args.micro_batch is None and (args.gradient_checkpointing or args.no_truncation):
-        raise ValueError("--gradient-checkpointing / --no-truncation describe the activation estimate: "
-                         "give --micro-batch B --seq-len S.")
+        raise ValueError(
+            "--gradient-checkpointing / --no-truncation describe the activation estimate: "
+            "give --micro-batch B --seq-len S."
+        )
     for name in ("micro_batch", "seq_len"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be an integer >= 1.")
@@ -97,14 +111,24 @@ def _run(args: argparse.Namespace, stdout=None) -> int:
         from midblock_plugin.memory import DTYPE_BYTES, activation_estimates
 
         activations = activation_estimates(
-            plan, model_config, args.micro_batch, args.seq_len, args.gradient_checkpointing, DTYPE_BYTES[args.dtype],
-            truncation=not args.no_truncation, gpus_per_node=args.gpus_per_node, nodes=args.nodes, offload=args.offload,
+            plan,
+            model_config,
+            args.micro_batch,
+            args.seq_len,
+            args.gradient_checkpointing,
+            DTYPE_BYTES[args.dtype],
+            truncation=not args.no_truncation,
+            gpus_per_node=args.gpus_per_node,
+            nodes=args.nodes,
+            offload=args.offload,
         )
     if args.json:
         out = plan.to_json_dict()
         if memory is not None:
             out["zero3_memory"] = {
-                "gpus_per_node": args.gpus_per_node, "nodes": args.nodes, "offload": args.offload,
+                "gpus_per_node": args.gpus_per_node,
+                "nodes": args.nodes,
+                "offload": args.offload,
                 "estimates": [m.to_dict() for m in memory],
             }
             if activations is not None:

@@ -33,22 +33,33 @@ def per_command(p: argparse.ArgumentParser, names: tuple[str, ...], defaults: di
 
 
 #: The help of ``--variants`` of compare and sweep.
-VARIANTS_HELP = ("comma-separated segment masks, each once; 'recommended' = the layers recommended in --window-from. "
-                 "The layer-wise analysis runs on the uniform 11111 model (trained for it when not listed)")
+VARIANTS_HELP = (
+    "comma-separated segment masks, each once; 'recommended' = the layers recommended in --window-from. "
+    "The layer-wise analysis runs on the uniform 11111 model (trained for it when not listed)"
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from midblock_plugin.experiments.options import DEFAULT_VARIANTS
 
-    p = sub.add_parser("run", help="the main job: train mid-block LoRA on GSM8K, evaluate, analyse (on a uniform model "
-                                   "trained for it), report")
+    p = sub.add_parser(
+        "run",
+        help="the main job: train mid-block LoRA on GSM8K, evaluate, analyse (on a uniform model "
+        "trained for it), report",
+    )
     common(p)
     per_command(p, ("segments",), {"segments": DEFAULT_SEGMENTS})
     p.set_defaults(func=run)
-    p = sub.add_parser("compare", help="train uniform and mid-block variants at one rank budget and one seed; a markdown report")
+    p = sub.add_parser(
+        "compare", help="train uniform and mid-block variants at one rank budget and one seed; a markdown report"
+    )
     common(p)
-    per_command(p, ("variants", "window_from"), {"variants": ",".join(DEFAULT_VARIANTS), "segments": None},
-                help={"variants": VARIANTS_HELP})
+    per_command(
+        p,
+        ("variants", "window_from"),
+        {"variants": ",".join(DEFAULT_VARIANTS), "segments": None},
+        help={"variants": VARIANTS_HELP},
+    )
     p.set_defaults(func=run_compare)
 
 

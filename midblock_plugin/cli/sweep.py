@@ -16,13 +16,19 @@ from midblock_plugin.cli.run import VARIANTS_HELP, common, log, options, per_com
 def register(sub: argparse._SubParsersAction) -> None:
     from midblock_plugin.experiments.options import SWEEP_SEEDS, SWEEP_VARIANTS
 
-    p = sub.add_parser("sweep", help="every window x seed x learning rate at one rank budget, each window at its best "
-                                     "rate: 95%% intervals, Holm-corrected paired differences to uniform, forgetting "
-                                     "(also at equal task gain), GSM8K; a markdown report and results.json")
+    p = sub.add_parser(
+        "sweep",
+        help="every window x seed x learning rate at one rank budget, each window at its best "
+        "rate: 95%% intervals, Holm-corrected paired differences to uniform, forgetting "
+        "(also at equal task gain), GSM8K; a markdown report and results.json",
+    )
     common(p)
-    per_command(p, ("variants", "seeds", "window_from"),
-                {"variants": ",".join(SWEEP_VARIANTS), "seeds": SWEEP_SEEDS, "segments": None},
-                help={"variants": VARIANTS_HELP})
+    per_command(
+        p,
+        ("variants", "seeds", "window_from"),
+        {"variants": ",".join(SWEEP_VARIANTS), "seeds": SWEEP_SEEDS, "segments": None},
+        help={"variants": VARIANTS_HELP},
+    )
     p.set_defaults(func=run_sweep)
 
 

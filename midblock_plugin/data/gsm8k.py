@@ -117,7 +117,9 @@ def read_rows(split: str = "train", n: int | None = None, data_dir: str | os.Pat
     return rows
 
 
-def load(data_dir: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> tuple[list[dict], list[dict], str]:
+def load(
+    data_dir: str | os.PathLike | None = None, log: Callable[[str], None] = print
+) -> tuple[list[dict], list[dict], str]:
     """``(train rows, test rows, source)`` from the local directory :func:`locate` finds,
     else from the hub."""
     where = locate(data_dir)

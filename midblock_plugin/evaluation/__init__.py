@@ -31,7 +31,14 @@ Importing this package is cheap; torch, transformers and lm-eval load on first u
 from midblock_plugin.evaluation.settings import EvalSettings  # noqa: F401
 
 
-__all__ = ["EvalSettings", "EvalCallback", "evaluate_model", "EvaluationError", "write_offline_tasks", "evaluate_after_save"]
+__all__ = [
+    "EvalSettings",
+    "EvalCallback",
+    "evaluate_model",
+    "EvaluationError",
+    "write_offline_tasks",
+    "evaluate_after_save",
+]
 
 
 def __getattr__(name: str):

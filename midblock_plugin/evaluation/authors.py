@@ -77,7 +77,9 @@ def select_questions(rows: Sequence[dict], n: int | None = N_QUESTIONS, seed: in
     order = shuffled_order(len(rows), seed)
     if n is not None:
         if n > len(rows):
-            raise ValueError(f"limit={n} asks for more questions than the test split has ({len(rows)}); give at most {len(rows)}.")
+            raise ValueError(
+                f"limit={n} asks for more questions than the test split has ({len(rows)}); give at most {len(rows)}."
+            )
         order = order[:n]
     return [(i, rows[i]) for i in order]
 
@@ -120,14 +122,22 @@ def _generation_tokenizer(tokenizer: Any) -> Any:
     tok = copy.deepcopy(getattr(tokenizer, "tokenizer", None) or tokenizer)
     if tok.pad_token is None:
         if tok.eos_token is None:
-            raise ValueError("the tokenizer has neither a pad nor an EOS token; give it a pad_token to batch the questions.")
+            raise ValueError(
+                "the tokenizer has neither a pad nor an EOS token; give it a pad_token to batch the questions."
+            )
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return tok
 
 
-def generate(model: Any, tokenizer: Any, prompts: Sequence[str], batch_size: int = 8,
-             max_new_tokens: int = MAX_NEW_TOKENS, synced_gpus: bool = False) -> list[str]:
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    batch_size: int = 8,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    synced_gpus: bool = False,
+) -> list[str]:
     """Greedy answers to ``prompts`` (the decoded new tokens, special tokens dropped), in order.
 
     ``model.generate`` with ``do_sample=False``, ``max_new_tokens`` and no stop string; the
@@ -140,12 +150,16 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], batch_size: int
     out: list[str] = []
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
-            enc = tok(list(prompts[start:start + batch_size]), return_tensors="pt", padding=True).to(device)
+            enc = tok(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True).to(device)
             generated = model.generate(
-                input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=False,
-                max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, synced_gpus=synced_gpus,
+                input_ids=enc["input_ids"],
+                attention_mask=enc["attention_mask"],
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                synced_gpus=synced_gpus,
             )
-            new = generated[:, enc["input_ids"].shape[1]:]
+            new = generated[:, enc["input_ids"].shape[1] :]
             out.extend(tok.batch_decode(new, skip_special_tokens=True))
     return out
 
@@ -156,7 +170,12 @@ def load_test_rows(settings: Any) -> tuple[list[dict], dict[str, Any]]:
     where = settings.resolved_data_dir()
     if where is not None:
         rows = gsm8k.read_rows("test", data_dir=where)
-        return rows, {"kind": "local", "gsm8k_family": True, "data_dir": str(where), "test": str(Path(where) / "test.jsonl")}
+        return rows, {
+            "kind": "local",
+            "gsm8k_family": True,
+            "data_dir": str(where),
+            "test": str(Path(where) / "test.jsonl"),
+        }
     from datasets import load_dataset
 
     from midblock_plugin.evaluation.runner import EvaluationError
@@ -171,17 +190,30 @@ def load_test_rows(settings: Any) -> tuple[list[dict], dict[str, Any]]:
     return rows, {"kind": "hub", "gsm8k_family": True}
 
 
-def score(rows: Sequence[dict], picked: Sequence[tuple[int, dict]], generations: Sequence[str]) -> list[dict[str, Any]]:
+def score(
+    rows: Sequence[dict], picked: Sequence[tuple[int, dict]], generations: Sequence[str]
+) -> list[dict[str, Any]]:
     """One record per question: index, prompt, generation, extracted number, gold number, correct."""
     records = []
     for position, ((index, row), text) in enumerate(zip(picked, generations)):
         extracted, gold = last_number(text), gold_number(row["answer"])
         correct = same_number(extracted, gold)
-        records.append({
-            "doc_id": index, "question_index": index, "position": position, "prompt": gsm8k.prompt(row),
-            "target": row["answer"], "response": text, "generation": text, "extracted": extracted, "gold": gold,
-            "correct": correct, "filtered": {FILTER: extracted}, "scores": {FILTER: {"exact_match": float(correct)}},
-        })
+        records.append(
+            {
+                "doc_id": index,
+                "question_index": index,
+                "position": position,
+                "prompt": gsm8k.prompt(row),
+                "target": row["answer"],
+                "response": text,
+                "generation": text,
+                "extracted": extracted,
+                "gold": gold,
+                "correct": correct,
+                "filtered": {FILTER: extracted},
+                "scores": {FILTER: {"exact_match": float(correct)}},
+            }
+        )
     return records
 
 
@@ -198,15 +230,26 @@ def task_results(records: Sequence[dict], n_total: int, source: dict[str, Any], 
             "version": VERSION,
             "higher_is_better": {"exact_match": True},
             "source": source,
-            "selection": {"seed": SEED, "n": len(records), "limit": limit, "shuffle": "datasets Dataset.shuffle(seed=42)",
-                          "indices": [r["question_index"] for r in records]},
+            "selection": {
+                "seed": SEED,
+                "n": len(records),
+                "limit": limit,
+                "shuffle": "datasets Dataset.shuffle(seed=42)",
+                "indices": [r["question_index"] for r in records],
+            },
         }
     }
 
 
 def evaluate_authors(
-    model: Any, tokenizer: Any, settings: Any, output_dir: Any = None, label: str = "final",
-    is_main_process: bool | None = None, baseline: dict[str, Any] | None = None, print_table: bool = True,
+    model: Any,
+    tokenizer: Any,
+    settings: Any,
+    output_dir: Any = None,
+    label: str = "final",
+    is_main_process: bool | None = None,
+    baseline: dict[str, Any] | None = None,
+    print_table: bool = True,
     engine: Any = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` in memory under the authors' protocol; the report of
@@ -225,8 +268,10 @@ def evaluate_authors(
     from lm_eval.api.model import LM
 
     if isinstance(model, LM):
-        raise ValueError("protocol='authors' generates with Hugging Face generate; give a transformers / PEFT model, not an lm-eval LM "
-                         "(backend 'vllm' is not available for it: use backend 'hf' or 'in-memory').")
+        raise ValueError(
+            "protocol='authors' generates with Hugging Face generate; give a transformers / PEFT model, not an lm-eval LM "
+            "(backend 'vllm' is not available for it: use backend 'hf' or 'in-memory')."
+        )
     t0 = time.perf_counter()
     created = results.now()
     rows, source = load_test_rows(settings)
@@ -255,13 +300,21 @@ def evaluate_authors(
     limit = settings.limit
     ctx["rows_per_rank"] = [len(records)] * ctx["world_size"]
 
-    timings = {"task_setup_s": round(t_setup, 3), "evaluate_s": round(t_eval, 3), "total_s": round(time.perf_counter() - t0, 3)}
-    report = results.new_report(label, [TASK], task_results(records, len(rows), source, limit), settings, timings, model, ctx, created)
+    timings = {
+        "task_setup_s": round(t_setup, 3),
+        "evaluate_s": round(t_eval, 3),
+        "total_s": round(time.perf_counter() - t0, 3),
+    }
+    report = results.new_report(
+        label, [TASK], task_results(records, len(rows), source, limit), settings, timings, model, ctx, created
+    )
     results.add_baseline(report, baseline)
     samples = {TASK: records} if settings.save_samples else None
     report["files"] = []
     if output_dir is not None and main:
-        report["files"] = [str(p) for p in results.write_report(report, Path(output_dir) / settings.output_subdir, samples)]
+        report["files"] = [
+            str(p) for p in results.write_report(report, Path(output_dir) / settings.output_subdir, samples)
+        ]
     if main and print_table:
         print(results.format_table(report), flush=True)
     report["samples"] = samples

@@ -69,7 +69,9 @@ class EvalCallback(TrainerCallback):
     ) -> None:
         self.settings = settings if settings is not None else EvalSettings()
         if not isinstance(self.settings, EvalSettings):
-            raise ValueError(f"settings must be an EvalSettings, got {type(self.settings).__name__}; use EvalSettings.from_dict(...).")
+            raise ValueError(
+                f"settings must be an EvalSettings, got {type(self.settings).__name__}; use EvalSettings.from_dict(...)."
+            )
         self.trainer = trainer
         self.output_dir = output_dir
         self.final_on_train_end = final_on_train_end
@@ -112,7 +114,9 @@ class EvalCallback(TrainerCallback):
         tokenizer = getattr(trainer, "processing_class", None) or getattr(trainer, "tokenizer", None)
         return self.run("final", trainer.args, trainer.state, trainer.model, tokenizer)
 
-    def run_after_save(self, model_dir: str | Path, output_dir: str | Path | None = None, state: Any = None) -> dict[str, Any] | None:
+    def run_after_save(
+        self, model_dir: str | Path, output_dir: str | Path | None = None, state: Any = None
+    ) -> dict[str, Any] | None:
         """The final evaluation of the *saved* model in its own process (``settings.backend``
         ``"hf"`` or ``"vllm"``: :func:`~midblock_plugin.evaluation.saved.evaluate_after_save`).
 
@@ -133,7 +137,9 @@ class EvalCallback(TrainerCallback):
             if _rank() == 0:
                 with contextlib.suppress(OSError):
                     write_error(out_dir / self.settings.output_subdir, "final", exc, traceback.format_exc())
-                logger.error("lm-eval evaluation after the save failed; the saved model is kept.\n%s", traceback.format_exc())
+                logger.error(
+                    "lm-eval evaluation after the save failed; the saved model is kept.\n%s", traceback.format_exc()
+                )
                 print(f"lm-eval final evaluation (after the save) FAILED: {self.errors['final']}", flush=True)
             return None
         if report is None:
@@ -142,9 +148,12 @@ class EvalCallback(TrainerCallback):
         self.errors.pop("final", None)
         (out_dir / self.settings.output_subdir / error_file_name("final")).unlink(missing_ok=True)
         if state is not None:
-            logs = {f"{log_prefix('final')}/{report['task']}/{filt}/{metric}": float(value)
-                    for filt, metrics in report.get("metrics", {}).items() for metric, value in metrics.items()
-                    if value is not None and "task" in report}
+            logs = {
+                f"{log_prefix('final')}/{report['task']}/{filt}/{metric}": float(value)
+                for filt, metrics in report.get("metrics", {}).items()
+                for metric, value in metrics.items()
+                if value is not None and "task" in report
+            }
             self._log(logs, state)
         return report
 
@@ -182,7 +191,9 @@ class EvalCallback(TrainerCallback):
                     where = f"; could not write error file ({write_exc})"
             logger.error(
                 "lm-eval %s evaluation failed; training itself is unaffected and the model is kept%s.\n%s",
-                label, where, tb,
+                label,
+                where,
+                tb,
             )
             if main:
                 print(f"lm-eval {label} evaluation FAILED: {message}{where}", flush=True)

@@ -104,7 +104,15 @@ def sharded_hflm_class():
         :attr:`stats` holds ``rows_per_rank``, ``generate_calls_per_rank`` and ``dummy_calls_per_rank``.
         """
 
-        def __init__(self, *, rank: int = 0, world_size: int = 1, partitioned: bool = False, lockstep: bool = False, **kwargs: Any) -> None:
+        def __init__(
+            self,
+            *,
+            rank: int = 0,
+            world_size: int = 1,
+            partitioned: bool = False,
+            lockstep: bool = False,
+            **kwargs: Any,
+        ) -> None:
             super().__init__(**kwargs)
             self.shard_rank, self.shard_world_size = rank, world_size
             self.partitioned, self.lockstep = partitioned, lockstep
@@ -154,7 +162,11 @@ def sharded_hflm_class():
             calls = -(-len(batches) // w) if self.partitioned else len(mine)
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(requests), desc=f"generate_until ({w} rank{'s' if w > 1 else ''})", disable=disable_tqdm or r != 0)
+            bar = tqdm(
+                total=len(requests),
+                desc=f"generate_until ({w} rank{'s' if w > 1 else ''})",
+                disable=disable_tqdm or r != 0,
+            )
             answers: dict[int, str] = {}
             for k in range(calls):
                 if k < len(mine):
@@ -163,7 +175,7 @@ def sharded_hflm_class():
                     answers.update(zip(batch, texts))
                 else:  # a dummy batch keeps this rank's partitioned forwards in step with the others
                     super().generate_until([requests[batches[-1][-1]]], disable_tqdm=True)
-                bar.update(sum(len(b) for b in batches[k * w:(k + 1) * w]))
+                bar.update(sum(len(b) for b in batches[k * w : (k + 1) * w]))
             bar.close()
             rows = sum(len(b) for b in mine)
             self._record(rows, self.generate_calls - calls0, max(0, calls - len(mine)))
@@ -192,6 +204,8 @@ def sharded_hflm_class():
     return ShardedHFLM
 
 
-def sharded_hflm(*, rank: int = 0, world_size: int = 1, partitioned: bool = False, lockstep: bool = False, **kwargs: Any):
+def sharded_hflm(
+    *, rank: int = 0, world_size: int = 1, partitioned: bool = False, lockstep: bool = False, **kwargs: Any
+):
     """A :func:`sharded_hflm_class` instance for ``rank`` of ``world_size`` (``kwargs`` go to ``HFLM``)."""
     return sharded_hflm_class()(rank=rank, world_size=world_size, partitioned=partitioned, lockstep=lockstep, **kwargs)

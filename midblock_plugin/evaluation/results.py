@@ -32,7 +32,17 @@ from midblock_plugin.io import json_safe, write_json, write_jsonl
 
 SCHEMA = "midblock.eval/1"
 
-_VERSION_PACKAGES = ("midblock_plugin", "lm_eval", "transformers", "torch", "peft", "datasets", "accelerate", "trl", "deepspeed")
+_VERSION_PACKAGES = (
+    "midblock_plugin",
+    "lm_eval",
+    "transformers",
+    "torch",
+    "peft",
+    "datasets",
+    "accelerate",
+    "trl",
+    "deepspeed",
+)
 _DIST_NAMES = {"midblock_plugin": "midblock-plugin"}
 
 
@@ -158,8 +168,14 @@ def collect_samples(raw: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 
 # ----------------------------------------------------------------------- the report
 def new_report(
-    label: str, tasks: list[str], results: dict[str, Any], settings: Any, timings: dict[str, float],
-    model: Any, ctx: dict[str, Any], created_at: str,
+    label: str,
+    tasks: list[str],
+    results: dict[str, Any],
+    settings: Any,
+    timings: dict[str, float],
+    model: Any,
+    ctx: dict[str, Any],
+    created_at: str,
 ) -> dict[str, Any]:
     """The report of one evaluation (``settings``: its ``EvalSettings``; ``ctx``: its
     :func:`~midblock_plugin.evaluation.distributed.distributed_context`)."""
@@ -201,8 +217,12 @@ def headline(results: dict[str, Any], settings: Any) -> dict[str, Any]:
         if not metrics or "exact_match" not in metrics:
             continue
         out[name] = {
-            "protocol": settings.protocol, "filter": filt, "metric": "exact_match",
-            "value": metrics["exact_match"], "stderr": metrics.get("exact_match_stderr"), "n": entry.get("n_samples"),
+            "protocol": settings.protocol,
+            "filter": filt,
+            "metric": "exact_match",
+            "value": metrics["exact_match"],
+            "stderr": metrics.get("exact_match_stderr"),
+            "n": entry.get("n_samples"),
         }
     return out
 
@@ -237,7 +257,9 @@ def task_report(report: dict[str, Any], name: str) -> dict[str, Any]:
     out["limit"] = report["limit"]
     subtasks = {s: report["results"][s] for s in entry.get("subtasks", []) if s in report["results"]}
     if subtasks:
-        out["subtask_results"] = {s: {k: v for k, v in e.items() if k != "lm_eval_config"} for s, e in subtasks.items()}
+        out["subtask_results"] = {
+            s: {k: v for k, v in e.items() if k != "lm_eval_config"} for s, e in subtasks.items()
+        }
     out["protocol"] = report.get("protocol")
     if name in (report.get("headline") or {}):
         out["headline"] = report["headline"][name]
@@ -316,7 +338,9 @@ def error_file_name(label: str) -> str:
     return f"error{_suffix(label)}.json"
 
 
-def write_report(report: dict[str, Any], out_dir: str | os.PathLike, samples: dict[str, list] | None = None) -> list[Path]:
+def write_report(
+    report: dict[str, Any], out_dir: str | os.PathLike, samples: dict[str, list] | None = None
+) -> list[Path]:
     """Write ``<task>.json`` per requested task (``<task>.<label>.json`` for labels other
     than ``final``) and, if given, ``<task>[.<label>].samples.jsonl``; return the paths."""
     out_dir = Path(out_dir)

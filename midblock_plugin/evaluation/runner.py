@@ -72,8 +72,11 @@ def _make_lm(model: Any, tokenizer: Any, settings: EvalSettings, ctx: dict[str, 
     tok = copy.deepcopy(_tokenizer_of(tokenizer))
     kwargs = dict(pretrained=model, tokenizer=tok, batch_size=settings.batch_size, max_length=settings.max_length)
     return sharded_hflm(
-        rank=ctx["rank"], world_size=ctx["world_size"], partitioned=bool(ctx["partitioner"]),
-        lockstep=ctx["mode"] == "lockstep", **kwargs,
+        rank=ctx["rank"],
+        world_size=ctx["world_size"],
+        partitioned=bool(ctx["partitioner"]),
+        lockstep=ctx["mode"] == "lockstep",
+        **kwargs,
     )
 
 
@@ -131,8 +134,17 @@ def evaluate_model(
     if settings.protocol == "authors":  # the authors' own scoring with HF generate, not lm-eval's task
         from midblock_plugin.evaluation.authors import evaluate_authors
 
-        return evaluate_authors(model, tokenizer, settings, output_dir=output_dir, label=label, is_main_process=is_main_process,
-                                baseline=baseline, print_table=print_table, engine=engine)
+        return evaluate_authors(
+            model,
+            tokenizer,
+            settings,
+            output_dir=output_dir,
+            label=label,
+            is_main_process=is_main_process,
+            baseline=baseline,
+            print_table=print_table,
+            engine=engine,
+        )
     t0 = time.perf_counter()
     created = results.now()
     from midblock_plugin.evaluation.tasks import plan_tasks
@@ -193,14 +205,21 @@ def evaluate_model(
         try:
             if raw is None:
                 raise EvaluationError("lm_eval.simple_evaluate returned no results on rank 0.")
-            payload = {"results": results.summarize(raw, plan), "samples": results.collect_samples(raw) if settings.save_samples else None}
+            payload = {
+                "results": results.summarize(raw, plan),
+                "samples": results.collect_samples(raw) if settings.save_samples else None,
+            }
         except Exception as exc:  # keep other ranks from waiting forever on the broadcast
             payload = {"error": f"{type(exc).__name__}: {exc}"}
     payload = broadcast(payload, ctx)
     if payload is None or "error" in payload:
         raise EvaluationError(f"summarising lm-eval's results failed: {payload and payload['error']}")
 
-    timings = {"task_setup_s": round(t_setup, 3), "evaluate_s": round(t_eval, 3), "total_s": round(time.perf_counter() - t0, 3)}
+    timings = {
+        "task_setup_s": round(t_setup, 3),
+        "evaluate_s": round(t_eval, 3),
+        "total_s": round(time.perf_counter() - t0, 3),
+    }
     report = results.new_report(label, plan.names, payload["results"], settings, timings, model, ctx, created)
     results.add_baseline(report, baseline)
     report["files"] = []

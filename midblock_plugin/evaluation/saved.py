@@ -45,18 +45,28 @@ def check_backend(backend: str, settings: EvalSettings | None = None) -> None:
     ``vllm`` needs the ``vllm`` package (and ``ray`` for ``data_parallel_size > 1``, which
     lm-eval dispatches through Ray workers)."""
     if backend == "vllm":
-        check_dependency("vllm", "--backend vllm", "or pip install vllm; a CUDA GPU is required. Without it "
-                         "use --backend hf")
+        check_dependency(
+            "vllm", "--backend vllm", "or pip install vllm; a CUDA GPU is required. Without it use --backend hf"
+        )
         if settings is not None and settings.data_parallel_size > 1:
-            check_dependency("ray", f"--data-parallel-size {settings.data_parallel_size} with --backend vllm (lm-eval "
-                             "runs one vLLM engine per Ray worker)", "or use --data-parallel-size 1")
+            check_dependency(
+                "ray",
+                f"--data-parallel-size {settings.data_parallel_size} with --backend vllm (lm-eval "
+                "runs one vLLM engine per Ray worker)",
+                "or use --data-parallel-size 1",
+            )
     elif backend not in ("hf", "in-memory"):
         raise ValueError(f"--backend {backend!r} is not a backend; allowed: 'hf', 'vllm'.")
 
 
 @contextlib.contextmanager
-def merged_model(model_dir: str | os.PathLike, adapter: str | os.PathLike | None, dtype: str = "auto",
-                 trust_remote_code: bool = False, tmp_root: str | os.PathLike | None = None) -> Iterator[Path]:
+def merged_model(
+    model_dir: str | os.PathLike,
+    adapter: str | os.PathLike | None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    tmp_root: str | os.PathLike | None = None,
+) -> Iterator[Path]:
     """``model_dir`` itself without an adapter; otherwise a temporary directory holding the
     base model with ``adapter`` merged in (``merge_and_unload``) and the tokenizer, deleted
     on exit. vLLM then serves a plain model (no LoRA rank limits, no LoRA kernels)."""
@@ -71,8 +81,13 @@ def merged_model(model_dir: str | os.PathLike, adapter: str | os.PathLike | None
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def merge_adapter(model_dir: str | os.PathLike, adapter: str | os.PathLike, dest: str | os.PathLike,
-                  dtype: str = "auto", trust_remote_code: bool = False) -> Path:
+def merge_adapter(
+    model_dir: str | os.PathLike,
+    adapter: str | os.PathLike,
+    dest: str | os.PathLike,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+) -> Path:
     """Save ``model_dir`` + ``adapter`` merged into a full model at ``dest`` (with the tokenizer:
     the adapter's if it saved one, else the base model's); returns ``dest``."""
     import torch
@@ -90,8 +105,9 @@ def merge_adapter(model_dir: str | os.PathLike, adapter: str | os.PathLike, dest
     return dest
 
 
-def vllm_model_args(pretrained: str | os.PathLike, settings: EvalSettings, dtype: str = "auto",
-                    trust_remote_code: bool = False) -> dict[str, Any]:
+def vllm_model_args(
+    pretrained: str | os.PathLike, settings: EvalSettings, dtype: str = "auto", trust_remote_code: bool = False
+) -> dict[str, Any]:
     """The keyword arguments of lm-eval's ``VLLM`` for ``settings``: the model, its tokenizer,
     tensor / data parallel sizes, dtype, batch size, context length, plus ``vllm_args``
     (typed as lm-eval's ``--model_args`` parser types them; they override the others)."""
@@ -123,8 +139,13 @@ def make_vllm_lm(model_args: dict[str, Any]):
 
 
 # ------------------------------------------------------------------ after training
-def eval_command(model_dir: str | os.PathLike, settings: EvalSettings, output: str | os.PathLike,
-                 adapter: str | os.PathLike | None = None, python: str | None = None) -> list[str]:
+def eval_command(
+    model_dir: str | os.PathLike,
+    settings: EvalSettings,
+    output: str | os.PathLike,
+    adapter: str | os.PathLike | None = None,
+    python: str | None = None,
+) -> list[str]:
     """The ``midblock eval`` command line that evaluates the saved model as ``settings`` say
     (``torchrun --standalone --nproc-per-node N`` in front for ``backend="hf"`` with ``processes > 1``;
     ``midblock eval`` runs the same way under ``accelerate launch`` on GPUs)."""
@@ -133,19 +154,43 @@ def eval_command(model_dir: str | os.PathLike, settings: EvalSettings, output: s
     if backend == "hf" and settings.processes > 1:
         # torchrun (standalone: its own rendezvous on a free port); works on CPU (gloo) and GPUs
         # alike, where accelerate launch only spreads over GPUs
-        cmd = [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(settings.processes),
-               "-m", "midblock_plugin.cli", "eval"]
+        cmd = [
+            python,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(settings.processes),
+            "-m",
+            "midblock_plugin.cli",
+            "eval",
+        ]
     else:
         cmd = [python, "-m", "midblock_plugin.cli", "eval"]
-    cmd += [str(model_dir), "--backend", backend, "--output", str(output), "--protocol", settings.protocol,
-            "--tasks", ",".join(settings.tasks), "--batch-size", str(settings.batch_size)]
+    cmd += [
+        str(model_dir),
+        "--backend",
+        backend,
+        "--output",
+        str(output),
+        "--protocol",
+        settings.protocol,
+        "--tasks",
+        ",".join(settings.tasks),
+        "--batch-size",
+        str(settings.batch_size),
+    ]
     if adapter is not None:
         cmd += ["--adapter", str(adapter)]
     data_dir = settings.resolved_data_dir()
     cmd += ["--data-dir", str(data_dir) if data_dir is not None else "hub"]
-    for flag, value in (("--limit", settings.limit), ("--num-fewshot", settings.num_fewshot),
-                        ("--max-gen-toks", settings.max_gen_toks), ("--max-length", settings.max_length),
-                        ("--system-instruction", settings.system_instruction)):
+    for flag, value in (
+        ("--limit", settings.limit),
+        ("--num-fewshot", settings.num_fewshot),
+        ("--max-gen-toks", settings.max_gen_toks),
+        ("--max-length", settings.max_length),
+        ("--system-instruction", settings.system_instruction),
+    ):
         if value is not None:
             cmd += [flag, str(value)]
     if settings.apply_chat_template is True:
@@ -157,16 +202,25 @@ def eval_command(model_dir: str | os.PathLike, settings: EvalSettings, output: s
     if settings.save_samples:
         cmd += ["--save-samples"]
     if backend == "vllm":
-        cmd += ["--tensor-parallel-size", str(settings.tensor_parallel_size),
-                "--data-parallel-size", str(settings.data_parallel_size)]
+        cmd += [
+            "--tensor-parallel-size",
+            str(settings.tensor_parallel_size),
+            "--data-parallel-size",
+            str(settings.data_parallel_size),
+        ]
         if settings.vllm_args:
             cmd += ["--vllm-args", settings.vllm_args]
     return cmd
 
 
-def evaluate_after_save(model_dir: str | os.PathLike, settings: EvalSettings, output_dir: str | os.PathLike | None = None,
-                        adapter: str | os.PathLike | None = None, env: dict[str, str] | None = None,
-                        log=print) -> dict[str, Any] | None:
+def evaluate_after_save(
+    model_dir: str | os.PathLike,
+    settings: EvalSettings,
+    output_dir: str | os.PathLike | None = None,
+    adapter: str | os.PathLike | None = None,
+    env: dict[str, str] | None = None,
+    log=print,
+) -> dict[str, Any] | None:
     """Evaluate the saved model in its own process (``midblock eval --backend ...``).
 
     Call it on every rank once the model is saved (``trainer.save_model(...)``). Rank 0
@@ -182,7 +236,9 @@ def evaluate_after_save(model_dir: str | os.PathLike, settings: EvalSettings, ou
     if not isinstance(settings, EvalSettings):
         raise ValueError(f"settings must be an EvalSettings, got {type(settings).__name__}.")
     if settings.backend == "in-memory":
-        raise ValueError("evaluate_after_save needs settings.backend 'hf' or 'vllm' (got 'in-memory': use evaluate_model).")
+        raise ValueError(
+            "evaluate_after_save needs settings.backend 'hf' or 'vllm' (got 'in-memory': use evaluate_model)."
+        )
     check_backend(settings.backend, settings)
     if _rank() != 0:
         return None
@@ -217,12 +273,29 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-_LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK",
-                  "ROLE_RANK", "ROLE_WORLD_SIZE", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
-                  "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE", "OMP_NUM_THREADS_SET")
+_LAUNCHER_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "TORCHELASTIC_RUN_ID",
+    "TORCHELASTIC_RESTART_COUNT",
+    "TORCHELASTIC_MAX_RESTARTS",
+    "TORCHELASTIC_USE_AGENT_STORE",
+    "OMP_NUM_THREADS_SET",
+)
 
 
 def _launcher_var(name: str) -> bool:
     """Variables of the training launcher (torchrun / accelerate / deepspeed) that would make
     the evaluation subprocess believe it is one rank of the training job."""
-    return name in _LAUNCHER_VARS or name.startswith(("ACCELERATE_", "TORCHELASTIC_")) or name == "ACCELERATE_USE_DEEPSPEED"
+    return (
+        name in _LAUNCHER_VARS
+        or name.startswith(("ACCELERATE_", "TORCHELASTIC_"))
+        or name == "ACCELERATE_USE_DEEPSPEED"
+    )

@@ -38,10 +38,22 @@ _BATCH_RE = re.compile(r"^auto(:\d+(\.\d+)?)?$")
 PROTOCOLS = values(Protocol)
 #: The paper's GSM8K protocol as lm-eval settings: zero-shot, greedy, 64 new tokens, scored on
 #: the last number of the answer (lm-eval's ``flexible-extract`` filter).
-PAPER_PROTOCOL = {"tasks": ["gsm8k"], "num_fewshot": 0, "max_gen_toks": 64, "do_sample": False, "filter": "flexible-extract"}
+PAPER_PROTOCOL = {
+    "tasks": ["gsm8k"],
+    "num_fewshot": 0,
+    "max_gen_toks": 64,
+    "do_sample": False,
+    "filter": "flexible-extract",
+}
 #: The authors' scripts: 100 test questions shuffled with seed 42, greedy, 64 new tokens, no stop
 #: sequence, the last number compared as a float (no lm-eval; :mod:`midblock_plugin.evaluation.authors`).
-AUTHORS_PROTOCOL = {"tasks": ["gsm8k"], "num_fewshot": 0, "max_gen_toks": 64, "do_sample": False, "filter": "last-number"}
+AUTHORS_PROTOCOL = {
+    "tasks": ["gsm8k"],
+    "num_fewshot": 0,
+    "max_gen_toks": 64,
+    "do_sample": False,
+    "filter": "last-number",
+}
 #: The filter whose ``exact_match`` is each protocol's headline number.
 HEADLINE_FILTER = {"lm-eval": "strict-match", "paper": "flexible-extract", "authors": "last-number"}
 #: Where the evaluation runs: on the model in memory, or after the save in its own process.
@@ -57,8 +69,9 @@ def limit_text(text: str) -> int | float:
     except ValueError:
         import argparse
 
-        raise argparse.ArgumentTypeError(f"--limit {text!r} is not a number; give rows per task (e.g. 100) or a fraction "
-                                         "(e.g. 0.1)") from None
+        raise argparse.ArgumentTypeError(
+            f"--limit {text!r} is not a number; give rows per task (e.g. 100) or a fraction (e.g. 0.1)"
+        ) from None
     return int(value) if value.is_integer() else value
 
 
@@ -113,27 +126,122 @@ class EvalSettings:
     """
 
     enabled: bool = field(default=True, metadata={"help": "Run the lm-eval evaluation at the end of training."})
-    tasks: list[str] | str = field(default_factory=lambda: ["gsm8k"], metadata={"help": "lm-eval task names, a list or 'a,b' (default: gsm8k). Any task lm-eval knows is accepted.", "metavar": "TASKS"})
-    num_fewshot: Optional[int] = field(default=None, metadata={"help": "Few-shot examples per prompt; None keeps the task's own default (5 for gsm8k).", "metavar": "K"})
-    limit: int | float | None = field(default=None, metadata={"help": "Test rows scored per task (int >= 1, or a fraction in (0, 1)); None = the whole test split (1,319 for gsm8k).", "parse": limit_text, "metavar": "N"})
-    batch_size: int | str = field(default=8, metadata={"help": "Generation batch size: an int, or 'auto' / 'auto:N' (lm-eval finds the largest that fits).", "parse": batch_text})
-    max_gen_toks: Optional[int] = field(default=None, metadata={"help": "Maximum generated tokens per answer; None keeps lm-eval's default (256).", "metavar": "N"})
-    max_length: Optional[int] = field(default=None, metadata={"help": "Context length for lm-eval (longer prompts are left-truncated); None = from the model config.", "metavar": "N"})
-    apply_chat_template: bool | str = field(default=False, metadata={"help": "Wrap prompts in the tokenizer's chat template (True) or the named template (a string)."})
-    fewshot_as_multiturn: Optional[bool] = field(default=None, metadata={"help": "With a chat template, give few-shot examples as a multi-turn chat; None follows apply_chat_template."})
-    system_instruction: Optional[str] = field(default=None, metadata={"help": "Optional system instruction prepended to every prompt."})
-    baseline: bool = field(default=False, metadata={"help": "Also evaluate the untrained model at train start; the final report shows the change."})
-    data_dir: Optional[str] = field(default=None, metadata={"help": "Local GSM8K directory with train.jsonl / test.jsonl (offline). None: $MIDBLOCK_GSM8K_DIR if set, else the hub; 'hub' forces openai/gsm8k from the hub.", "metavar": "DIR"})
-    output_subdir: str = field(default=EVAL_SUBDIR, metadata={"help": "Results are written to <output_dir>/<output_subdir>/<task>.json (main process only)."})
-    save_samples: bool = field(default=False, metadata={"help": "Also write every scored sample (prompt, generation, filtered answers) to <task>.samples.jsonl."})
-    bootstrap_iters: int = field(default=100000, metadata={"help": "lm-eval bootstrap iterations for stderrs of non-mean metrics (exact_match's stderr is analytic); 0 skips stderrs."})
-    protocol: Protocol = field(default="lm-eval", metadata={"help": "Evaluation protocol: 'lm-eval' (the task's defaults: 5-shot gsm8k, 256 new tokens) or 'paper' (zero-shot, greedy, 64 new tokens, last number = flexible-extract) or 'authors' (the authors' scripts: 100 questions shuffled with seed 42, no stop sequence, last number as a float; HF generate, no lm-eval)."})
-    backend: Backend = field(default="in-memory", metadata={"help": "Where the evaluation runs: 'in-memory' (the trained model, every rank), 'hf' or 'vllm' (the saved model, in its own process started by rank 0 after the save)."})
-    tensor_parallel_size: int = field(default=1, metadata={"help": "backend vllm: vLLM tensor_parallel_size (GPUs per model copy).", "metavar": "N"})
-    data_parallel_size: int = field(default=1, metadata={"help": "backend vllm: vLLM data_parallel_size (model copies); needs Ray when > 1.", "metavar": "N"})
-    vllm_args: Optional[str] = field(default=None, metadata={"help": "backend vllm: more vLLM model_args passed through, 'k=v,k=v' (e.g. 'gpu_memory_utilization=0.8,max_model_len=2048').", "metavar": "K=V,..."})
-    processes: int = field(default=1, metadata={"help": "backend hf after the save: data-parallel processes (runs under torchrun when > 1)."})
-    partitioned_mode: PartitionedMode = field(default="sharded", metadata={"help": "Under ZeRO-3 / FSDP: 'sharded' (ranks split the questions, in step) or 'lockstep' (every rank answers every question)."})
+    tasks: list[str] | str = field(
+        default_factory=lambda: ["gsm8k"],
+        metadata={
+            "help": "lm-eval task names, a list or 'a,b' (default: gsm8k). Any task lm-eval knows is accepted.",
+            "metavar": "TASKS",
+        },
+    )
+    num_fewshot: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Few-shot examples per prompt; None keeps the task's own default (5 for gsm8k).",
+            "metavar": "K",
+        },
+    )
+    limit: int | float | None = field(
+        default=None,
+        metadata={
+            "help": "Test rows scored per task (int >= 1, or a fraction in (0, 1)); None = the whole test split (1,319 for gsm8k).",
+            "parse": limit_text,
+            "metavar": "N",
+        },
+    )
+    batch_size: int | str = field(
+        default=8,
+        metadata={
+            "help": "Generation batch size: an int, or 'auto' / 'auto:N' (lm-eval finds the largest that fits).",
+            "parse": batch_text,
+        },
+    )
+    max_gen_toks: Optional[int] = field(
+        default=None,
+        metadata={"help": "Maximum generated tokens per answer; None keeps lm-eval's default (256).", "metavar": "N"},
+    )
+    max_length: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Context length for lm-eval (longer prompts are left-truncated); None = from the model config.",
+            "metavar": "N",
+        },
+    )
+    apply_chat_template: bool | str = field(
+        default=False,
+        metadata={"help": "Wrap prompts in the tokenizer's chat template (True) or the named template (a string)."},
+    )
+    fewshot_as_multiturn: Optional[bool] = field(
+        default=None,
+        metadata={
+            "help": "With a chat template, give few-shot examples as a multi-turn chat; None follows apply_chat_template."
+        },
+    )
+    system_instruction: Optional[str] = field(
+        default=None, metadata={"help": "Optional system instruction prepended to every prompt."}
+    )
+    baseline: bool = field(
+        default=False,
+        metadata={"help": "Also evaluate the untrained model at train start; the final report shows the change."},
+    )
+    data_dir: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Local GSM8K directory with train.jsonl / test.jsonl (offline). None: $MIDBLOCK_GSM8K_DIR if set, else the hub; 'hub' forces openai/gsm8k from the hub.",
+            "metavar": "DIR",
+        },
+    )
+    output_subdir: str = field(
+        default=EVAL_SUBDIR,
+        metadata={"help": "Results are written to <output_dir>/<output_subdir>/<task>.json (main process only)."},
+    )
+    save_samples: bool = field(
+        default=False,
+        metadata={
+            "help": "Also write every scored sample (prompt, generation, filtered answers) to <task>.samples.jsonl."
+        },
+    )
+    bootstrap_iters: int = field(
+        default=100000,
+        metadata={
+            "help": "lm-eval bootstrap iterations for stderrs of non-mean metrics (exact_match's stderr is analytic); 0 skips stderrs."
+        },
+    )
+    protocol: Protocol = field(
+        default="lm-eval",
+        metadata={
+            "help": "Evaluation protocol: 'lm-eval' (the task's defaults: 5-shot gsm8k, 256 new tokens) or 'paper' (zero-shot, greedy, 64 new tokens, last number = flexible-extract) or 'authors' (the authors' scripts: 100 questions shuffled with seed 42, no stop sequence, last number as a float; HF generate, no lm-eval)."
+        },
+    )
+    backend: Backend = field(
+        default="in-memory",
+        metadata={
+            "help": "Where the evaluation runs: 'in-memory' (the trained model, every rank), 'hf' or 'vllm' (the saved model, in its own process started by rank 0 after the save)."
+        },
+    )
+    tensor_parallel_size: int = field(
+        default=1, metadata={"help": "backend vllm: vLLM tensor_parallel_size (GPUs per model copy).", "metavar": "N"}
+    )
+    data_parallel_size: int = field(
+        default=1,
+        metadata={"help": "backend vllm: vLLM data_parallel_size (model copies); needs Ray when > 1.", "metavar": "N"},
+    )
+    vllm_args: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "backend vllm: more vLLM model_args passed through, 'k=v,k=v' (e.g. 'gpu_memory_utilization=0.8,max_model_len=2048').",
+            "metavar": "K=V,...",
+        },
+    )
+    processes: int = field(
+        default=1,
+        metadata={"help": "backend hf after the save: data-parallel processes (runs under torchrun when > 1)."},
+    )
+    partitioned_mode: PartitionedMode = field(
+        default="sharded",
+        metadata={
+            "help": "Under ZeRO-3 / FSDP: 'sharded' (ranks split the questions, in step) or 'lockstep' (every rank answers every question)."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("enabled", "baseline", "save_samples"):
@@ -142,8 +250,9 @@ class EvalSettings:
         if isinstance(tasks, str):
             tasks = [t.strip() for t in tasks.split(",")]
         if not isinstance(tasks, (list, tuple)) or not all(isinstance(t, str) for t in tasks):
-            raise OptionError("tasks", self.tasks, "must be a list of lm-eval task names or a comma-separated string, "
-                              "e.g. 'gsm8k'")
+            raise OptionError(
+                "tasks", self.tasks, "must be a list of lm-eval task names or a comma-separated string, e.g. 'gsm8k'"
+            )
         tasks = [t.strip() for t in tasks if t.strip()]
         if not tasks:
             raise OptionError("tasks", self.tasks, "names no task; name at least one lm-eval task, e.g. 'gsm8k'")
@@ -153,8 +262,12 @@ class EvalSettings:
 
         unset = {"self": "num_fewshot"}
         if self.num_fewshot is not None and (_not_int(self.num_fewshot) or self.num_fewshot < 0):
-            raise OptionError("num_fewshot", self.num_fewshot, "must be an integer >= 0, or leave {self} unset (None) "
-                              "for the task's default (5 for gsm8k)", refs=unset)
+            raise OptionError(
+                "num_fewshot",
+                self.num_fewshot,
+                "must be an integer >= 0, or leave {self} unset (None) for the task's default (5 for gsm8k)",
+                refs=unset,
+            )
         if self.limit is not None:
             ok = (not _not_int(self.limit) and self.limit >= 1) or (
                 isinstance(self.limit, float) and 0.0 < self.limit < 1.0
@@ -163,8 +276,11 @@ class EvalSettings:
                 self.limit, ok = int(self.limit), True
             if not ok:
                 raise OptionError(
-                    "limit", self.limit, "must be a positive integer (number of test rows per task) or a "
-                    "fraction in (0, 1); leave {self} unset (None) for the whole test split", refs={"self": "limit"},
+                    "limit",
+                    self.limit,
+                    "must be a positive integer (number of test rows per task) or a "
+                    "fraction in (0, 1); leave {self} unset (None) for the whole test split",
+                    refs={"self": "limit"},
                 )
         bs = self.batch_size
         if isinstance(bs, str) and bs.strip().isdigit():
@@ -174,27 +290,37 @@ class EvalSettings:
         for name in ("max_gen_toks", "max_length"):
             value = getattr(self, name)
             if value is not None and (_not_int(value) or value < 1):
-                raise OptionError(name, value, "must be a positive integer, or leave {self} unset (None) for lm-eval's "
-                                  "default", refs={"self": name})
+                raise OptionError(
+                    name,
+                    value,
+                    "must be a positive integer, or leave {self} unset (None) for lm-eval's default",
+                    refs={"self": name},
+                )
         if not isinstance(self.apply_chat_template, (bool, str)) or self.apply_chat_template == "":
-            raise OptionError("apply_chat_template", self.apply_chat_template,
-                              "must be true/false or the name of a chat template")
+            raise OptionError(
+                "apply_chat_template", self.apply_chat_template, "must be true/false or the name of a chat template"
+            )
         if self.fewshot_as_multiturn is not None and not isinstance(self.fewshot_as_multiturn, bool):
             raise OptionError("fewshot_as_multiturn", self.fewshot_as_multiturn, "must be true, false or unset (None)")
         if self.fewshot_as_multiturn and not self.apply_chat_template:
             raise OptionError(
-                "fewshot_as_multiturn", True, "needs a chat template: also set {chat} "
+                "fewshot_as_multiturn",
+                True,
+                "needs a chat template: also set {chat} "
                 "(few-shot examples can only be chat turns inside a chat template)",
                 refs={"chat": ("apply_chat_template", True)},
             )
         if self.system_instruction is not None and not isinstance(self.system_instruction, str):
-            raise OptionError("system_instruction", self.system_instruction,
-                              "must be a string, or unset (None) for no system prompt")
+            raise OptionError(
+                "system_instruction", self.system_instruction, "must be a string, or unset (None) for no system prompt"
+            )
         if self.data_dir is not None:
             if not isinstance(self.data_dir, (str, os.PathLike)) or not os.fspath(self.data_dir).strip():
                 raise OptionError(
-                    "data_dir", self.data_dir, "must be a directory holding train.jsonl and test.jsonl, "
-                    f"'{gsm8k.HUB}' for the hub, or unset (None) for ${gsm8k.ENV} / the hub"
+                    "data_dir",
+                    self.data_dir,
+                    "must be a directory holding train.jsonl and test.jsonl, "
+                    f"'{gsm8k.HUB}' for the hub, or unset (None) for ${gsm8k.ENV} / the hub",
                 )
             self.data_dir = os.fspath(self.data_dir)
             if self.data_dir != gsm8k.HUB:
@@ -214,9 +340,15 @@ class EvalSettings:
         self._check_backend()
 
     def _check_protocol(self) -> None:
-        rules.check_choice("protocol", self.protocol, Protocol, extra=(
-            " ('lm-eval': the task's defaults, 5-shot gsm8k; 'paper': zero-shot, greedy, 64 new tokens, last number; "
-            "'authors': the authors' scripts, 100 questions shuffled with seed 42, last number as a float)"))
+        rules.check_choice(
+            "protocol",
+            self.protocol,
+            Protocol,
+            extra=(
+                " ('lm-eval': the task's defaults, 5-shot gsm8k; 'paper': zero-shot, greedy, 64 new tokens, last number; "
+                "'authors': the authors' scripts, 100 questions shuffled with seed 42, last number as a float)"
+            ),
+        )
         if self.protocol not in ("paper", "authors"):
             return
         p = self.protocol
@@ -224,20 +356,26 @@ class EvalSettings:
         refs = {"p": ("protocol", p), "lm": ("protocol", "lm-eval"), "tasks": "tasks"}
         if self.tasks != fixed["tasks"]:
             raise OptionError(
-                "tasks", self.tasks, "contradicts {p}, the paper's GSM8K protocol, which evaluates gsm8k only. "
-                "Drop {tasks}, or use {lm} for other tasks", refs=refs,
+                "tasks",
+                self.tasks,
+                "contradicts {p}, the paper's GSM8K protocol, which evaluates gsm8k only. "
+                "Drop {tasks}, or use {lm} for other tasks",
+                refs=refs,
             )
         for name in ("num_fewshot", "max_gen_toks"):
             value = getattr(self, name)
             if value is not None and value != fixed[name]:
                 raise OptionError(
-                    name, value, "contradicts {p}, which fixes {fixed} (zero-shot, 64 new tokens). "
+                    name,
+                    value,
+                    "contradicts {p}, which fixes {fixed} (zero-shot, 64 new tokens). "
                     "Leave {self} unset under {p}, or use {lm} to choose it",
                     refs={**refs, "fixed": (name, fixed[name]), "self": name},
                 )
         if self.fewshot_as_multiturn:
-            raise OptionError("fewshot_as_multiturn", True, "has no examples to give: {p} is zero-shot; leave it unset",
-                              refs=refs)
+            raise OptionError(
+                "fewshot_as_multiturn", True, "has no examples to give: {p} is zero-shot; leave it unset", refs=refs
+            )
         if p == "authors":
             self._check_authors()
 
@@ -246,45 +384,81 @@ class EvalSettings:
         why = "{p} scores as the authors' scripts do (plain 'Question: ...\\nAnswer:' prompt, HF generate)"
         refs = {"p": ("protocol", "authors"), "paper": ("protocol", "paper"), "hf": ("backend", "hf")}
         if isinstance(self.limit, float):
-            raise OptionError("limit", self.limit, f": {why} on the first N questions of the seed-42 order; give an integer "
-                              "N (or leave {self} unset for their 100)", refs={**refs, "self": "limit"})
+            raise OptionError(
+                "limit",
+                self.limit,
+                f": {why} on the first N questions of the seed-42 order; give an integer "
+                "N (or leave {self} unset for their 100)",
+                refs={**refs, "self": "limit"},
+            )
         for name in ("apply_chat_template", "system_instruction", "max_length"):
             if getattr(self, name) not in (None, False):
-                raise OptionError(name, getattr(self, name), f"does not apply: {why}. Leave {{self}} unset, or use {{paper}}",
-                                  refs={**refs, "self": name})
+                raise OptionError(
+                    name,
+                    getattr(self, name),
+                    f"does not apply: {why}. Leave {{self}} unset, or use {{paper}}",
+                    refs={**refs, "self": name},
+                )
         if self.backend == "vllm":
-            raise OptionError("backend", "vllm", f"does not apply: {why}. Use {{hf}} (after the save) or 'in-memory'",
-                              refs=refs)
+            raise OptionError(
+                "backend", "vllm", f"does not apply: {why}. Use {{hf}} (after the save) or 'in-memory'", refs=refs
+            )
         if self.processes != 1:
-            raise OptionError("processes", self.processes, f": {why} in one process (every rank would answer the same 100 "
-                              "questions); leave {self} at 1", refs={**refs, "self": "processes"})
+            raise OptionError(
+                "processes",
+                self.processes,
+                f": {why} in one process (every rank would answer the same 100 questions); leave {{self}} at 1",
+                refs={**refs, "self": "processes"},
+            )
 
     def _check_backend(self) -> None:
-        rules.check_choice("backend", self.backend, Backend, extra=(
-            " ('in-memory': the trained model in every rank; 'hf' / 'vllm': the saved model, in its own process)"))
+        rules.check_choice(
+            "backend",
+            self.backend,
+            Backend,
+            extra=(
+                " ('in-memory': the trained model in every rank; 'hf' / 'vllm': the saved model, in its own process)"
+            ),
+        )
         for name in ("tensor_parallel_size", "data_parallel_size", "processes"):
             value = getattr(self, name)
             if _not_int(value) or value < 1:
                 raise OptionError(name, value, "must be a positive integer (1 = no parallelism)")
-        refs = {"vllm": ("backend", "vllm"), "hf": ("backend", "hf"), "got": ("backend", self.backend),
-                "dp": "data_parallel_size"}
+        refs = {
+            "vllm": ("backend", "vllm"),
+            "hf": ("backend", "hf"),
+            "got": ("backend", self.backend),
+            "dp": "data_parallel_size",
+        }
         if self.backend != "vllm":
             for name in ("tensor_parallel_size", "data_parallel_size"):
                 if getattr(self, name) != 1:
-                    raise OptionError(name, getattr(self, name), "is a vLLM option; it needs {vllm} (got {got})", refs=refs)
+                    raise OptionError(
+                        name, getattr(self, name), "is a vLLM option; it needs {vllm} (got {got})", refs=refs
+                    )
             if self.vllm_args:
-                raise OptionError("vllm_args", self.vllm_args, "is a vLLM option; it needs {vllm} (got {got})", refs=refs)
+                raise OptionError(
+                    "vllm_args", self.vllm_args, "is a vLLM option; it needs {vllm} (got {got})", refs=refs
+                )
         if self.processes != 1 and self.backend != "hf":
             raise OptionError(
-                "processes", self.processes, "starts data-parallel evaluation processes after the save; it needs {hf} "
-                "(got {got}; vLLM has {dp})", refs=refs,
+                "processes",
+                self.processes,
+                "starts data-parallel evaluation processes after the save; it needs {hf} (got {got}; vLLM has {dp})",
+                refs=refs,
             )
         if self.vllm_args is not None:
             if not isinstance(self.vllm_args, str):
                 raise OptionError("vllm_args", self.vllm_args, "must be a string 'k=v,k=v'")
             parse_model_args(self.vllm_args, "vllm_args")
-        rules.check_choice("partitioned_mode", self.partitioned_mode, PartitionedMode, extra=(
-            " ('sharded': ZeRO-3 / FSDP ranks split the questions; 'lockstep': every rank answers every question)"))
+        rules.check_choice(
+            "partitioned_mode",
+            self.partitioned_mode,
+            PartitionedMode,
+            extra=(
+                " ('sharded': ZeRO-3 / FSDP ranks split the questions; 'lockstep': every rank answers every question)"
+            ),
+        )
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -360,7 +534,9 @@ def parse_model_args(text: str, name: str = "vllm_args") -> dict[str, str]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
         if not sep or not key.strip() or not value.strip():
-            raise OptionError(name, text, f": {part!r} is not key=value; give 'k=v,k=v', e.g. 'gpu_memory_utilization=0.8'")
+            raise OptionError(
+                name, text, f": {part!r} is not key=value; give 'k=v,k=v', e.g. 'gpu_memory_utilization=0.8'"
+            )
         out[key.strip()] = value.strip()
     return out
 

@@ -35,14 +35,24 @@ Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 class SavedEvalOptions:
     """What ``midblock eval`` evaluates: the saved model, its adapter, where the JSON goes, and how to load it."""
 
-    model_dir: str = field(metadata={"help": "A saved model directory (or an adapter directory, whose adapter_config.json "
-                                             "names the base model).", "positional": True, "metavar": "MODEL_DIR"})
-    adapter: Optional[str] = field(default=None, metadata={"help": "A PEFT adapter directory to apply on MODEL_DIR.",
-                                                           "metavar": "ADAPTER_DIR"})
-    output: Optional[str] = field(default=None, metadata={"help": "Write the JSON here (default: stdout, with the table "
-                                                                  "on stderr).", "metavar": "FILE"})
-    device: Optional[str] = field(default=None, metadata={"help": "Device for the model (default: cuda if available, "
-                                                                  "else cpu)."})
+    model_dir: str = field(
+        metadata={
+            "help": "A saved model directory (or an adapter directory, whose adapter_config.json "
+            "names the base model).",
+            "positional": True,
+            "metavar": "MODEL_DIR",
+        }
+    )
+    adapter: Optional[str] = field(
+        default=None, metadata={"help": "A PEFT adapter directory to apply on MODEL_DIR.", "metavar": "ADAPTER_DIR"}
+    )
+    output: Optional[str] = field(
+        default=None,
+        metadata={"help": "Write the JSON here (default: stdout, with the table on stderr).", "metavar": "FILE"},
+    )
+    device: Optional[str] = field(
+        default=None, metadata={"help": "Device for the model (default: cuda if available, else cpu)."}
+    )
     dtype: Dtype = field(default="auto", metadata={"help": "Weights dtype when loading."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from MODEL_DIR."})
 
@@ -55,12 +65,17 @@ def _check_dirs(opts: SavedEvalOptions) -> tuple[Path | None, Path | None]:
 
     model_dir = Path(opts.model_dir).expanduser()
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"MODEL_DIR {str(model_dir)!r} is not a directory; give a directory written by "
-                                "save_pretrained / trainer.save_model.")
+        raise FileNotFoundError(
+            f"MODEL_DIR {str(model_dir)!r} is not a directory; give a directory written by "
+            "save_pretrained / trainer.save_model."
+        )
     adapter = Path(opts.adapter).expanduser() if opts.adapter else None
     has_weights = any((model_dir / name).is_file() for name in WEIGHT_FILES)
-    if adapter is None and (model_dir / "adapter_config.json").is_file() and not (
-            (model_dir / "config.json").is_file() and has_weights):
+    if (
+        adapter is None
+        and (model_dir / "adapter_config.json").is_file()
+        and not ((model_dir / "config.json").is_file() and has_weights)
+    ):
         # an adapter directory (Axolotl also saves the base config.json next to the adapter): base model named inside
         adapter, model_dir = model_dir, None
     if model_dir is not None and not (model_dir / "config.json").is_file():
@@ -69,8 +84,10 @@ def _check_dirs(opts: SavedEvalOptions) -> tuple[Path | None, Path | None]:
             "Give the directory trainer.save_model / save_pretrained wrote."
         )
     if adapter is not None and not (adapter / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"--adapter {str(adapter)!r} has no adapter_config.json; give a directory written by "
-                                "PeftModel.save_pretrained.")
+        raise FileNotFoundError(
+            f"--adapter {str(adapter)!r} has no adapter_config.json; give a directory written by "
+            "PeftModel.save_pretrained."
+        )
     return model_dir, adapter
 
 
@@ -80,8 +97,9 @@ def _base_of(adapter: Path) -> str:
 
     base = read_adapter_config(adapter, "MODEL_DIR").get("base_model_name_or_path")
     if not base or not isinstance(base, str):
-        raise ValueError(f"{adapter}/adapter_config.json names no base_model_name_or_path; pass MODEL_DIR and "
-                         f"--adapter {adapter}.")
+        raise ValueError(
+            f"{adapter}/adapter_config.json names no base_model_name_or_path; pass MODEL_DIR and --adapter {adapter}."
+        )
     return base
 
 
@@ -105,8 +123,10 @@ def check_inputs(opts: SavedEvalOptions, settings: EvalSettings) -> tuple[str, P
             "accelerate launch / torchrun; use --tensor-parallel-size / --data-parallel-size."
         )
     if settings.backend == "vllm" and opts.device not in (None, "auto", "cuda"):
-        raise ValueError(f"--device {opts.device} does not apply to --backend vllm (it uses the visible GPUs; set "
-                         "CUDA_VISIBLE_DEVICES).")
+        raise ValueError(
+            f"--device {opts.device} does not apply to --backend vllm (it uses the visible GPUs; set "
+            "CUDA_VISIBLE_DEVICES)."
+        )
     if settings.backend != "vllm":
         checks.check_device(opts.device, "--device")
     if settings.data_dir is None and os.environ.get(gsm8k.ENV):  # EvalSettings checked an explicit data_dir
@@ -122,21 +142,30 @@ def check_inputs(opts: SavedEvalOptions, settings: EvalSettings) -> tuple[str, P
         base, flag = str(model_dir), "MODEL_DIR"
     config = checks.check_model_dir(base, flag, weights=True, trust_remote_code=opts.trust_remote_code)
     if adapter is not None:
-        checks.check_adapter(adapter, config, "--adapter", base_flag="MODEL_DIR" if model_dir is not None else "its base model")
+        checks.check_adapter(
+            adapter, config, "--adapter", base_flag="MODEL_DIR" if model_dir is not None else "its base model"
+        )
     return base, adapter
 
 
 # --------------------------------------------------------------------------- loading and processes
 
 
-def load_model(model_dir: Path | str, adapter: Path | None, device: str | None = None, dtype: str = "auto",
-               trust_remote_code: bool = False):
+def load_model(
+    model_dir: Path | str,
+    adapter: Path | None,
+    device: str | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+):
     """Load the model (+ adapter) and tokenizer for evaluation; returns ``(model, tokenizer)``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype=torch_dtype, trust_remote_code=trust_remote_code
+    )
     tok_dir = adapter if adapter is not None and (adapter / "tokenizer_config.json").is_file() else model_dir
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), trust_remote_code=trust_remote_code)
     if adapter is not None:
@@ -187,7 +216,9 @@ def finish_distributed() -> None:
         pass
 
 
-def evaluate_vllm(model: Path | str, adapter: Path | None, settings: EvalSettings, opts: SavedEvalOptions) -> dict[str, Any]:
+def evaluate_vllm(
+    model: Path | str, adapter: Path | None, settings: EvalSettings, opts: SavedEvalOptions
+) -> dict[str, Any]:
     """lm-eval's vLLM model on the saved model (an adapter merged into a temporary copy)."""
     from midblock_plugin.evaluation.runner import evaluate_model
     from midblock_plugin.evaluation.saved import make_vllm_lm, merged_model, vllm_model_args
@@ -195,8 +226,13 @@ def evaluate_vllm(model: Path | str, adapter: Path | None, settings: EvalSetting
     with merged_model(model, adapter, dtype=opts.dtype, trust_remote_code=opts.trust_remote_code) as path:
         lm = make_vllm_lm(vllm_model_args(path, settings, dtype=opts.dtype, trust_remote_code=opts.trust_remote_code))
         report = evaluate_model(lm, None, settings, label="final", print_table=False)
-    report["model"] = {"class": "VLLM", "name_or_path": str(model), "adapter": str(adapter) if adapter else None,
-                       "merged_adapter": adapter is not None, "lm_eval_lm": True}
+    report["model"] = {
+        "class": "VLLM",
+        "name_or_path": str(model),
+        "adapter": str(adapter) if adapter else None,
+        "merged_adapter": adapter is not None,
+        "lm_eval_lm": True,
+    }
     return report
 
 
@@ -213,8 +249,10 @@ def run(opts: SavedEvalOptions, settings: EvalSettings, log: Callable[[str], Any
     if settings.save_samples and not opts.output:
         raise ValueError("--save-samples needs --output FILE (samples are written next to it).")
     if settings.data_dir is None and not os.environ.get(gsm8k.ENV):
-        log(f"midblock eval: no local GSM8K given (--data-dir DIR, or ${gsm8k.ENV}); using the hub "
-            f"({gsm8k.HUB_DATASET[0]}). Offline, pass --data-dir DIR (or --data-dir {gsm8k.HUB} to silence this).")
+        log(
+            f"midblock eval: no local GSM8K given (--data-dir DIR, or ${gsm8k.ENV}); using the hub "
+            f"({gsm8k.HUB_DATASET[0]}). Offline, pass --data-dir DIR (or --data-dir {gsm8k.HUB} to silence this)."
+        )
     model, adapter = check_inputs(opts, settings)
     rank = 0
     try:

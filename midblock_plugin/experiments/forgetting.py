@@ -55,16 +55,21 @@ def check_source(source: Optional[Union[str, os.PathLike]], flag: str = "--gener
         return WIKITEXT
     path = Path(source).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{flag} {str(source)!r}: no such file; give a UTF-8 text file, '{DEFAULT}' "
-                                f"(Python's own English docs, the default) or '{WIKITEXT}' (needs the hub).")
+        raise FileNotFoundError(
+            f"{flag} {str(source)!r}: no such file; give a UTF-8 text file, '{DEFAULT}' "
+            f"(Python's own English docs, the default) or '{WIKITEXT}' (needs the hub)."
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{flag} {str(source)!r}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                         "give a UTF-8 text file.") from None
+        raise ValueError(
+            f"{flag} {str(source)!r}: not UTF-8 text ({exc.reason} at byte {exc.start}); give a UTF-8 text file."
+        ) from None
     if len(text.strip()) < MIN_CHARS:
-        raise ValueError(f"{flag} {str(source)!r}: holds {len(text.strip())} characters; give at least {MIN_CHARS} "
-                         "characters of text so the measure has several blocks.")
+        raise ValueError(
+            f"{flag} {str(source)!r}: holds {len(text.strip())} characters; give at least {MIN_CHARS} "
+            "characters of text so the measure has several blocks."
+        )
     return str(path.resolve())
 
 
@@ -76,17 +81,23 @@ def general_text(source: Optional[str] = None) -> tuple[str, str]:
         from pydoc_data.topics import topics
 
         text = "\n\n".join(topics[k].strip() for k in sorted(topics))
-        return text, (f"Python {sys.version_info.major}.{sys.version_info.minor}'s English reference docs "
-                      "(pydoc_data.topics, shipped with Python)")
+        return text, (
+            f"Python {sys.version_info.major}.{sys.version_info.minor}'s English reference docs "
+            "(pydoc_data.topics, shipped with Python)"
+        )
     if source == WIKITEXT:
         try:
             from datasets import load_dataset
 
             ds = load_dataset(*WIKITEXT_DATASET[:2], split=WIKITEXT_DATASET[2])
         except Exception as exc:  # offline or refused
-            raise FileNotFoundError(f"--general-text {WIKITEXT}: {WIKITEXT_DATASET[0]} could not be loaded from the hub "
-                                    f"({type(exc).__name__}); use the default '{DEFAULT}' or --general-text FILE.") from None
-        return "\n\n".join(r["page"] for r in ds), f"WikiText-2 raw test ({WIKITEXT_DATASET[0]}, lm-eval's wikitext data)"
+            raise FileNotFoundError(
+                f"--general-text {WIKITEXT}: {WIKITEXT_DATASET[0]} could not be loaded from the hub "
+                f"({type(exc).__name__}); use the default '{DEFAULT}' or --general-text FILE."
+            ) from None
+        return "\n\n".join(
+            r["page"] for r in ds
+        ), f"WikiText-2 raw test ({WIKITEXT_DATASET[0]}, lm-eval's wikitext data)"
     return Path(source).read_text(encoding="utf-8"), f"the file {source}"
 
 
@@ -105,7 +116,7 @@ def blocks(tok, text: str, block_tokens: int = 128, num_blocks: int = 32) -> lis
     for at in starts:
         span = block_tokens * 8
         while True:
-            ids = tok(text[at:at + span], add_special_tokens=False, verbose=False)["input_ids"]
+            ids = tok(text[at : at + span], add_special_tokens=False, verbose=False)["input_ids"]
             if len(ids) > block_tokens or at + span >= n:
                 break
             span *= 2
@@ -132,7 +143,7 @@ def block_losses(model, blocks_: list[list[int]], batch_size: int = 4) -> list[f
     out: list[float] = []
     with torch.no_grad():
         for i in range(0, len(blocks_), batch_size):
-            ids = torch.tensor(blocks_[i:i + batch_size], device=device)
+            ids = torch.tensor(blocks_[i : i + batch_size], device=device)
             lp = torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), dim=-1)
             out += (-lp.gather(-1, ids[:, 1:].unsqueeze(-1))).squeeze(-1).mean(dim=1).tolist()
     if was_training:
@@ -159,8 +170,8 @@ def measure(tuned, blocks_: list[list[int]], base=None, batch_size: int = 4) -> 
     per = {"loss_base": [], "loss_tuned": [], "kl": []}
     with torch.no_grad():
         for i in range(0, len(blocks_), batch_size):
-            ids = torch.tensor(blocks_[i:i + batch_size], device=device)
-            with (_adapter_disabled(tuned) if peft_base else contextlib.nullcontext(base)) as b:
+            ids = torch.tensor(blocks_[i : i + batch_size], device=device)
+            with _adapter_disabled(tuned) if peft_base else contextlib.nullcontext(base) as b:
                 lp_b = torch.log_softmax(b(input_ids=ids).logits[:, :-1].float(), dim=-1)
             lp_t = torch.log_softmax(tuned(input_ids=ids).logits[:, :-1].float(), dim=-1)
             target = ids[:, 1:].unsqueeze(-1)

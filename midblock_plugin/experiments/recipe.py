@@ -38,13 +38,27 @@ from typing import Any, Optional
 
 
 #: The paper's per-size settings by depth L: (model, uniform rank, learning rate).
-PAPER_BY_DEPTH = {16: ("OLMo2-1B", 64, 1e-4), 32: ("OLMo2-7B", 64, 1e-4), 40: ("OLMo2-13B", 64, 2e-4),
-                  64: ("OLMo2-32B", 8, 5e-5)}
+PAPER_BY_DEPTH = {
+    16: ("OLMo2-1B", 64, 1e-4),
+    32: ("OLMo2-7B", 64, 1e-4),
+    40: ("OLMo2-13B", 64, 2e-4),
+    64: ("OLMo2-32B", 8, 5e-5),
+}
 #: The setting used for a depth the paper did not train (its 1B / 7B setting).
 PAPER_OTHER = ("the 1B/7B setting (no paper model has this depth)", 64, 1e-4)
 #: Settings of the paper recipe that do not depend on the model.
-PAPER_FIXED = dict(shuffle_seed=42, num_examples=2000, max_length=128, max_steps=-1, batch_size=4, grad_accum=8,
-                   lora_alpha=128.0, alpha_policy="fixed", lora_dropout=0.05, eval_protocol="paper")
+PAPER_FIXED = dict(
+    shuffle_seed=42,
+    num_examples=2000,
+    max_length=128,
+    max_steps=-1,
+    batch_size=4,
+    grad_accum=8,
+    lora_alpha=128.0,
+    alpha_policy="fixed",
+    lora_dropout=0.05,
+    eval_protocol="paper",
+)
 
 
 def paper_match(num_layers: int) -> tuple[str, int, float]:
@@ -75,6 +89,8 @@ def describe(recipe: str, num_layers: Optional[int]) -> str:
     if recipe != "paper":
         return "recipe `default` (midblock's own; `--recipe paper` for the authors' setup)"
     what = paper_match(num_layers)[0] if num_layers is not None else "unknown depth"
-    return (f"recipe `paper` (the authors' public scripts; L={num_layers}: {what}): rows shuffled with seed 42, "
-            "loss on the whole text, alpha 128 for every variant, dropout 0.05, q/k/v/o, zero-shot greedy evaluation "
-            "(64 new tokens, last number)")
+    return (
+        f"recipe `paper` (the authors' public scripts; L={num_layers}: {what}): rows shuffled with seed 42, "
+        "loss on the whole text, alpha 128 for every variant, dropout 0.05, q/k/v/o, zero-shot greedy evaluation "
+        "(64 new tokens, last number)"
+    )

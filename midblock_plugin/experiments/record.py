@@ -42,7 +42,15 @@ class Metric:
 #: The paired metrics of a sweep, in report order.
 METRICS: tuple[Metric, ...] = (
     Metric("heldout_loss", "heldout_row_loss", "heldout_row_tokens", None, "vs_uniform", "held-out answer loss", 4),
-    Metric("delta_loss", "general_delta_loss", None, "forgetting", "delta_loss_vs_uniform", "change in general-text loss", 5),
+    Metric(
+        "delta_loss",
+        "general_delta_loss",
+        None,
+        "forgetting",
+        "delta_loss_vs_uniform",
+        "change in general-text loss",
+        5,
+    ),
     Metric("kl", "general_kl", None, "forgetting", "kl_vs_uniform", "KL(base || tuned) on general text", 5),
 )
 
@@ -72,17 +80,33 @@ class SeedRecord:
     drift: dict = field(default_factory=dict, metadata={"help": "per-layer relative weight change at the end"})
     adapter_dir: str = field(default="", metadata={"help": "the saved adapter"})
     base_dir: str = field(default="", metadata={"help": "the base model directory"})
-    heldout_row_loss: list = field(default_factory=list, metadata={"help": "summed answer-token loss per held-out test row"})
+    heldout_row_loss: list = field(
+        default_factory=list, metadata={"help": "summed answer-token loss per held-out test row"}
+    )
     heldout_row_tokens: list = field(default_factory=list, metadata={"help": "answer tokens per held-out test row"})
-    validation_row_loss: Optional[list] = field(default=None, metadata={
-        "help": "summed answer-token loss per validation row (GSM8K training rows no variant trains on); None: not measured"})
+    validation_row_loss: Optional[list] = field(
+        default=None,
+        metadata={
+            "help": "summed answer-token loss per validation row (GSM8K training rows no variant trains on); None: not measured"
+        },
+    )
     validation_row_tokens: Optional[list] = field(default=None, metadata={"help": "answer tokens per validation row"})
-    general_delta_loss: Optional[list] = field(default=None, metadata={
-        "help": "per general-text block: tuned minus base mean token loss; None: no forgetting measure"})
-    general_kl: Optional[list] = field(default=None, metadata={"help": "per general-text block: mean KL(base || tuned)"})
-    eval: Optional[dict] = field(default=None, metadata={"help": "GSM8K summary (train.gsm8k_summary); None: not evaluated"})
-    gsm8k_correct: Optional[dict] = field(default=None, metadata={
-        "help": "per GSM8K filter: 0/1 per question, in question order (for the paired test against uniform)"})
+    general_delta_loss: Optional[list] = field(
+        default=None,
+        metadata={"help": "per general-text block: tuned minus base mean token loss; None: no forgetting measure"},
+    )
+    general_kl: Optional[list] = field(
+        default=None, metadata={"help": "per general-text block: mean KL(base || tuned)"}
+    )
+    eval: Optional[dict] = field(
+        default=None, metadata={"help": "GSM8K summary (train.gsm8k_summary); None: not evaluated"}
+    )
+    gsm8k_correct: Optional[dict] = field(
+        default=None,
+        metadata={
+            "help": "per GSM8K filter: 0/1 per question, in question order (for the paired test against uniform)"
+        },
+    )
 
     @property
     def heldout_loss(self) -> float:

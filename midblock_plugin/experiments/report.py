@@ -52,7 +52,11 @@ def plots(records: list[dict], out: Path, num_layers: int) -> dict[str, str]:
     for r in records:
         xs = list(range(num_layers))
         ax.plot(xs, [r["drift"].get(str(i), 0.0) for i in xs], label=r["variant"], marker="o", ms=3)
-    ax.set_xlabel("decoder layer"), ax.set_ylabel("||W_t - W_0|| / ||W_0||"), ax.set_title("Per-layer drift at the end of training")
+    (
+        ax.set_xlabel("decoder layer"),
+        ax.set_ylabel("||W_t - W_0|| / ||W_0||"),
+        ax.set_title("Per-layer drift at the end of training"),
+    )
     ax.legend(), fig.tight_layout(), fig.savefig(out / DRIFT_PNG, dpi=110), plt.close(fig)
     paths["drift"] = DRIFT_PNG
     return paths
@@ -86,8 +90,14 @@ def sweep_plots(entries: list[dict], base: dict, out: Path) -> dict[str, str]:
     ax.axhline(base["heldout_loss"], color="grey", ls="--", label="base (no tuning)")
     ax.set_xticks(range(len(entries)), [f"{e['mask']}\nlr {e['best_lr']:g}" for e in entries])
     ax.set_xlabel("variant at its chosen learning rate"), ax.set_ylabel("held-out answer loss")
-    ax.set_title("Held-out answer loss: mean" + (" and 95% interval" if entries[0]["seeds"] >= MIN_SEEDS else "")
-                 + " (dots: seeds)"), ax.legend()
+    (
+        ax.set_title(
+            "Held-out answer loss: mean"
+            + (" and 95% interval" if entries[0]["seeds"] >= MIN_SEEDS else "")
+            + " (dots: seeds)"
+        ),
+        ax.legend(),
+    )
     fig.tight_layout(), fig.savefig(out / HELDOUT_PNG, dpi=110), plt.close(fig)
     paths["heldout"] = HELDOUT_PNG
     if all(e.get("forgetting") for e in entries):
@@ -111,8 +121,14 @@ def sweep_plots(entries: list[dict], base: dict, out: Path) -> dict[str, str]:
             shown = [e for e in entries if _metric(e, m)[1] and not _metric(e, m)[1].get("reference")]
             for i, e in enumerate(shown):
                 d = _metric(e, m)[1]
-                ax.errorbar([i], [d["mean_diff"]], yerr=_err(d["mean_diff"], d["ci95"]), fmt="o", capsize=4,
-                            color="C3" if d.get("significant") else "C0")
+                ax.errorbar(
+                    [i],
+                    [d["mean_diff"]],
+                    yerr=_err(d["mean_diff"], d["ci95"]),
+                    fmt="o",
+                    capsize=4,
+                    color="C3" if d.get("significant") else "C0",
+                )
                 ax.scatter([i] * len(d.get("per_seed") or []), d.get("per_seed") or [], s=10, color="C1", zorder=3)
             ax.axhline(0.0, color="grey", ls="--")
             ax.set_xticks(range(len(shown)), [e["mask"] for e in shown])
@@ -168,14 +184,19 @@ def _findings(entries: list[dict], seeds: int) -> list[str]:
     lines = []
     uni = next((e for e in entries if e["mask"] == UNIFORM), None)
     if seeds < MIN_SEEDS:
-        lines.append(f"- With {seeds} seed{'s' if seeds > 1 else ''} no interval and no p-value is computed: intervals "
-                     f"need at least {MIN_SEEDS} seeds, because the seed-to-seed variation (initialisation, dropout, data "
-                     "order) cannot be estimated from fewer. Run `midblock sweep` (5 seeds by default) before drawing "
-                     "conclusions; the numbers below are single measurements.")
+        lines.append(
+            f"- With {seeds} seed{'s' if seeds > 1 else ''} no interval and no p-value is computed: intervals "
+            f"need at least {MIN_SEEDS} seeds, because the seed-to-seed variation (initialisation, dropout, data "
+            "order) cannot be estimated from fewer. Run `midblock sweep` (5 seeds by default) before drawing "
+            "conclusions; the numbers below are single measurements."
+        )
     for e in entries:
         vb = e["vs_base"]
-        lines.append(f"- `{e['mask']}` vs the untrained base: held-out loss {_ci(vb, 'mean_diff')}: "
-                     + _verdict(vb, "significantly lower (tuning helped)", "significantly higher (tuning hurt)") + ".")
+        lines.append(
+            f"- `{e['mask']}` vs the untrained base: held-out loss {_ci(vb, 'mean_diff')}: "
+            + _verdict(vb, "significantly lower (tuning helped)", "significantly higher (tuning hurt)")
+            + "."
+        )
     if uni is None:
         lines.append(f"- No uniform variant (`{UNIFORM}`) was trained, so nothing is compared with uniform LoRA.")
     for e in entries:
@@ -185,13 +206,19 @@ def _findings(entries: list[dict], seeds: int) -> list[str]:
             d = _metric(e, m)[1]
             if d is None:
                 continue
-            lines.append(f"  - `{e['mask']}` vs uniform, {m.label}: {_ci(d, 'mean_diff', m.digits)} (p {_p(d, 'p_value')}, "
-                         f"Holm {_p(d, 'p_holm')}): " + _verdict(d, "significantly lower than uniform's",
-                                                                 "significantly higher than uniform's") + ".")
+            lines.append(
+                f"  - `{e['mask']}` vs uniform, {m.label}: {_ci(d, 'mean_diff', m.digits)} (p {_p(d, 'p_value')}, "
+                f"Holm {_p(d, 'p_holm')}): "
+                + _verdict(d, "significantly lower than uniform's", "significantly higher than uniform's")
+                + "."
+            )
         at = (e.get("forgetting") or {}).get("kl_at_uniform_gain")
         if at and at.get("vs_uniform", {}).get("mean") is not None:
-            lines.append(f"  - `{e['mask']}` KL at uniform's task gain minus uniform's KL: {at['vs_uniform']['mean']:+.5f}; "
-                         + ("lower in every seed" if at["lower_in_every_seed"] else "not lower in every seed") + ".")
+            lines.append(
+                f"  - `{e['mask']}` KL at uniform's task gain minus uniform's KL: {at['vs_uniform']['mean']:+.5f}; "
+                + ("lower in every seed" if at["lower_in_every_seed"] else "not lower in every seed")
+                + "."
+            )
     return lines
 
 
@@ -205,18 +232,31 @@ def _cell(x: Optional[float], digits: int = 4) -> str:
 
 
 def _lr_table(entries: list[dict]) -> list[str]:
-    lines = ["| variant | lr | validation answer loss | held-out answer loss | task gain | KL(base \\|\\| tuned) | chosen |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | lr | validation answer loss | held-out answer loss | task gain | KL(base \\|\\| tuned) | chosen |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for e in entries:
         for b in e["by_lr"]:
-            lines.append(f"| `{e['mask']}` | {b['lr']:g} | {_cell(b['validation_loss'])} | {_cell(b['heldout_loss'])} | "
-                         f"{_cell(b['task_gain'])} | {_cell(b['kl'], 5)} | {'yes' if b['lr'] == e['best_lr'] else ''} |")
+            lines.append(
+                f"| `{e['mask']}` | {b['lr']:g} | {_cell(b['validation_loss'])} | {_cell(b['heldout_loss'])} | "
+                f"{_cell(b['task_gain'])} | {_cell(b['kl'], 5)} | {'yes' if b['lr'] == e['best_lr'] else ''} |"
+            )
     return lines
 
 
-def write_report(opts: JobOptions, source: str, base: dict, entries: list[dict], plan: "MidBlockPlan",
-                 analysis: Optional[dict], out: Path, title: str, no_figures: Optional[str] = None,
-                 extra: Optional[dict] = None) -> Path:
+def write_report(
+    opts: JobOptions,
+    source: str,
+    base: dict,
+    entries: list[dict],
+    plan: "MidBlockPlan",
+    analysis: Optional[dict],
+    out: Path,
+    title: str,
+    no_figures: Optional[str] = None,
+    extra: Optional[dict] = None,
+) -> Path:
     """Write the figures, ``report.md`` and ``results.json`` into ``out``; return the report's path.
 
     ``entries``: the per-variant summaries of :func:`~.summary.summarise`; ``plan`` is the plan of one
@@ -234,8 +274,10 @@ def write_report(opts: JobOptions, source: str, base: dict, entries: list[dict],
             figs = plots(entries, out, num_layers)
             figs.update(sweep_plots(entries, base, out))
         except ImportError as exc:  # found at start, yet it does not import: say so, keep the results
-            no_figures = (f"Figures were skipped: matplotlib could not be imported ({exc}). Reinstall it with "
-                          f"`{install_hint('matplotlib')}` to get the loss, drift and analysis plots.")
+            no_figures = (
+                f"Figures were skipped: matplotlib could not be imported ({exc}). Reinstall it with "
+                f"`{install_hint('matplotlib')}` to get the loss, drift and analysis plots."
+            )
     skipped = "Figure skipped (see the note under Setup)."
     seeds = entries[0]["seeds"]
     lrs = extra.get("lrs") or sorted({e["best_lr"] for e in entries})
@@ -250,23 +292,35 @@ def write_report(opts: JobOptions, source: str, base: dict, entries: list[dict],
     if opts.skip_eval:
         eval_line = "- GSM8K evaluation: not run (--skip-eval); "
     elif (opts.eval_protocol or "lm-eval") == "paper":
-        eval_line = (f"- GSM8K, the paper's protocol (lm-eval's gsm8k task, zero-shot, greedy, 64 new tokens, last number = "
-                     f"`flexible-extract`): {limit}; ")
+        eval_line = (
+            f"- GSM8K, the paper's protocol (lm-eval's gsm8k task, zero-shot, greedy, 64 new tokens, last number = "
+            f"`flexible-extract`): {limit}; "
+        )
     elif opts.eval_protocol == "authors":
-        eval_line = (f"- GSM8K, the authors' protocol (their scripts: questions shuffled with seed 42, greedy, 64 new "
-                     f"tokens, no stop sequence, last number as a float): {limit}; ")
+        eval_line = (
+            f"- GSM8K, the authors' protocol (their scripts: questions shuffled with seed 42, greedy, 64 new "
+            f"tokens, no stop sequence, last number as a float): {limit}; "
+        )
     else:
-        eval_line = (f"- GSM8K via lm-eval's own task: {limit}, "
-                     f"{'task default' if opts.num_fewshot is None else opts.num_fewshot}-shot, greedy, {opts.max_gen_toks} new tokens; ")
+        eval_line = (
+            f"- GSM8K via lm-eval's own task: {limit}, "
+            f"{'task default' if opts.num_fewshot is None else opts.num_fewshot}-shot, greedy, {opts.max_gen_toks} new tokens; "
+        )
     gt = base.get("general_text")
-    lr_line = (f"lr {lrs[0]:g}" if len(lrs) == 1 else
-               f"learning rates {', '.join(f'{x:g}' for x in lrs)} (every variant x seed at each; each variant reported "
-               f"at the rate with its lowest mean validation answer loss on {extra.get('validation_rows')} GSM8K "
-               "training rows that no variant trains on: the last rows of the (shuffled) training file)")
+    lr_line = (
+        f"lr {lrs[0]:g}"
+        if len(lrs) == 1
+        else f"learning rates {', '.join(f'{x:g}' for x in lrs)} (every variant x seed at each; each variant reported "
+        f"at the rate with its lowest mean validation answer loss on {extra.get('validation_rows')} GSM8K "
+        "training rows that no variant trains on: the last rows of the (shuffled) training file)"
+    )
     lines = [
-        f"# {title}", "",
-        "Every number below was measured in this run; nothing is carried over from the paper.", "",
-        "## Setup", "",
+        f"# {title}",
+        "",
+        "Every number below was measured in this run; nothing is carried over from the paper.",
+        "",
+        "## Setup",
+        "",
         f"- model: `{opts.model}` ({plan.architecture}, L={num_layers}); data: {source}",
         f"- {describe(opts.recipe or 'default', num_layers)}",
         f"- preset `{opts.preset}`: {opts.num_examples} training examples"
@@ -277,22 +331,29 @@ def write_report(opts: JobOptions, source: str, base: dict, entries: list[dict],
         f"- seeds per variant: {seeds} ({', '.join(map(str, entries[0]['seed_values']))}); a seed sets LoRA's initialisation, "
         "dropout and the data order, which is the same for every variant of that seed",
         f"- LoRA on attention projections; uniform baseline rank r={opts.rank}, matched budget (rank floor(r*L/n)), "
-        f"alpha policy `{opts.alpha_policy}`" + (f", alpha {opts.lora_alpha:g}" if opts.lora_alpha else "")
+        f"alpha policy `{opts.alpha_policy}`"
+        + (f", alpha {opts.lora_alpha:g}" if opts.lora_alpha else "")
         + f", dropout {opts.lora_dropout}"
         + (f"; `recommended` = the layers recommended in `{opts.window_from}`" if opts.window_from else ""),
         eval_line + f"held-out loss = mean token loss of the gold answers of the last {opts.heldout} GSM8K test rows "
         "(they measure, never choose)",
-        (f"- forgetting: base vs tuned on {gt['blocks']} blocks of {gt['block_tokens']} tokens of {gt['source']}: "
-         "the change in mean token loss, and the mean KL(base || tuned) of the next-token distributions"
-         if gt else "- forgetting: not measured (--skip-forgetting)"),
-        (f"- 95% intervals and p-values: {stats.PAIRED_METHOD}; every family of comparisons with uniform (one per "
-         "measure) is Holm-corrected, and significant = Holm-adjusted p < 0.05"
-         if seeds >= MIN_SEEDS else
-         f"- intervals: none. With {seeds} seed{'s' if seeds > 1 else ''}, intervals need at least {MIN_SEEDS} seeds "
-         "(the seed-to-seed variance cannot be estimated from fewer); run `midblock sweep` (5 seeds by default)"),
+        (
+            f"- forgetting: base vs tuned on {gt['blocks']} blocks of {gt['block_tokens']} tokens of {gt['source']}: "
+            "the change in mean token loss, and the mean KL(base || tuned) of the next-token distributions"
+            if gt
+            else "- forgetting: not measured (--skip-forgetting)"
+        ),
+        (
+            f"- 95% intervals and p-values: {stats.PAIRED_METHOD}; every family of comparisons with uniform (one per "
+            "measure) is Holm-corrected, and significant = Holm-adjusted p < 0.05"
+            if seeds >= MIN_SEEDS
+            else f"- intervals: none. With {seeds} seed{'s' if seeds > 1 else ''}, intervals need at least {MIN_SEEDS} seeds "
+            "(the seed-to-seed variance cannot be estimated from fewer); run `midblock sweep` (5 seeds by default)"
+        ),
         "",
         *([f"**Note.** {no_figures}", ""] if no_figures else []),
-        "## Results", "",
+        "## Results",
+        "",
         f"| variant | layers | rank | trainable params | lr | {' | '.join('GSM8K ' + f for f in filters)} | n | "
         "held-out answer loss" + (" [95% CI]" if seeds >= MIN_SEEDS else "") + " | step time (s) | peak memory (GB) |",
         "|---" * (8 + len(filters)) + "|",
@@ -310,83 +371,157 @@ def write_report(opts: JobOptions, source: str, base: dict, entries: list[dict],
     accs += [((_base_gsm(base) or {}).get(f) or {}).get("exact_match") for f in filters]
     lines += [""]
     if not opts.skip_eval:
-        lines.append(f"Accuracy is exact match ± its standard error over n={n} questions"
-                     + (f", pooled over {seeds} seeds (the crossed seeds x questions error, which does not shrink below "
-                        "the one-seed error for the same questions)" if seeds > 1 else "") + ". ")
+        lines.append(
+            f"Accuracy is exact match ± its standard error over n={n} questions"
+            + (
+                f", pooled over {seeds} seeds (the crossed seeds x questions error, which does not shrink below "
+                "the one-seed error for the same questions)"
+                if seeds > 1
+                else ""
+            )
+            + ". "
+        )
         if all(a == 0 for a in accs if a is not None):
-            lines.append(f"Every model scored 0 on GSM8K here (n={n}): at this size and budget accuracy does not separate "
-                         "variants, and the held-out answer loss is the measure that does. ")
-    lines += ["Step time is the median training step; "
-              f"peak memory is {entries[0]['peak_memory_kind'].replace('_', ' ')} during training.", ""]
+            lines.append(
+                f"Every model scored 0 on GSM8K here (n={n}): at this size and budget accuracy does not separate "
+                "variants, and the held-out answer loss is the measure that does. "
+            )
+    lines += [
+        "Step time is the median training step; "
+        f"peak memory is {entries[0]['peak_memory_kind'].replace('_', ' ')} during training.",
+        "",
+    ]
     if len(lrs) > 1:
-        lines += ["## Learning rates", "",
-                  "Means over seeds per rate. The chosen rate is picked by the validation answer loss alone; the held-out "
-                  "test rows only measure.", "", *_lr_table(entries), ""]
-    lines += ["## Against uniform and against the base", "",
-              "Paired differences at each variant's chosen rate, on the same rows and seeds (negative = lower than the "
-              "reference). p: two-sided; Holm: adjusted over the variants' comparisons of that measure.", "",
-              "| variant | measure | minus uniform" + (" [95% CI]" if seeds >= MIN_SEEDS else "") + " | p | Holm p | vs uniform |",
-              "|---|---|---|---|---|---|"]
+        lines += [
+            "## Learning rates",
+            "",
+            "Means over seeds per rate. The chosen rate is picked by the validation answer loss alone; the held-out "
+            "test rows only measure.",
+            "",
+            *_lr_table(entries),
+            "",
+        ]
+    lines += [
+        "## Against uniform and against the base",
+        "",
+        "Paired differences at each variant's chosen rate, on the same rows and seeds (negative = lower than the "
+        "reference). p: two-sided; Holm: adjusted over the variants' comparisons of that measure.",
+        "",
+        "| variant | measure | minus uniform"
+        + (" [95% CI]" if seeds >= MIN_SEEDS else "")
+        + " | p | Holm p | vs uniform |",
+        "|---|---|---|---|---|---|",
+    ]
     for e in entries:
         for m in METRICS:
             d = _metric(e, m)[1]
             if d is None:
                 continue
-            lines.append(f"| `{e['mask']}` | {_md(m.label)} | {_ci(d, 'mean_diff', m.digits)} | {_p(d, 'p_value')} | "
-                         f"{_p(d, 'p_holm')} | {_verdict(d, 'lower', 'higher')} |")
-    lines += ["", "| variant | held-out loss - base" + (" [95% CI]" if seeds >= MIN_SEEDS else "") + " | Holm p | vs base |",
-              "|---|---|---|---|"]
+            lines.append(
+                f"| `{e['mask']}` | {_md(m.label)} | {_ci(d, 'mean_diff', m.digits)} | {_p(d, 'p_value')} | "
+                f"{_p(d, 'p_holm')} | {_verdict(d, 'lower', 'higher')} |"
+            )
+    lines += [
+        "",
+        "| variant | held-out loss - base" + (" [95% CI]" if seeds >= MIN_SEEDS else "") + " | Holm p | vs base |",
+        "|---|---|---|---|",
+    ]
     for e in entries:
         vb = e["vs_base"]
-        lines.append(f"| `{e['mask']}` | {_ci(vb, 'mean_diff')} | {_p(vb, 'p_holm')} | {_verdict(vb, 'lower', 'higher')} |")
+        lines.append(
+            f"| `{e['mask']}` | {_ci(vb, 'mean_diff')} | {_p(vb, 'p_holm')} | {_verdict(vb, 'lower', 'higher')} |"
+        )
     lines += ["", "## Forgetting", ""]
     if gt:
         forget = [m for m in METRICS if m.group == "forgetting"]
-        lines += [f"General text: {gt['source']}; the base model's mean token loss on it is {gt['loss']:.4f}. "
-                  "Change in loss = tuned minus base (> 0: worse on general text); KL = mean over tokens of "
-                  "KL(base || tuned) of the next-token distributions (0 = unchanged).", "",
-                  "| variant | " + " | ".join(_md(m.label) for m in forget) + " | KL at uniform's task gain |",
-                  "|---" * (len(forget) + 2) + "|"]
+        lines += [
+            f"General text: {gt['source']}; the base model's mean token loss on it is {gt['loss']:.4f}. "
+            "Change in loss = tuned minus base (> 0: worse on general text); KL = mean over tokens of "
+            "KL(base || tuned) of the next-token distributions (0 = unchanged).",
+            "",
+            "| variant | " + " | ".join(_md(m.label) for m in forget) + " | KL at uniform's task gain |",
+            "|---" * (len(forget) + 2) + "|",
+        ]
         for e in entries:
             f = e.get("forgetting") or {}
             at = f.get("kl_at_uniform_gain")
             at_cell = "–" if not at or at.get("mean") is None else _ci(at, digits=5)
-            lines.append(f"| `{e['mask']}` | " + " | ".join(_ci(f[m.name], digits=m.digits) if f.get(m.name) else "–"
-                                                          for m in forget) + f" | {at_cell} |")
-        note = next(((e.get("forgetting") or {}).get("kl_at_uniform_gain_note") for e in entries if e.get("forgetting")), None)
+            lines.append(
+                f"| `{e['mask']}` | "
+                + " | ".join(_ci(f[m.name], digits=m.digits) if f.get(m.name) else "–" for m in forget)
+                + f" | {at_cell} |"
+            )
+        note = next(
+            ((e.get("forgetting") or {}).get("kl_at_uniform_gain_note") for e in entries if e.get("forgetting")), None
+        )
         if note:
             lines += ["", f"KL at uniform's task gain: {note}."]
     else:
         lines.append("Not measured (--skip-forgetting).")
     if not opts.skip_eval and any(e.get("gsm8k") for e in entries):
-        lines += ["", "## GSM8K against uniform", "",
-                  "Paired per question (the same questions for every variant and seed).", "",
-                  "| variant | filter | accuracy - uniform's | p | Holm p | vs uniform |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## GSM8K against uniform",
+            "",
+            "Paired per question (the same questions for every variant and seed).",
+            "",
+            "| variant | filter | accuracy - uniform's | p | Holm p | vs uniform |",
+            "|---|---|---|---|---|---|",
+        ]
         for e in entries:
             for f in filters:
                 d = ((e.get("gsm8k") or {}).get(f) or {}).get("vs_uniform")
                 if d is not None:
-                    lines.append(f"| `{e['mask']}` | {f} | {_ci(d, 'mean_diff', 3)} | {_p(d, 'p_value')} | {_p(d, 'p_holm')} | "
-                                 f"{_verdict(d, 'lower', 'higher')} |")
-    lines += ["", "## What is significant", "", *_findings(entries, seeds), "",
-              "Significant = the Holm-adjusted p-value of the paired comparison is below 0.05 (each measure's comparisons "
-              "with uniform are one family). This is one model, one data set and one budget; it says nothing about "
-              "other sizes.", "",
-              "## Figures", "",
-              f"![held-out loss per variant]({figs['heldout']})" if "heldout" in figs else skipped, "",
-              f"![task gain against forgetting]({figs['tradeoff']})" if "tradeoff" in figs else
-              (skipped if no_figures else "No forgetting measure, so no trade-off figure."), "",
-              f"![paired differences to uniform]({figs['paired']})" if "paired" in figs else
-              (skipped if no_figures else "No uniform variant, so no paired differences to it."), "",
-              "## Training loss", "", f"![loss curves]({figs['loss']})" if "loss" in figs else skipped, "",
-              ("First seed of each variant at its chosen rate. " if seeds > 1 else "") + "Training loss per step.", "",
-              "## Per-layer drift", "", f"![drift]({figs['drift']})" if "drift" in figs else skipped, "",
-              "Relative weight change of each layer's trained matrices at the end of training (zero outside a variant's window"
-              + ("; first seed" if seeds > 1 else "") + ").", ""]
+                    lines.append(
+                        f"| `{e['mask']}` | {f} | {_ci(d, 'mean_diff', 3)} | {_p(d, 'p_value')} | {_p(d, 'p_holm')} | "
+                        f"{_verdict(d, 'lower', 'higher')} |"
+                    )
+    lines += [
+        "",
+        "## What is significant",
+        "",
+        *_findings(entries, seeds),
+        "",
+        "Significant = the Holm-adjusted p-value of the paired comparison is below 0.05 (each measure's comparisons "
+        "with uniform are one family). This is one model, one data set and one budget; it says nothing about "
+        "other sizes.",
+        "",
+        "## Figures",
+        "",
+        f"![held-out loss per variant]({figs['heldout']})" if "heldout" in figs else skipped,
+        "",
+        f"![task gain against forgetting]({figs['tradeoff']})"
+        if "tradeoff" in figs
+        else (skipped if no_figures else "No forgetting measure, so no trade-off figure."),
+        "",
+        f"![paired differences to uniform]({figs['paired']})"
+        if "paired" in figs
+        else (skipped if no_figures else "No uniform variant, so no paired differences to it."),
+        "",
+        "## Training loss",
+        "",
+        f"![loss curves]({figs['loss']})" if "loss" in figs else skipped,
+        "",
+        ("First seed of each variant at its chosen rate. " if seeds > 1 else "") + "Training loss per step.",
+        "",
+        "## Per-layer drift",
+        "",
+        f"![drift]({figs['drift']})" if "drift" in figs else skipped,
+        "",
+        "Relative weight change of each layer's trained matrices at the end of training (zero outside a variant's window"
+        + ("; first seed" if seeds > 1 else "")
+        + ").",
+        "",
+    ]
     if seeds > 1:
-        lines += ["## Per seed", "", "At each variant's chosen rate.", "",
-                  "| variant | seed | " + " | ".join(_md(m.label) for m in METRICS) + " |",
-                  "|---" * (2 + len(METRICS)) + "|"]
+        lines += [
+            "## Per seed",
+            "",
+            "At each variant's chosen rate.",
+            "",
+            "| variant | seed | " + " | ".join(_md(m.label) for m in METRICS) + " |",
+            "|---" * (2 + len(METRICS)) + "|",
+        ]
         for e in entries:
             for i, s in enumerate(e["seed_values"]):
                 cells = []
@@ -399,29 +534,48 @@ def write_report(opts: JobOptions, source: str, base: dict, entries: list[dict],
     if analysis:
         rec = analysis["recommendation"]
         png = analysis["paths"].get("png")
-        where = ("the comparison's own uniform run" if analysis.get("reused_comparison_run") else
-                 "a uniform model trained for the analysis")
+        where = (
+            "the comparison's own uniform run"
+            if analysis.get("reused_comparison_run")
+            else "a uniform model trained for the analysis"
+        )
         lines += [
             f"Base vs the uniform model `{analysis.get('tuned_variant') or UNIFORM}` ({where}: seed {analysis.get('seed')}, "
             f"lr {analysis.get('lr'):g}) on GSM8K prompts; a window-tuned model is never analysed (its untrained layers "
             "would make the recommendation circular): "
-            f"[analysis.json]({os.path.relpath(analysis['paths']['json'], out)}), [analysis.csv]({os.path.relpath(analysis['paths']['csv'], out)}).", "",
-            f"![analysis]({os.path.relpath(png, out)})" if png else skipped, "",
+            f"[analysis.json]({os.path.relpath(analysis['paths']['json'], out)}), [analysis.csv]({os.path.relpath(analysis['paths']['csv'], out)}).",
+            "",
+            f"![analysis]({os.path.relpath(png, out)})" if png else skipped,
+            "",
         ]
         if rec.get("refused"):
             lines += [f"No window is recommended: {rec['refused']}", ""]
         else:
-            lines += [f"Recommended window: layers {rec['window']} (mask {rec.get('segments')}); rule: {rec['rule'].rstrip('.')}. "
-                      f"Test it against the defaults on fresh seeds: `midblock sweep --variants recommended,11111,01110 "
-                      f"--window-from {os.path.relpath(analysis['paths']['json'], out)}`.", ""]
+            lines += [
+                f"Recommended window: layers {rec['window']} (mask {rec.get('segments')}); rule: {rec['rule'].rstrip('.')}. "
+                f"Test it against the defaults on fresh seeds: `midblock sweep --variants recommended,11111,01110 "
+                f"--window-from {os.path.relpath(analysis['paths']['json'], out)}`.",
+                "",
+            ]
     else:
         lines += ["Skipped (--skip-analysis).", ""]
-    io.write_json(out / io.RESULTS_JSON, {"options": asdict(opts), "source": source, "interval_method": stats.PAIRED_METHOD,
-                                          "multiple_testing": "Holm over the variants' comparisons with uniform, per measure",
-                                          "min_seeds_for_intervals": MIN_SEEDS, "eval_protocol": protocol, **extra,
-                                          "base": {k: v for k, v in base.items() if k not in ("eval_report", "gsm8k_correct")},
-                                          "variants": entries, "analysis": analysis, "figures": figs,
-                                          "figures_skipped": no_figures})
+    io.write_json(
+        out / io.RESULTS_JSON,
+        {
+            "options": asdict(opts),
+            "source": source,
+            "interval_method": stats.PAIRED_METHOD,
+            "multiple_testing": "Holm over the variants' comparisons with uniform, per measure",
+            "min_seeds_for_intervals": MIN_SEEDS,
+            "eval_protocol": protocol,
+            **extra,
+            "base": {k: v for k, v in base.items() if k not in ("eval_report", "gsm8k_correct")},
+            "variants": entries,
+            "analysis": analysis,
+            "figures": figs,
+            "figures_skipped": no_figures,
+        },
+    )
     return io.write_text_atomic(out / io.REPORT_MD, "\n".join(lines) + "\n")
 
 
@@ -430,5 +584,8 @@ def _base_gsm(base: dict) -> Optional[dict]:
     ev = base.get("eval")
     if not ev:
         return None
-    return {f: {"exact_match": v["exact_match"], "stderr": v.get("stderr"), "n": ev.get("n_samples")}
-            for f, v in ev.items() if isinstance(v, dict) and "exact_match" in v}
+    return {
+        f: {"exact_match": v["exact_match"], "stderr": v.get("stderr"), "n": ev.get("n_samples")}
+        for f, v in ev.items()
+        if isinstance(v, dict) and "exact_match" in v
+    }

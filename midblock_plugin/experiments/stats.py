@@ -122,16 +122,20 @@ import numpy as np
 LEVEL = 0.95
 #: Fewest seeds for an interval or a p-value of a comparison.
 MIN_SEEDS = 3
-PAIRED_METHOD = ("t interval of the crossed seeds x rows random-effects design: Var(mean) = (MS_seed + max(0, "
-                 "MS_row - MS_resid))/(kn) (the spread of the per-seed means plus the row effect all seeds share), "
-                 "Satterthwaite degrees of freedom with MS_seed at its upper 75% bound; two-sided t test of a zero "
-                 "difference; needs at least 3 seeds")
+PAIRED_METHOD = (
+    "t interval of the crossed seeds x rows random-effects design: Var(mean) = (MS_seed + max(0, "
+    "MS_row - MS_resid))/(kn) (the spread of the per-seed means plus the row effect all seeds share), "
+    "Satterthwaite degrees of freedom with MS_seed at its upper 75% bound; two-sided t test of a zero "
+    "difference; needs at least 3 seeds"
+)
 
 #: Bootstrap draws of the superseded bootstrap intervals (deterministic for a given ``rng_seed``).
 ITERS = 2000
 #: Method of the superseded bootstrap intervals.
-METHOD = ("two-level percentile bootstrap: each draw resamples the seeds (k of k) and the held-out rows "
-          "(n of n, the same rows for every seed and variant), 95% = 2.5th-97.5th percentile of the draws")
+METHOD = (
+    "two-level percentile bootstrap: each draw resamples the seeds (k of k) and the held-out rows "
+    "(n of n, the same rows for every seed and variant), 95% = 2.5th-97.5th percentile of the draws"
+)
 
 
 # ---------------------------------------------------------------- Student's t
@@ -243,7 +247,7 @@ def t_quantile(q: Any, df: Any) -> np.ndarray:
             if np.all(hi - lo <= 1e-15 * hi):
                 break
         z, dfn = 0.5 * (lo + hi), df[normal]
-        t[normal] = z + (z ** 3 + z) / (4 * dfn) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * dfn ** 2)
+        t[normal] = z + (z**3 + z) / (4 * dfn) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dfn**2)
     return np.where(q < 0.5, -t, t)
 
 
@@ -319,34 +323,55 @@ def _crossed(y: np.ndarray, seed_component: bool = True) -> dict[str, np.ndarray
     seed_mean = y.mean(axis=-1)
     row_mean = y.mean(axis=-2)
     nan = np.full(grand.shape, np.nan)
-    out = {"mean": grand, "seed_mean": seed_mean, "var": nan, "var_components": nan, "df": nan, "sd_seed": nan,
-           "sd_row": nan, "sd_resid": nan}
+    out = {
+        "mean": grand,
+        "seed_mean": seed_mean,
+        "var": nan,
+        "var_components": nan,
+        "df": nan,
+        "sd_seed": nan,
+        "sd_row": nan,
+        "sd_resid": nan,
+    }
     if n < 2:
         return out
     kn = k * n
     ms_row = k * ((row_mean - grand[..., None]) ** 2).sum(axis=-1) / (n - 1)
     if k == 1 or not seed_component:
-        out.update(var=ms_row / kn, var_components=ms_row / kn, df=np.full(grand.shape, float(n - 1)),
-                   sd_row=np.sqrt(ms_row / k))
+        out.update(
+            var=ms_row / kn,
+            var_components=ms_row / kn,
+            df=np.full(grand.shape, float(n - 1)),
+            sd_row=np.sqrt(ms_row / k),
+        )
         return out
     ms_seed = n * ((seed_mean - grand[..., None]) ** 2).sum(axis=-1) / (k - 1)
     resid = y - seed_mean[..., None] - row_mean[..., None, :] + grand[..., None, None]
-    ms_resid = (resid ** 2).sum(axis=(-2, -1)) / ((k - 1) * (n - 1))
+    ms_resid = (resid**2).sum(axis=(-2, -1)) / ((k - 1) * (n - 1))
     # the test: the seed mean square always (it carries the seed variance and its uncertainty, k - 1 df), plus
     # the row effect shared by all seeds, which the spread of the per-seed means cannot see
     row = (ms_row > ms_resid).astype(np.float64)
     var = (ms_seed + row * (ms_row - ms_resid)) / kn
     seed_df = ms_seed * (k - 1) / chi2_quantile(1.0 - DF_SEED_BOUND, k - 1)
     var_df = (seed_df + row * (ms_row - ms_resid)) / kn
-    denom = ((seed_df / kn) ** 2 / (k - 1) + (row * ms_row / kn) ** 2 / (n - 1)
-             + (row * ms_resid / kn) ** 2 / ((k - 1) * (n - 1)))
+    denom = (
+        (seed_df / kn) ** 2 / (k - 1)
+        + (row * ms_row / kn) ** 2 / (n - 1)
+        + (row * ms_resid / kn) ** 2 / ((k - 1) * (n - 1))
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
-        df = np.where(denom > 0, var_df ** 2 / np.where(denom > 0, denom, 1.0), np.nan)
+        df = np.where(denom > 0, var_df**2 / np.where(denom > 0, denom, 1.0), np.nan)
     # the components, each truncated at 0 (a standard error: never below the error over rows of the seed means)
     s_seed = np.maximum(ms_seed - ms_resid, 0.0) / n
     s_row = np.maximum(ms_row - ms_resid, 0.0) / k
-    out.update(var=np.maximum(var, 0.0), var_components=s_seed / k + s_row / n + ms_resid / kn, df=df,
-               sd_seed=np.sqrt(s_seed), sd_row=np.sqrt(s_row), sd_resid=np.sqrt(ms_resid))
+    out.update(
+        var=np.maximum(var, 0.0),
+        var_components=s_seed / k + s_row / n + ms_resid / kn,
+        df=df,
+        sd_seed=np.sqrt(s_seed),
+        sd_row=np.sqrt(s_row),
+        sd_resid=np.sqrt(ms_resid),
+    )
     return out
 
 
@@ -374,7 +399,9 @@ def _ratio_rows(diffs: np.ndarray, tokens: Optional[np.ndarray]) -> tuple[np.nda
     return y, ratio
 
 
-def _paired_arrays(diffs: np.ndarray, tokens: Optional[np.ndarray] = None, interval: bool = True) -> dict[str, np.ndarray]:
+def _paired_arrays(
+    diffs: np.ndarray, tokens: Optional[np.ndarray] = None, interval: bool = True
+) -> dict[str, np.ndarray]:
     """The vectorised core of :func:`paired_comparison`: ``diffs`` (..., k, n); returns arrays over the
     leading axes (``mean``, ``var``, ``df``, ``p_value``, ``half_width``, ``seed_mean``, components).
     ``interval`` False skips the half-widths (the p-values alone decide significance)."""
@@ -388,8 +415,10 @@ def _paired_arrays(diffs: np.ndarray, tokens: Optional[np.ndarray] = None, inter
 def _as_rows(name: str, values: Any) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"{name} must be a (seeds, rows) array with at least one of each; got shape {arr.shape}. "
-                         "Pass one row of per-row values per seed, the same rows in the same order for every seed.")
+        raise ValueError(
+            f"{name} must be a (seeds, rows) array with at least one of each; got shape {arr.shape}. "
+            "Pass one row of per-row values per seed, the same rows in the same order for every seed."
+        )
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} holds non-finite values (NaN or inf); drop or fix those rows before comparing.")
     return arr
@@ -420,24 +449,50 @@ def paired_comparison(diffs: Any, tokens: Any = None) -> dict[str, Any]:
     k, n = d.shape
     r = _paired_arrays(d, tok)
     per_seed = [float(v) for v in ((d.sum(axis=1) / tok.sum()) if tok is not None else d.mean(axis=1))]
-    out: dict[str, Any] = {"mean_diff": float(r["mean"]), "ci95": None, "p_value": None, "significant": False,
-                           "meaningful": False, "seeds": k, "rows": n, "per_seed": per_seed, "se": None, "df": None,
-                           "sd_seed": None, "sd_row": None, "sd_resid": None}
+    out: dict[str, Any] = {
+        "mean_diff": float(r["mean"]),
+        "ci95": None,
+        "p_value": None,
+        "significant": False,
+        "meaningful": False,
+        "seeds": k,
+        "rows": n,
+        "per_seed": per_seed,
+        "se": None,
+        "df": None,
+        "sd_seed": None,
+        "sd_row": None,
+        "sd_resid": None,
+    }
     if not d.any():
-        out.update(mean_diff=0.0, ci95=[0.0, 0.0], p_value=1.0, meaningful=True, se=0.0,
-                   method="the differences are all exactly 0 (the variant and the reference are identical)")
+        out.update(
+            mean_diff=0.0,
+            ci95=[0.0, 0.0],
+            p_value=1.0,
+            meaningful=True,
+            se=0.0,
+            method="the differences are all exactly 0 (the variant and the reference are identical)",
+        )
         return out
     if k < MIN_SEEDS or n < 2:
-        out["method"] = (f"no interval: an interval needs at least {MIN_SEEDS} seeds and 2 rows (got {k} seeds, "
-                         f"{n} rows); with fewer seeds the seed-to-seed variance cannot be estimated")
+        out["method"] = (
+            f"no interval: an interval needs at least {MIN_SEEDS} seeds and 2 rows (got {k} seeds, "
+            f"{n} rows); with fewer seeds the seed-to-seed variance cannot be estimated"
+        )
         return out
     se, df = math.sqrt(float(r["var"])), float(r["df"])
     half = float(r["half_width"])
-    out.update(ci95=[out["mean_diff"] - half, out["mean_diff"] + half], p_value=float(r["p_value"]),
-               meaningful=True, se=se, df=None if not math.isfinite(df) else df,
-               sd_seed=float(r["sd_seed"]), sd_row=float(r["sd_row"]), sd_resid=float(r["sd_resid"]),
-               method=f"{PAIRED_METHOD}; {k} seeds x {n} rows"
-               + (f", df = {df:.1f}" if math.isfinite(df) else ""))
+    out.update(
+        ci95=[out["mean_diff"] - half, out["mean_diff"] + half],
+        p_value=float(r["p_value"]),
+        meaningful=True,
+        se=se,
+        df=None if not math.isfinite(df) else df,
+        sd_seed=float(r["sd_seed"]),
+        sd_row=float(r["sd_row"]),
+        sd_resid=float(r["sd_resid"]),
+        method=f"{PAIRED_METHOD}; {k} seeds x {n} rows" + (f", df = {df:.1f}" if math.isfinite(df) else ""),
+    )
     out["significant"] = out["p_value"] < 1 - LEVEL
     return out
 
@@ -487,14 +542,21 @@ def accuracy_over_seeds(correct: Any) -> dict[str, Any]:
     stderr = crossed
     if crossed is not None and one_seed:
         stderr = max(crossed, min(one_seed))
-    return {"exact_match": float(c.mean()), "stderr": stderr, "n": n,
-            "seeds": k, "per_seed": [float(v) for v in c.mean(axis=1)],
-            "method": "standard error of the crossed seeds x questions design: s_seed^2/k + s_question^2/n + "
-                      "s_resid^2/(kn), the question-sampling term not divided by the seed count, and never below "
-                      "the smallest one-seed error sqrt(p(1-p)/(n-1)) on the same questions"}
+    return {
+        "exact_match": float(c.mean()),
+        "stderr": stderr,
+        "n": n,
+        "seeds": k,
+        "per_seed": [float(v) for v in c.mean(axis=1)],
+        "method": "standard error of the crossed seeds x questions design: s_seed^2/k + s_question^2/n + "
+        "s_resid^2/(kn), the question-sampling term not divided by the seed count, and never below "
+        "the smallest one-seed error sqrt(p(1-p)/(n-1)) on the same questions",
+    }
 
 
-def _paired_accuracy_arrays(correct: np.ndarray, reference: np.ndarray, interval: bool = True) -> dict[str, np.ndarray]:
+def _paired_accuracy_arrays(
+    correct: np.ndarray, reference: np.ndarray, interval: bool = True
+) -> dict[str, np.ndarray]:
     """Vectorised core of :func:`paired_accuracy_test` over leading axes of (..., k, n) arrays."""
     d = correct - reference
     k = d.shape[-2]
@@ -514,11 +576,18 @@ def paired_accuracy_test(correct: Any, reference: Any) -> dict[str, Any]:
     if c.shape != ref.shape:
         raise ValueError(f"a paired test needs the same seeds and questions; got {c.shape} and {ref.shape}.")
     k, n = c.shape
-    out: dict[str, Any] = {"mean_diff": float((c - ref).mean()), "ci95": None, "p_value": None, "n": n, "seeds": k,
-                           "includes_seed_variation": k >= MIN_SEEDS}
+    out: dict[str, Any] = {
+        "mean_diff": float((c - ref).mean()),
+        "ci95": None,
+        "p_value": None,
+        "n": n,
+        "seeds": k,
+        "includes_seed_variation": k >= MIN_SEEDS,
+    }
     if np.array_equal(c, ref):
-        out.update(mean_diff=0.0, ci95=[0.0, 0.0], p_value=1.0,
-                   method="identical answers on every question: no difference")
+        out.update(
+            mean_diff=0.0, ci95=[0.0, 0.0], p_value=1.0, method="identical answers on every question: no difference"
+        )
         return out
     if n < 2:
         out["method"] = "no test: a paired test over questions needs at least 2 questions"
@@ -526,9 +595,12 @@ def paired_accuracy_test(correct: Any, reference: Any) -> dict[str, Any]:
     r = _paired_accuracy_arrays(c, ref)
     half = float(r["half_width"])
     out.update(ci95=[out["mean_diff"] - half, out["mean_diff"] + half], p_value=float(r["p_value"]))
-    out["method"] = (f"{PAIRED_METHOD.split('; needs')[0]}; {k} seeds x {n} questions" if k >= MIN_SEEDS else
-                     f"paired t test over {n} questions of the seed-averaged differences; with {k} seed(s) the "
-                     "seeds are taken as fixed (seed-to-seed variation is not in the interval: it needs 3 seeds)")
+    out["method"] = (
+        f"{PAIRED_METHOD.split('; needs')[0]}; {k} seeds x {n} questions"
+        if k >= MIN_SEEDS
+        else f"paired t test over {n} questions of the seed-averaged differences; with {k} seed(s) the "
+        "seeds are taken as fixed (seed-to-seed variation is not in the interval: it needs 3 seeds)"
+    )
     return out
 
 
@@ -569,15 +641,21 @@ def at_gain_interval(per_seed_values: Sequence[Optional[float]]) -> dict[str, An
     per_seed = [None if v is None or not math.isfinite(float(v)) else float(v) for v in per_seed_values]
     vals = np.array([v for v in per_seed if v is not None], dtype=np.float64)
     k = int(vals.size)
-    out: dict[str, Any] = {"mean": float(vals.mean()) if k else None, "ci95": None, "per_seed": per_seed,
-                           "seeds": k, "missing": len(per_seed) - k}
+    out: dict[str, Any] = {
+        "mean": float(vals.mean()) if k else None,
+        "ci95": None,
+        "per_seed": per_seed,
+        "seeds": k,
+        "missing": len(per_seed) - k,
+    }
     if k < MIN_SEEDS:
         out["method"] = f"no interval: it needs at least {MIN_SEEDS} seeds with a value (got {k})"
         return out
     se = float(vals.std(ddof=1)) / math.sqrt(k)
     half = 0.0 if se == 0 else float(t_quantile((1 + LEVEL) / 2, k - 1)) * se
-    out.update(ci95=[out["mean"] - half, out["mean"] + half], se=se,
-               method=f"t interval over {k} seeds (df = {k - 1})")
+    out.update(
+        ci95=[out["mean"] - half, out["mean"] + half], se=se, method=f"t interval over {k} seeds (df = {k - 1})"
+    )
     return out
 
 
@@ -588,7 +666,9 @@ def _check(loss: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray
     loss = np.asarray(loss, dtype=np.float64)
     tokens = np.asarray(tokens, dtype=np.float64)
     if loss.ndim != 2 or tokens.ndim != 1 or loss.shape[1] != tokens.shape[0]:
-        raise ValueError(f"per-row losses must be (seeds, rows) and tokens (rows,); got {loss.shape} and {tokens.shape}.")
+        raise ValueError(
+            f"per-row losses must be (seeds, rows) and tokens (rows,); got {loss.shape} and {tokens.shape}."
+        )
     if loss.shape[0] < 1 or loss.shape[1] < 1 or tokens.sum() <= 0:
         raise ValueError("an interval needs at least one seed, one held-out row and one answer token.")
     keep = tokens > 0  # a row with no scored token carries no information (its answer was cut off)
@@ -632,15 +712,18 @@ def interval(loss: np.ndarray, tokens: np.ndarray, iters: int = ITERS, rng_seed:
     return {"mean": point(loss, tokens), "ci95": _ci(_boot(loss, tokens, seeds, rows)), "per_seed": per_seed}
 
 
-def paired_interval(loss: np.ndarray, reference: np.ndarray, tokens: np.ndarray, iters: int = ITERS,
-                    rng_seed: int = 0) -> dict[str, Any]:
+def paired_interval(
+    loss: np.ndarray, reference: np.ndarray, tokens: np.ndarray, iters: int = ITERS, rng_seed: int = 0
+) -> dict[str, Any]:
     """Superseded by :func:`paired_comparison`, which holds its level: with 3 seeds this bootstrap calls a
     difference significant whenever the seeds agree in sign (``benchmarks/stats_calibration.py``).
 
     ``{"mean_diff", "ci95", "significant"}`` of ``loss - reference``, both (seeds, rows) on the same rows and
     seeds (row ``i`` and seed ``s`` mean the same in both); ``significant``: the interval excludes 0."""
     if np.shape(loss) != np.shape(reference):
-        raise ValueError(f"a paired difference needs the same seeds and rows; got {np.shape(loss)} and {np.shape(reference)}.")
+        raise ValueError(
+            f"a paired difference needs the same seeds and rows; got {np.shape(loss)} and {np.shape(reference)}."
+        )
     loss, _ = _check(loss, tokens)
     reference, tokens = _check(reference, tokens)
     seeds, rows = _draws(loss.shape, iters, rng_seed)
@@ -672,5 +755,9 @@ def accuracy(per_seed: list[dict]) -> dict[str, Any]:
     k = len(vals)
     acc = sum(float(p["exact_match"]) for p in vals) / k
     ses = [p.get("stderr") for p in vals]
-    se = None if any(s is None or not np.isfinite(s) for s in ses) else float(np.sqrt(sum(float(s) ** 2 for s in ses)) / k)
+    se = (
+        None
+        if any(s is None or not np.isfinite(s) for s in ses)
+        else float(np.sqrt(sum(float(s) ** 2 for s in ses)) / k)
+    )
     return {"exact_match": acc, "stderr": se, "n": vals[0].get("n"), "seeds": k}

@@ -65,8 +65,9 @@ def _grid(records: list[SeedRecord], variants: tuple[str, ...]) -> dict[tuple[st
         for lr in lrs:
             recs = sorted((r for r in records if r.variant == v and r.lr == lr), key=lambda r: r.seed)
             if [r.seed for r in recs] != seeds:
-                raise RuntimeError(f"variant {v} at lr {lr:g} was trained with seeds {[r.seed for r in recs]}, "
-                                   f"others with {seeds}.")
+                raise RuntimeError(
+                    f"variant {v} at lr {lr:g} was trained with seeds {[r.seed for r in recs]}, others with {seeds}."
+                )
             grid[(v, lr)] = recs
     return grid
 
@@ -98,8 +99,14 @@ def _own(values: np.ndarray, tokens: Optional[np.ndarray]) -> dict[str, Any]:
 
 
 def _reference() -> dict[str, Any]:
-    return {"mean_diff": 0.0, "ci95": [0.0, 0.0], "p_value": None, "p_holm": None, "significant": False,
-            "reference": True}
+    return {
+        "mean_diff": 0.0,
+        "ci95": [0.0, 0.0],
+        "p_value": None,
+        "p_holm": None,
+        "significant": False,
+        "reference": True,
+    }
 
 
 def _holm(comparisons: list[Optional[dict]]) -> None:
@@ -115,14 +122,18 @@ def _tokens(metric: Metric, base: dict) -> Optional[np.ndarray]:
     return None if metric.tokens is None else np.array(base[metric.tokens], dtype=np.float64)
 
 
-def _at_uniform_gain(grid, v: str, lrs: list[float], best: dict[str, float], base_loss: float) -> tuple[Optional[dict], str]:
+def _at_uniform_gain(
+    grid, v: str, lrs: list[float], best: dict[str, float], base_loss: float
+) -> tuple[Optional[dict], str]:
     """KL of ``v`` interpolated over its rate grid to the held-out task gain uniform reached at its best rate,
     per seed; with the per-seed difference to uniform's own KL there."""
     if (UNIFORM, lrs[0]) not in grid:
         return None, f"no uniform variant ({UNIFORM}) was trained, so there is no gain to match."
     if len(lrs) < 2:
-        return None, ("one learning rate: KL cannot be read at uniform's task gain without a grid of rates to "
-                      "interpolate over (give --lrs with two or more rates).")
+        return None, (
+            "one learning rate: KL cannot be read at uniform's task gain without a grid of rates to "
+            "interpolate over (give --lrs with two or more rates)."
+        )
     if grid[(v, lrs[0])][0].general_kl is None:
         return None, "no forgetting measure."
     uni = grid[(UNIFORM, best[UNIFORM])]
@@ -138,11 +149,15 @@ def _at_uniform_gain(grid, v: str, lrs: list[float], best: dict[str, float], bas
     out["vs_uniform"] = stats.at_gain_interval(diffs)
     out["lower_in_every_seed"] = all(d is not None and d < 0 for d in diffs)
     missing = out["missing"]
-    note = ("per seed, KL interpolated linearly over the learning-rate grid at the held-out task gain (base minus "
-            "tuned loss) uniform LoRA reached at its best rate with the same seed")
+    note = (
+        "per seed, KL interpolated linearly over the learning-rate grid at the held-out task gain (base minus "
+        "tuned loss) uniform LoRA reached at its best rate with the same seed"
+    )
     if missing:
-        note += (f"; {missing} of {len(per_seed)} seeds: uniform's gain lies outside this variant's range of gains "
-                 "over the grid, so nothing is interpolated there (never extrapolated)")
+        note += (
+            f"; {missing} of {len(per_seed)} seeds: uniform's gain lies outside this variant's range of gains "
+            "over the grid, so nothing is interpolated there (never extrapolated)"
+        )
     return out, note
 
 
@@ -160,8 +175,13 @@ def _gsm8k(chosen: dict[str, list[SeedRecord]], variants: tuple[str, ...]) -> di
                 g[filt] = stats.accuracy_over_seeds([r.gsm8k_correct[filt] for r in recs])
             else:  # no per-question answers: the per-seed scores only
                 per = [(r.eval.get(filt) or {}).get("exact_match") for r in recs]
-                g[filt] = {"exact_match": _mean(per), "stderr": None, "n": recs[0].eval.get("n_samples"),
-                           "seeds": len(recs), "per_seed": per}
+                g[filt] = {
+                    "exact_match": _mean(per),
+                    "stderr": None,
+                    "n": recs[0].eval.get("n_samples"),
+                    "seeds": len(recs),
+                    "per_seed": per,
+                }
         out[v] = g
     uni = chosen.get(UNIFORM)
     filters = {f for g in out.values() if g for f, x in g.items() if isinstance(x, dict)}
@@ -175,8 +195,13 @@ def _gsm8k(chosen: dict[str, list[SeedRecord]], variants: tuple[str, ...]) -> di
                 g[filt]["vs_uniform"] = _reference()
                 continue
             ok = uni is not None and all(r.gsm8k_correct and filt in r.gsm8k_correct for r in uni + chosen[v])
-            c = stats.paired_accuracy_test([r.gsm8k_correct[filt] for r in chosen[v]],
-                                           [r.gsm8k_correct[filt] for r in uni]) if ok else None
+            c = (
+                stats.paired_accuracy_test(
+                    [r.gsm8k_correct[filt] for r in chosen[v]], [r.gsm8k_correct[filt] for r in uni]
+                )
+                if ok
+                else None
+            )
             if c is not None:
                 c.update(p_holm=None, significant=False)
             g[filt]["vs_uniform"] = c
@@ -201,15 +226,29 @@ def summarise(records: list[SeedRecord], base: dict, variants: tuple[str, ...]) 
         recs = chosen[v]
         first = recs[0]
         entries[v] = {
-            "mask": v, "variant": v, "layers": first.layers, "window": first.window, "rank": first.rank,
-            "lora_alpha": first.lora_alpha, "trainable_params": first.trainable_params,
-            "uniform_lora_params": first.uniform_lora_params, "seeds": len(recs), "seed_values": seeds,
-            "best_lr": best[v], "best_lr_rule": rule[v],
-            "by_lr": [{"lr": lr, "heldout_loss": _mean([r.heldout_loss for r in grid[(v, lr)]]),
-                       "validation_loss": _mean([r.validation_loss for r in grid[(v, lr)]]),
-                       "task_gain": base_loss - _mean([r.heldout_loss for r in grid[(v, lr)]]),
-                       "kl": _mean([r.mean("general_kl") for r in grid[(v, lr)]]),
-                       "delta_loss": _mean([r.mean("general_delta_loss") for r in grid[(v, lr)]])} for lr in lrs],
+            "mask": v,
+            "variant": v,
+            "layers": first.layers,
+            "window": first.window,
+            "rank": first.rank,
+            "lora_alpha": first.lora_alpha,
+            "trainable_params": first.trainable_params,
+            "uniform_lora_params": first.uniform_lora_params,
+            "seeds": len(recs),
+            "seed_values": seeds,
+            "best_lr": best[v],
+            "best_lr_rule": rule[v],
+            "by_lr": [
+                {
+                    "lr": lr,
+                    "heldout_loss": _mean([r.heldout_loss for r in grid[(v, lr)]]),
+                    "validation_loss": _mean([r.validation_loss for r in grid[(v, lr)]]),
+                    "task_gain": base_loss - _mean([r.heldout_loss for r in grid[(v, lr)]]),
+                    "kl": _mean([r.mean("general_kl") for r in grid[(v, lr)]]),
+                    "delta_loss": _mean([r.mean("general_delta_loss") for r in grid[(v, lr)]]),
+                }
+                for lr in lrs
+            ],
         }
     # the paired metrics (METRICS): own interval, vs uniform (Holm per metric)
     for metric in METRICS:
@@ -251,8 +290,12 @@ def summarise(records: list[SeedRecord], base: dict, variants: tuple[str, ...]) 
         if f is not None and f.get("kl") is None:
             f = None
         if f is not None:
-            f.update(general_text=gt.get("source"), blocks=gt.get("blocks"), block_tokens=gt.get("block_tokens"),
-                     loss_base=gt.get("loss"))
+            f.update(
+                general_text=gt.get("source"),
+                blocks=gt.get("blocks"),
+                block_tokens=gt.get("block_tokens"),
+                loss_base=gt.get("loss"),
+            )
             f["kl_at_uniform_gain"], f["kl_at_uniform_gain_note"] = _at_uniform_gain(grid, v, lrs, best, base_loss)
         e["forgetting"] = f
         if gsm[v] is not None:
@@ -260,9 +303,12 @@ def summarise(records: list[SeedRecord], base: dict, variants: tuple[str, ...]) 
             e["eval"] = recs[0].eval
         times = [r.step_time_s for r in recs if r.step_time_s is not None]
         e.update(
-            steps=recs[0].steps, step_time_s=statistics.median(times) if times else None,
-            peak_memory_bytes=max(r.peak_memory_bytes for r in recs), peak_memory_kind=recs[0].peak_memory_kind,
-            loss_curve=recs[0].loss_curve, drift=recs[0].drift,
+            steps=recs[0].steps,
+            step_time_s=statistics.median(times) if times else None,
+            peak_memory_bytes=max(r.peak_memory_bytes for r in recs),
+            peak_memory_kind=recs[0].peak_memory_kind,
+            loss_curve=recs[0].loss_curve,
+            drift=recs[0].drift,
             runs=[r.to_dict() for lr in lrs for r in grid[(v, lr)]],  # every rate and seed, with per-row values
         )
     return [entries[v] for v in variants]

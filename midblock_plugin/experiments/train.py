@@ -83,9 +83,18 @@ def _heldout(rec: dict[str, Any], model, tok, rows: list[dict], opts: JobOptions
     rec["heldout_row_tokens"] = counts
 
 
-def train_variant(opts: JobOptions, segments: str, out: Path, train_rows: list[dict], heldout_rows: list[dict], log=print,
-                  base_eval: Optional[dict] = None, general_blocks: Optional[list] = None,
-                  validation_rows: Optional[list[dict]] = None, measure: bool = True) -> tuple[SeedRecord, "MidBlockPlan"]:
+def train_variant(
+    opts: JobOptions,
+    segments: str,
+    out: Path,
+    train_rows: list[dict],
+    heldout_rows: list[dict],
+    log=print,
+    base_eval: Optional[dict] = None,
+    general_blocks: Optional[list] = None,
+    validation_rows: Optional[list[dict]] = None,
+    measure: bool = True,
+) -> tuple[SeedRecord, "MidBlockPlan"]:
     """Train one window with seed ``opts.seed`` at ``opts.lr`` on the first ``opts.num_examples`` of
     ``train_rows``, measure it (held-out loss per row, validation loss per row unless
     ``validation_rows`` is ``None``, forgetting on ``general_blocks`` unless ``None``), evaluate it
@@ -104,18 +113,33 @@ def train_variant(opts: JobOptions, segments: str, out: Path, train_rows: list[d
     model_dir, model, tok = load_base(opts, out.parent, log)
     cpu = not torch.cuda.is_available()
     args = SFTConfig(
-        output_dir=str(out), max_steps=opts.max_steps, num_train_epochs=1, per_device_train_batch_size=opts.batch_size,
-        gradient_accumulation_steps=opts.grad_accum, learning_rate=opts.lr, max_length=opts.max_length,
-        bf16=bool(opts.bf16), use_cpu=cpu, seed=opts.seed, data_seed=opts.seed, logging_steps=1, save_strategy="no", report_to=[],
-        gradient_checkpointing=not cpu, disable_tqdm=False,
+        output_dir=str(out),
+        max_steps=opts.max_steps,
+        num_train_epochs=1,
+        per_device_train_batch_size=opts.batch_size,
+        gradient_accumulation_steps=opts.grad_accum,
+        learning_rate=opts.lr,
+        max_length=opts.max_length,
+        bf16=bool(opts.bf16),
+        use_cpu=cpu,
+        seed=opts.seed,
+        data_seed=opts.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        gradient_checkpointing=not cpu,
+        disable_tqdm=False,
     )
     timer = StepTimer()
     plan = build_plan(model, mb)
     cb = MidBlockCallback(plan=plan)
     trainer = SFTTrainer(
-        model=model, args=args, processing_class=tok,
+        model=model,
+        args=args,
+        processing_class=tok,
         train_dataset=Dataset.from_list([{"text": gsm8k.training_text(r)} for r in train_rows[: opts.num_examples]]),
-        peft_config=plan.lora_config(), callbacks=[cb, timer.callback],
+        peft_config=plan.lora_config(),
+        callbacks=[cb, timer.callback],
     )
     cb.bind(trainer)
     with PeakMemory() as mem:
@@ -125,19 +149,32 @@ def train_variant(opts: JobOptions, segments: str, out: Path, train_rows: list[d
     plan = cb.plan
     write_model_card(out / "adapter", plan)
     record = SeedRecord(
-        variant=segments, seed=opts.seed, lr=float(opts.lr), layers=list(plan.layers), window=plan.window,
-        rank=plan.layer_rank, lora_alpha=plan.lora_alpha, trainable_params=plan.trainable_params,
-        uniform_lora_params=plan.uniform_lora_params, steps=trainer.state.global_step, step_time_s=timer.median,
-        peak_memory_bytes=mem.peak, peak_memory_kind=mem.kind,
+        variant=segments,
+        seed=opts.seed,
+        lr=float(opts.lr),
+        layers=list(plan.layers),
+        window=plan.window,
+        rank=plan.layer_rank,
+        lora_alpha=plan.lora_alpha,
+        trainable_params=plan.trainable_params,
+        uniform_lora_params=plan.uniform_lora_params,
+        steps=trainer.state.global_step,
+        step_time_s=timer.median,
+        peak_memory_bytes=mem.peak,
+        peak_memory_kind=mem.kind,
         loss_curve=[(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e],
-        adapter_dir=str(out / "adapter"), base_dir=str(model_dir), drift=final_drift(cb.monitor),
+        adapter_dir=str(out / "adapter"),
+        base_dir=str(model_dir),
+        drift=final_drift(cb.monitor),
     )
     if not measure:
         del trainer, model
         return record, plan
     record.heldout_row_loss, record.heldout_row_tokens = _row_losses(trainer.model, tok, heldout_rows, opts)
     if validation_rows is not None:
-        record.validation_row_loss, record.validation_row_tokens = _row_losses(trainer.model, tok, validation_rows, opts)
+        record.validation_row_loss, record.validation_row_tokens = _row_losses(
+            trainer.model, tok, validation_rows, opts
+        )
     if general_blocks is not None:
         from midblock_plugin.experiments.forgetting import measure as forgetting
 
@@ -146,13 +183,17 @@ def train_variant(opts: JobOptions, segments: str, out: Path, train_rows: list[d
     if not opts.skip_eval:
         from midblock_plugin.evaluation import evaluate_model
 
-        report = evaluate_model(trainer.model, tok, opts.eval_settings(), output_dir=str(out), label="final", baseline=base_eval)
+        report = evaluate_model(
+            trainer.model, tok, opts.eval_settings(), output_dir=str(out), label="final", baseline=base_eval
+        )
         record.eval, record.gsm8k_correct = gsm8k_summary(report), gsm8k_correct(report)
     del trainer, model
     return record, plan
 
 
-def evaluate_base(opts: JobOptions, out: Path, heldout_rows: list[dict], log=print, general: Optional[tuple[str, str]] = None) -> dict[str, Any]:
+def evaluate_base(
+    opts: JobOptions, out: Path, heldout_rows: list[dict], log=print, general: Optional[tuple[str, str]] = None
+) -> dict[str, Any]:
     """The untrained model's held-out loss (per row) and GSM8K score: the reference row of the report.
 
     ``general``: ``(text, description)`` of the forgetting measure's general text; its blocks are
@@ -163,12 +204,18 @@ def evaluate_base(opts: JobOptions, out: Path, heldout_rows: list[dict], log=pri
     if general is not None:
         from midblock_plugin.experiments.forgetting import blocks
 
-        rec["general_blocks"] = blocks(tok, general[0], block_tokens=opts.max_length, num_blocks=opts.forgetting_blocks)
+        rec["general_blocks"] = blocks(
+            tok, general[0], block_tokens=opts.max_length, num_blocks=opts.forgetting_blocks
+        )
         from midblock_plugin.experiments.forgetting import block_losses
 
         losses = block_losses(model, rec["general_blocks"], batch_size=opts.eval_batch_size // 2 or 1)
-        rec["general_text"] = {"source": general[1], "blocks": len(losses), "block_tokens": opts.max_length,
-                               "loss": sum(losses) / len(losses)}
+        rec["general_text"] = {
+            "source": general[1],
+            "blocks": len(losses),
+            "block_tokens": opts.max_length,
+            "loss": sum(losses) / len(losses),
+        }
     if not opts.skip_eval:
         from midblock_plugin.evaluation import evaluate_model
 
@@ -188,13 +235,27 @@ def analyse(opts: JobOptions, record: SeedRecord, out: Path, figure: bool = True
 
     if record.variant != UNIFORM:
         raise ValueError(f"the layer-wise analysis runs on the uniform model {UNIFORM}, not on {record.variant!r}.")
-    cfg = AnalysisConfig(base=record.base_dir, tuned=record.adapter_dir, prompts="gsm8k", data_dir=opts.data_dir,
-                         num_prompts=opts.analysis_prompts, max_length=opts.max_length, tuned_variant=UNIFORM)
+    cfg = AnalysisConfig(
+        base=record.base_dir,
+        tuned=record.adapter_dir,
+        prompts="gsm8k",
+        data_dir=opts.data_dir,
+        num_prompts=opts.analysis_prompts,
+        max_length=opts.max_length,
+        tuned_variant=UNIFORM,
+    )
     doc = run_analysis(cfg).to_dict()
     try:
         paths = write_reports(doc, out, figure=figure)
     except ImportError:  # matplotlib present but broken: keep the numbers, skip the figure
         paths = write_reports(doc, out, figure=False)
-    return {"variant": record.variant, "tuned_variant": doc.get("tuned_variant", UNIFORM), "seed": record.seed,
-            "lr": record.lr, "adapter_dir": record.adapter_dir, "paths": paths, "recommendation": doc["recommendation"],
-            "recommended_layers": doc.get("recommended_layers", doc["recommendation"].get("layers"))}
+    return {
+        "variant": record.variant,
+        "tuned_variant": doc.get("tuned_variant", UNIFORM),
+        "seed": record.seed,
+        "lr": record.lr,
+        "adapter_dir": record.adapter_dir,
+        "paths": paths,
+        "recommendation": doc["recommendation"],
+        "recommended_layers": doc.get("recommended_layers", doc["recommendation"].get("layers")),
+    }

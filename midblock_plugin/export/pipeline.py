@@ -27,8 +27,17 @@ from midblock_plugin.io import write_json
 
 
 #: Tokenizer and chat-template files copied beside an exported adapter (engines may read them).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json", "added_tokens.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "added_tokens.json",
+)
 
 
 def check_request(adapter: Any, target: Any, output: Any, **options: Any) -> AdapterSource:
@@ -49,8 +58,14 @@ def _check(opts: ExportOptions) -> AdapterSource:
     return source
 
 
-def export_adapter(adapter: str | os.PathLike, target: str, output: str | os.PathLike, *,
-                   log: Callable[[str], None] = print, **options: Any) -> dict[str, Any]:
+def export_adapter(
+    adapter: str | os.PathLike,
+    target: str,
+    output: str | os.PathLike,
+    *,
+    log: Callable[[str], None] = print,
+    **options: Any,
+) -> dict[str, Any]:
     """Export ``adapter`` for ``target`` (a key of :data:`~midblock_plugin.export.targets.TARGETS`)
     into ``output`` and check it; ``options`` are the other fields of
     :class:`~midblock_plugin.export.options.ExportOptions` (``base``, ``dtype``, ``max_shard_size``,
@@ -72,13 +87,29 @@ def export_adapter(adapter: str | os.PathLike, target: str, output: str | os.Pat
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "target": spec.name, "engine": spec.engine, "adapter": str(source.path), "base": source.base,
-        "output": str(out), "adapter_rank": source.rank, "adapter_alpha": source.alpha,
-        "use_rslora": source.use_rslora, "layers_to_transform": source.config.get("layers_to_transform"),
+        "target": spec.name,
+        "engine": spec.engine,
+        "adapter": str(source.path),
+        "base": source.base,
+        "output": str(out),
+        "adapter_rank": source.rank,
+        "adapter_alpha": source.alpha,
+        "use_rslora": source.use_rslora,
+        "layers_to_transform": source.config.get("layers_to_transform"),
     }
     if spec.merges:
-        checks = _merged(source, spec, out, report, opts.dtype or DEFAULT_MERGED_DTYPE,
-                         opts.max_shard_size or DEFAULT_MAX_SHARD_SIZE, opts.tolerance, device, prompts, log)
+        checks = _merged(
+            source,
+            spec,
+            out,
+            report,
+            opts.dtype or DEFAULT_MERGED_DTYPE,
+            opts.max_shard_size or DEFAULT_MAX_SHARD_SIZE,
+            opts.tolerance,
+            device,
+            prompts,
+            log,
+        )
     else:
         checks = _adapter_target(source, spec, out, report, opts.tolerance, device, prompts, log)
     report["checks"] = [c.to_dict() for c in checks]
@@ -105,18 +136,30 @@ def _load_base(source: AdapterSource, device: str):
     return AutoModelForCausalLM.from_pretrained(source.base, dtype=torch.float32).to(device).eval()
 
 
-def _adapter_target(source: AdapterSource, spec: ExportTarget, out: Path, report: dict[str, Any], tolerance: float,
-                    device: str, prompts: Sequence[str], log: Callable[[str], None]) -> list[Check]:
+def _adapter_target(
+    source: AdapterSource,
+    spec: ExportTarget,
+    out: Path,
+    report: dict[str, Any],
+    tolerance: float,
+    device: str,
+    prompts: Sequence[str],
+    log: Callable[[str], None],
+) -> list[Check]:
     from peft import PeftModel
     from safetensors.torch import save_file
 
-    work = AdapterExport(target=spec, source=source, tensors=source.load_tensors(), config=dict(source.config),
-                         report=report, log=log)
+    work = AdapterExport(
+        target=spec, source=source, tensors=source.load_tensors(), config=dict(source.config), report=report, log=log
+    )
     for step in spec.steps:
         step(work)
     tensors, config = work.tensors, work.config
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "adapter_model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()},
+        str(out / "adapter_model.safetensors"),
+        metadata={"format": "pt"},
+    )
     write_json(out / "adapter_config.json", config)
     for name in TOKENIZER_FILES:
         if (source.path / name).is_file():
@@ -136,15 +179,26 @@ def _adapter_target(source: AdapterSource, spec: ExportTarget, out: Path, report
         got = logits(peft_model, ids, device, bar)
     finally:
         bar.close()
-    check = compare(f"{spec.name} export through PEFT vs the original adapter ({how})", got, ref, tolerance, base_logits)
+    check = compare(
+        f"{spec.name} export through PEFT vs the original adapter ({how})", got, ref, tolerance, base_logits
+    )
     log(check.line())
     _warn_inert(check, log)
     return [check]
 
 
-def _merged(source: AdapterSource, spec: ExportTarget, out: Path, report: dict[str, Any], dtype: str,
-            max_shard_size: str, tolerance: float, device: str, prompts: Sequence[str],
-            log: Callable[[str], None]) -> list[Check]:
+def _merged(
+    source: AdapterSource,
+    spec: ExportTarget,
+    out: Path,
+    report: dict[str, Any],
+    dtype: str,
+    max_shard_size: str,
+    tolerance: float,
+    device: str,
+    prompts: Sequence[str],
+    log: Callable[[str], None],
+) -> list[Check]:
     from peft import PeftModel
 
     from midblock_plugin.export.merge import save_merged
@@ -158,9 +212,19 @@ def _merged(source: AdapterSource, spec: ExportTarget, out: Path, report: dict[s
         peft_model = PeftModel.from_pretrained(model, str(source.path)).eval()
         ref = logits(peft_model, ids, device, bar)
         effect = compare("adapter effect", ref, base_logits, tolerance)
-        checks, info = save_merged(peft_model, ids, ref, out, dtype=dtype, max_shard_size=max_shard_size,
-                                   tolerance=tolerance, device=device, tokenizer_sources=[source.path, source.base],
-                                   progress=bar, log=_above(bar, log))
+        checks, info = save_merged(
+            peft_model,
+            ids,
+            ref,
+            out,
+            dtype=dtype,
+            max_shard_size=max_shard_size,
+            tolerance=tolerance,
+            device=device,
+            tokenizer_sources=[source.path, source.base],
+            progress=bar,
+            log=_above(bar, log),
+        )
     finally:
         bar.close()
     for c in checks:
@@ -172,13 +236,17 @@ def _merged(source: AdapterSource, spec: ExportTarget, out: Path, report: dict[s
 
 def _above(bar: Any, log: Callable[[str], None]) -> Callable[[str], None]:
     """``log`` that writes above the progress bar instead of through it."""
+
     def write(line: str) -> None:
         with bar.external_write_mode():
             log(line)
+
     return write
 
 
 def _warn_inert(check: Check, log: Callable[[str], None]) -> None:
     if check.adapter_effect is not None and check.adapter_effect == 0.0:
-        log("warning: the original adapter does not change the logits at all (lora_B is zero: an untrained adapter?), "
-            "so this check cannot tell a correct export from a broken one.")
+        log(
+            "warning: the original adapter does not change the logits at all (lora_B is zero: an untrained adapter?), "
+            "so this check cannot tell a correct export from a broken one."
+        )

@@ -66,12 +66,16 @@ def read_source(adapter: str | os.PathLike, base: str | None = None, flag: str =
     shown = f"{flag} {os.fspath(adapter)!r}"
     peft_type = str(cfg.get("peft_type", "")).upper()
     if peft_type != "LORA":
-        raise ValueError(f"{shown} is a {cfg.get('peft_type')!r} adapter; midblock export handles LoRA adapters "
-                         "(peft_type 'LORA') only.")
+        raise ValueError(
+            f"{shown} is a {cfg.get('peft_type')!r} adapter; midblock export handles LoRA adapters "
+            "(peft_type 'LORA') only."
+        )
     for key in ("r", "lora_alpha"):
         value = cfg.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(f"{shown}: adapter_config.json has {key}={value!r}; a LoRA adapter needs a positive {key}.")
+            raise ValueError(
+                f"{shown}: adapter_config.json has {key}={value!r}; a LoRA adapter needs a positive {key}."
+            )
     base_flag = "--base"
     if base is None:
         base = cfg.get("base_model_name_or_path")
@@ -82,8 +86,14 @@ def read_source(adapter: str | os.PathLike, base: str | None = None, flag: str =
     check_adapter(adapter, base_config, flag, base_flag=f"the base model {base!r}")
     path = Path(os.fspath(adapter)).expanduser()
     weights = next(path / w for w in ADAPTER_WEIGHT_FILES if (path / w).is_file())
-    return AdapterSource(path=path, config=cfg, base=str(base), base_config=base_config,
-                         layout=ModelLayout.from_config(base_config), weights_file=weights)
+    return AdapterSource(
+        path=path,
+        config=cfg,
+        base=str(base),
+        base_config=base_config,
+        layout=ModelLayout.from_config(base_config),
+        weights_file=weights,
+    )
 
 
 def lora_modules(names: Any, layout: ModelLayout) -> tuple[dict[tuple[int, str], str], list[str]]:

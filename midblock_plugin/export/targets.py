@@ -60,24 +60,40 @@ class ExportTarget:
 
     name: str = field(metadata={"help": "the --target value (the key of TARGETS)"})
     engine: str = field(metadata={"help": "the engine(s) that load the export, as reports and errors name them"})
-    summary: str = field(metadata={"help": "what the export does, in one line: --target's help (docs/serving.md "
-                                           "says it at length)"})
+    summary: str = field(
+        metadata={"help": "what the export does, in one line: --target's help (docs/serving.md says it at length)"}
+    )
     serve: Callable[[str, str, dict[str, Any]], str] = field(
-        metadata={"help": "(output directory, base model, report) -> the command that serves or converts the export"})
+        metadata={"help": "(output directory, base model, report) -> the command that serves or converts the export"}
+    )
     steps: tuple[Callable[[AdapterExport], None], ...] = field(
-        default=(), metadata={"help": "what rewrites the adapter's tensors and config for the engine, in order (each "
-                                      "may add to the report and log a line); none: the adapter is written unchanged"})
+        default=(),
+        metadata={
+            "help": "what rewrites the adapter's tensors and config for the engine, in order (each "
+            "may add to the report and log a line); none: the adapter is written unchanged"
+        },
+    )
     limits: Callable[[AdapterSource, ExportTarget], None] | None = field(
-        default=None, metadata={"help": "the engine's own limits, checked before any weight is loaded (every adapter "
-                                        "target also gets check_servable's: no DoRA, modules_to_save, bias, ...)"})
+        default=None,
+        metadata={
+            "help": "the engine's own limits, checked before any weight is loaded (every adapter "
+            "target also gets check_servable's: no DoRA, modules_to_save, bias, ...)"
+        },
+    )
     merges: bool = field(
-        default=False, metadata={"help": "the export is the base with the adapter merged in (a model, not an adapter, "
-                                         "loaded by any engine); --dtype and --max-shard-size apply to it"})
+        default=False,
+        metadata={
+            "help": "the export is the base with the adapter merged in (a model, not an adapter, "
+            "loaded by any engine); --dtype and --max-shard-size apply to it"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.merges and (self.steps or self.limits):
-            raise ValueError(f"export target {self.name!r}: a merging target writes a model, not an adapter; its "
-                             "steps and limits would never run. Drop them or set merges=False.")
+            raise ValueError(
+                f"export target {self.name!r}: a merging target writes a model, not an adapter; its "
+                "steps and limits would never run. Drop them or set merges=False."
+            )
 
 
 def target_names() -> tuple[str, ...]:
@@ -136,7 +152,9 @@ def _merged_advice() -> str:
     names = merging_targets()
     if not names:
         return "merge it into the base model (PeftModel.merge_and_unload) and serve the model"
-    return f"use --target {' or --target '.join(names)} (the base with the adapter merged in), which every engine loads"
+    return (
+        f"use --target {' or --target '.join(names)} (the base with the adapter merged in), which every engine loads"
+    )
 
 
 def vllm_rank_limit(source: AdapterSource, spec: ExportTarget) -> None:
@@ -144,8 +162,9 @@ def vllm_rank_limit(source: AdapterSource, spec: ExportTarget) -> None:
     try:
         check_vllm_rank(source.rank)
     except OptionError as exc:
-        raise ValueError(f"--target {spec.name}: the adapter has rank {source.rank}, which {exc.rule}; "
-                         f"{_merged_advice()}.") from None
+        raise ValueError(
+            f"--target {spec.name}: the adapter has rank {source.rank}, which {exc.rule}; {_merged_advice()}."
+        ) from None
 
 
 # --------------------------------------------------------------------------- transformations
@@ -160,8 +179,9 @@ def pad_every_layer(tensors: dict[str, Any], source: AdapterSource) -> tuple[dic
     layout = source.layout
     found, rels = lora_modules(tensors, layout)
     if not rels:
-        raise ValueError(f"{source.path}: no LoRA tensor lies in the decoder layers at '{layout.layers_path}'; "
-                         "nothing to pad.")
+        raise ValueError(
+            f"{source.path}: no LoRA tensor lies in the decoder layers at '{layout.layers_path}'; nothing to pad."
+        )
     r = source.rank
     dtype = next(iter(tensors.values())).dtype
     out = dict(tensors)
@@ -172,8 +192,10 @@ def pad_every_layer(tensors: dict[str, Any], source: AdapterSource) -> tuple[dic
                 continue
             lin = layout.linears[index].get(rel)
             if lin is None:
-                raise ValueError(f"layer {index} of the base model has no module {rel!r}; TGI/LoRAX need the same "
-                                 "modules in every layer.")
+                raise ValueError(
+                    f"layer {index} of the base model has no module {rel!r}; TGI/LoRAX need the same "
+                    "modules in every layer."
+                )
             module = f"{PEFT_PREFIX}{layout.layers_path}.{index}.{rel}"
             out[module + LORA_SUFFIXES[0]] = torch.zeros(r, lin.in_features, dtype=dtype)
             out[module + LORA_SUFFIXES[1]] = torch.zeros(lin.out_features, r, dtype=dtype)
@@ -223,8 +245,12 @@ def vllm_advice(source: AdapterSource, tensors: dict[str, Any]) -> dict[str, Any
     found, rels = lora_modules(tensors, layout)
     layers = sorted({i for i, _ in found})
     padded = vllm_max_lora_rank(source.rank)
-    every = [(layout.linears[i][m].in_features, layout.linears[i][m].out_features)
-             for i in range(layout.num_layers) for m in rels if m in layout.linears[i]]
+    every = [
+        (layout.linears[i][m].in_features, layout.linears[i][m].out_features)
+        for i in range(layout.num_layers)
+        for m in rels
+        if m in layout.linears[i]
+    ]
     window = [(layout.linears[i][m].in_features, layout.linears[i][m].out_features) for i, m in found]
     cost = lora_flops_per_token(padded, every)
     advice: dict[str, Any] = {
@@ -234,19 +260,29 @@ def vllm_advice(source: AdapterSource, tensors: dict[str, Any]) -> dict[str, Any
         "lora_flops_per_token": cost,
         "window_only_lora_flops_per_token": lora_flops_per_token(source.rank, window),
     }
-    note = (f"vLLM runs its LoRA kernels on all {layout.num_layers} layers at --max-lora-rank {padded} (zeros outside "
-            f"layers {layers[0]}-{layers[-1]}): {cost / 1e6:.4g} MFLOP/token of LoRA")
+    note = (
+        f"vLLM runs its LoRA kernels on all {layout.num_layers} layers at --max-lora-rank {padded} (zeros outside "
+        f"layers {layers[0]}-{layers[-1]}): {cost / 1e6:.4g} MFLOP/token of LoRA"
+    )
     baseline = _baseline_rank(source)
     if baseline is not None and vllm_max_lora_rank(baseline):
         uniform_rank = vllm_max_lora_rank(baseline)
         uniform = lora_flops_per_token(uniform_rank, every)
-        advice.update(uniform_rank=baseline, uniform_max_lora_rank=uniform_rank, uniform_lora_flops_per_token=uniform,
-                      ratio_to_uniform=cost / uniform)
-        note += (f", {cost / uniform:.3g}x uniform LoRA r={baseline} (--max-lora-rank {uniform_rank}: "
-                 f"{uniform / 1e6:.4g} MFLOP/token)")
+        advice.update(
+            uniform_rank=baseline,
+            uniform_max_lora_rank=uniform_rank,
+            uniform_lora_flops_per_token=uniform,
+            ratio_to_uniform=cost / uniform,
+        )
+        note += (
+            f", {cost / uniform:.3g}x uniform LoRA r={baseline} (--max-lora-rank {uniform_rank}: "
+            f"{uniform / 1e6:.4g} MFLOP/token)"
+        )
     if padded != source.rank:
-        note += (f". Rank {source.rank} is not a vLLM size; training with --budget serve picks "
-                 f"{max(s for s in VLLM_MAX_LORA_RANKS if s <= source.rank)}, served without padding")
+        note += (
+            f". Rank {source.rank} is not a vLLM size; training with --budget serve picks "
+            f"{max(s for s in VLLM_MAX_LORA_RANKS if s <= source.rank)}, served without padding"
+        )
     advice["note"] = note + "."
     return advice
 
@@ -263,14 +299,18 @@ def check_llamacpp_readable(tensors: dict[str, Any], config: dict[str, Any], bas
     for name in tensors:
         kind = next((s for s in LORA_SUFFIXES if name.endswith(s)), None)
         if kind is None:
-            raise ValueError(f"llama.cpp's converter stops on {name!r}: it reads only *.lora_A.weight / *.lora_B.weight.")
+            raise ValueError(
+                f"llama.cpp's converter stops on {name!r}: it reads only *.lora_A.weight / *.lora_B.weight."
+            )
         base_name = name[: -len(kind)].replace(PEFT_PREFIX, "", 1) + ".weight"
         pairs.setdefault(base_name, set()).add(kind)
     for base_name, kinds in pairs.items():
         if len(kinds) != 2:
             raise ValueError(f"llama.cpp's converter needs both lora_A and lora_B for {base_name}.")
         if base_name not in base_parameter_names:
-            raise ValueError(f"llama.cpp's converter maps the pair to {base_name!r}, which the base model does not have.")
+            raise ValueError(
+                f"llama.cpp's converter maps the pair to {base_name!r}, which the base model does not have."
+            )
     return len(pairs)
 
 
@@ -282,8 +322,10 @@ def step_pad_every_layer(work: AdapterExport) -> None:
     work.tensors, added = pad_every_layer(work.tensors, work.source)
     work.config = unwindowed_config(work.config)
     work.report["padded_layer_modules"] = added
-    work.log(f"{work.target.name}: added zero LoRA matrices for {added} (layer, module) pairs outside the window, so "
-             f"{work.target.engine} keeps every module type; layers_to_transform removed from the config.")
+    work.log(
+        f"{work.target.name}: added zero LoRA matrices for {added} (layer, module) pairs outside the window, so "
+        f"{work.target.engine} keeps every module type; layers_to_transform removed from the config."
+    )
 
 
 def step_fold_rslora(work: AdapterExport) -> None:
@@ -291,8 +333,10 @@ def step_fold_rslora(work: AdapterExport) -> None:
     work.report["rslora_folded"] = bool(work.config.get("use_rslora"))
     work.config = fold_rslora(work.config)
     if work.report["rslora_folded"]:
-        work.log(f"{work.target.name}: rsLoRA folded into alpha: lora_alpha {work.source.alpha:g} -> "
-                 f"{work.config['lora_alpha']:.6g} (alpha * sqrt(r), r={work.source.rank}), use_rslora false.")
+        work.log(
+            f"{work.target.name}: rsLoRA folded into alpha: lora_alpha {work.source.alpha:g} -> "
+            f"{work.config['lora_alpha']:.6g} (alpha * sqrt(r), r={work.source.rank}), use_rslora false."
+        )
 
 
 def step_check_llamacpp(work: AdapterExport) -> None:
@@ -301,15 +345,19 @@ def step_check_llamacpp(work: AdapterExport) -> None:
 
     names = {n for n, _ in meta_model(work.source.base_config).named_parameters()}
     work.report["llama_cpp_pairs"] = check_llamacpp_readable(work.tensors, work.config, names)
-    work.log(f"{work.target.name}: {work.report['llama_cpp_pairs']} lora_A/lora_B pairs, each naming a base weight, "
-             "and a numeric lora_alpha: what convert_lora_to_gguf.py reads.")
+    work.log(
+        f"{work.target.name}: {work.report['llama_cpp_pairs']} lora_A/lora_B pairs, each naming a base weight, "
+        "and a numeric lora_alpha: what convert_lora_to_gguf.py reads."
+    )
 
 
 def step_vllm_advice(work: AdapterExport) -> None:
     """vLLM: the adapter unchanged; the ``--max-lora-rank`` to pass, in ``report["vllm"]``."""
     work.report["vllm"] = vllm_advice(work.source, work.tensors)
-    work.log(f"{work.target.name}: pass --max-lora-rank {work.report['vllm']['max_lora_rank']}. "
-             f"{work.report['vllm']['note']}")
+    work.log(
+        f"{work.target.name}: pass --max-lora-rank {work.report['vllm']['max_lora_rank']}. "
+        f"{work.report['vllm']['note']}"
+    )
 
 
 # --------------------------------------------------------------------------- how to serve it
@@ -325,19 +373,25 @@ def serve_sglang(out: str, base: str, report: dict[str, Any]) -> str:
 
 
 def serve_tgi(out: str, base: str, report: dict[str, Any]) -> str:
-    return (f"text-generation-launcher --model-id {base} --lora-adapters midblock={out}"
-            "   # then request with parameters.adapter_id = \"midblock\"")
+    return (
+        f"text-generation-launcher --model-id {base} --lora-adapters midblock={out}"
+        '   # then request with parameters.adapter_id = "midblock"'
+    )
 
 
 def serve_lorax(out: str, base: str, report: dict[str, Any]) -> str:
-    return (f"lorax-launcher --model-id {base}   # then request with parameters.adapter_id = \"{out}\", "
-            "adapter_source = \"local\"")
+    return (
+        f'lorax-launcher --model-id {base}   # then request with parameters.adapter_id = "{out}", '
+        'adapter_source = "local"'
+    )
 
 
 def serve_llamacpp(out: str, base: str, report: dict[str, Any]) -> str:
-    return (f"python convert_lora_to_gguf.py {out} --base {base} --outfile {out}/midblock-lora-f16.gguf "
-            f"--outtype f16   # in a llama.cpp checkout; then: llama-server -m BASE.gguf --lora "
-            f"{out}/midblock-lora-f16.gguf")
+    return (
+        f"python convert_lora_to_gguf.py {out} --base {base} --outfile {out}/midblock-lora-f16.gguf "
+        f"--outtype f16   # in a llama.cpp checkout; then: llama-server -m BASE.gguf --lora "
+        f"{out}/midblock-lora-f16.gguf"
+    )
 
 
 def serve_merged(out: str, base: str, report: dict[str, Any]) -> str:
@@ -348,16 +402,45 @@ def serve_merged(out: str, base: str, report: dict[str, Any]) -> str:
 
 
 #: Every ``--target`` of ``midblock export``, by name (the only place a target's name is written).
-TARGETS: dict[str, ExportTarget] = {t.name: t for t in (
-    ExportTarget("vllm", "vLLM", "the adapter unchanged, with the --max-lora-rank to pass and its cost per token",
-                 serve_vllm, steps=(step_vllm_advice,), limits=vllm_rank_limit),
-    ExportTarget("sglang", "SGLang", "rsLoRA folded into alpha (SGLang scales by alpha / r)", serve_sglang,
-                 steps=(step_fold_rslora,)),
-    ExportTarget("tgi", "TGI (text-generation-inference)", "every layer padded with zero LoRA matrices (TGI drops a "
-                 "module type that one layer lacks)", serve_tgi, steps=(step_pad_every_layer,)),
-    ExportTarget("lorax", "LoRAX", "as tgi (the same loader)", serve_lorax, steps=(step_pad_every_layer,)),
-    ExportTarget("llama.cpp", "llama.cpp", "rsLoRA folded into alpha, checked against what convert_lora_to_gguf.py "
-                 "reads", serve_llamacpp, steps=(step_fold_rslora, step_check_llamacpp)),
-    ExportTarget("merged", "any engine (a merged model)", "the base with the adapter merged in (PEFT's "
-                 "merge_and_unload), saved in --dtype as sharded safetensors", serve_merged, merges=True),
-)}
+TARGETS: dict[str, ExportTarget] = {
+    t.name: t
+    for t in (
+        ExportTarget(
+            "vllm",
+            "vLLM",
+            "the adapter unchanged, with the --max-lora-rank to pass and its cost per token",
+            serve_vllm,
+            steps=(step_vllm_advice,),
+            limits=vllm_rank_limit,
+        ),
+        ExportTarget(
+            "sglang",
+            "SGLang",
+            "rsLoRA folded into alpha (SGLang scales by alpha / r)",
+            serve_sglang,
+            steps=(step_fold_rslora,),
+        ),
+        ExportTarget(
+            "tgi",
+            "TGI (text-generation-inference)",
+            "every layer padded with zero LoRA matrices (TGI drops a module type that one layer lacks)",
+            serve_tgi,
+            steps=(step_pad_every_layer,),
+        ),
+        ExportTarget("lorax", "LoRAX", "as tgi (the same loader)", serve_lorax, steps=(step_pad_every_layer,)),
+        ExportTarget(
+            "llama.cpp",
+            "llama.cpp",
+            "rsLoRA folded into alpha, checked against what convert_lora_to_gguf.py reads",
+            serve_llamacpp,
+            steps=(step_fold_rslora, step_check_llamacpp),
+        ),
+        ExportTarget(
+            "merged",
+            "any engine (a merged model)",
+            "the base with the adapter merged in (PEFT's merge_and_unload), saved in --dtype as sharded safetensors",
+            serve_merged,
+            merges=True,
+        ),
+    )
+}

@@ -42,14 +42,18 @@ class Check:
 
     def line(self) -> str:
         bound = self.tolerance * max(1.0, self.max_abs_logit)
-        text = (f"{self.what}: max |logit difference| {self.max_abs_diff:.3e} "
-                f"({'<=' if self.passed else '>'} {bound:.1e}) -> {'OK' if self.passed else 'MISMATCH'}")
+        text = (
+            f"{self.what}: max |logit difference| {self.max_abs_diff:.3e} "
+            f"({'<=' if self.passed else '>'} {bound:.1e}) -> {'OK' if self.passed else 'MISMATCH'}"
+        )
         if self.adapter_effect is not None:
             text += f"; the adapter itself moves logits by up to {self.adapter_effect:.3e}"
         return text
 
 
-def prompt_ids(sources: Sequence[str | Path], vocab_size: int, prompts: Sequence[str] = DEFAULT_PROMPTS) -> tuple[list[Any], str]:
+def prompt_ids(
+    sources: Sequence[str | Path], vocab_size: int, prompts: Sequence[str] = DEFAULT_PROMPTS
+) -> tuple[list[Any], str]:
     """Token ids of ``prompts``, with the first tokenizer found in ``sources`` (adapter, then
     base); without one, fixed pseudo-random ids (seed 0). Returns the ids and what made them."""
     import torch
@@ -82,7 +86,9 @@ def logits(model: Any, ids: Sequence[Any], device: str = "cpu", progress: Any = 
     return out
 
 
-def compare(what: str, got: Sequence[Any], ref: Sequence[Any], tolerance: float, base: Sequence[Any] | None = None) -> Check:
+def compare(
+    what: str, got: Sequence[Any], ref: Sequence[Any], tolerance: float, base: Sequence[Any] | None = None
+) -> Check:
     """A :class:`Check` of logits ``got`` against ``ref`` (and the adapter's effect against ``base``)."""
     diff = max(float((g - r).abs().max()) for g, r in zip(got, ref))
     scale = max(float(r.abs().max()) for r in ref)

@@ -28,8 +28,16 @@ from midblock_plugin.plan import MidBlockPlan, build_plan
 from midblock_plugin.training.callback import MidBlockCallback
 
 
-__all__ = ["MidBlockCallback", "MidBlockConfig", "MidBlockPlan", "build_plan", "checkpointing_mode",
-           "keep_checkpointing_mode", "midblock_lora_config", "zero3_enabled"]
+__all__ = [
+    "MidBlockCallback",
+    "MidBlockConfig",
+    "MidBlockPlan",
+    "build_plan",
+    "checkpointing_mode",
+    "keep_checkpointing_mode",
+    "midblock_lora_config",
+    "zero3_enabled",
+]
 
 
 def midblock_lora_config(model_or_config: Any, config: MidBlockConfig | None = None, **overrides: Any):
@@ -68,8 +76,10 @@ def checkpointing_mode(training_args: Any, use_reentrant: bool | None = None) ->
 
     if not compat.checkpointing_on(training_args):
         if use_reentrant is not None:
-            raise ValueError(f"use_reentrant={use_reentrant} chooses the gradient checkpointing mode, but "
-                             "gradient_checkpointing is off; turn it on or leave use_reentrant unset.")
+            raise ValueError(
+                f"use_reentrant={use_reentrant} chooses the gradient checkpointing mode, but "
+                "gradient_checkpointing is off; turn it on or leave use_reentrant unset."
+            )
         return None
     chosen, reason = compat.checkpointing_mode(zero3_enabled(training_args), use_reentrant)
     _write_mode(training_args, chosen)
@@ -89,14 +99,19 @@ def keep_checkpointing_mode(trainer: Any, use_reentrant: bool) -> bool:
     from midblock_plugin import compat
 
     args = trainer.args
-    if all(bool((getattr(args, n, None) or {}).get("use_reentrant", False)) == use_reentrant for n in _MODE_NAMES
-           if hasattr(args, n)):
+    if all(
+        bool((getattr(args, n, None) or {}).get("use_reentrant", False)) == use_reentrant
+        for n in _MODE_NAMES
+        if hasattr(args, n)
+    ):
         return False
     _write_mode(args, use_reentrant)
     if use_reentrant is False:
-        compat.logger.info("midblock: gradient checkpointing kept non-reentrant (TRL switches PEFT + ZeRO-3 to "
-                           "reentrant, a workaround only DeepSpeed < %s needs)",
-                           ".".join(map(str, compat.ZERO3_NONREENTRANT_MIN)))
+        compat.logger.info(
+            "midblock: gradient checkpointing kept non-reentrant (TRL switches PEFT + ZeRO-3 to "
+            "reentrant, a workaround only DeepSpeed < %s needs)",
+            ".".join(map(str, compat.ZERO3_NONREENTRANT_MIN)),
+        )
     return True
 
 

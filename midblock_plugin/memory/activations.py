@@ -100,8 +100,13 @@ class _Family:
 
 
 _LLAMA_ROLES = {
-    "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
-    "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj",
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj",
+    "gate": "mlp.gate_proj",
+    "up": "mlp.up_proj",
+    "down": "mlp.down_proj",
 }
 #: model_type -> family. Other architectures raise (their layers compute differently).
 FAMILIES = {
@@ -112,11 +117,22 @@ FAMILIES = {
     "olmo2": _Family(_LLAMA_ROLES, post_norm=True, qk_norm="full", norm_grad_fp32=True, rope_fp32=True),
     "gpt2": _Family(
         {"qkv": "attn.c_attn", "o": "attn.c_proj", "fc": "mlp.c_fc", "down": "mlp.c_proj"},
-        norm="layer", fused_qkv=True, rope=False, gated=False,
+        norm="layer",
+        fused_qkv=True,
+        rope=False,
+        gated=False,
     ),
     "gpt_neox": _Family(
-        {"qkv": "attention.query_key_value", "o": "attention.dense", "fc": "mlp.dense_h_to_4h", "down": "mlp.dense_4h_to_h"},
-        norm="layer", fused_qkv=True, gated=False, attn_out_copy=True,
+        {
+            "qkv": "attention.query_key_value",
+            "o": "attention.dense",
+            "fc": "mlp.dense_h_to_4h",
+            "down": "mlp.dense_4h_to_h",
+        },
+        norm="layer",
+        fused_qkv=True,
+        gated=False,
+        attn_out_copy=True,
     ),
 }
 
@@ -164,8 +180,16 @@ def model_dims(config: Any) -> ModelDims:
     heads = _cfg(config, "num_attention_heads", "n_head")
     vocab = _cfg(config, "vocab_size")
     act = _cfg(config, "hidden_act", "activation_function")
-    missing = [n for n, v in (("hidden_size", hidden), ("num_attention_heads", heads), ("vocab_size", vocab),
-                              ("hidden_act", act)) if v is None]
+    missing = [
+        n
+        for n, v in (
+            ("hidden_size", hidden),
+            ("num_attention_heads", heads),
+            ("vocab_size", vocab),
+            ("hidden_act", act),
+        )
+        if v is None
+    ]
     if missing:
         raise ValueError(f"the {model_type} config has no {', '.join(missing)}: the activation estimate needs them.")
     if act not in ACTIVATION_SAVES:
@@ -218,8 +242,9 @@ class _Saved:
             self.bytes += nbytes
 
 
-def _layer(fam: _Family, dims: ModelDims, linears: dict, train: Any, lora_dropout: float, rg: bool,
-           d: int, m: int) -> tuple[float, bool]:
+def _layer(
+    fam: _Family, dims: ModelDims, linears: dict, train: Any, lora_dropout: float, rg: bool, d: int, m: int
+) -> tuple[float, bool]:
     """``(bytes per token saved by one decoder layer, whether its output requires grad)``.
 
     ``rg``: whether the layer input requires grad. Follows the layer's ops; each op saves
@@ -371,14 +396,26 @@ def _roles(fam: _Family, targets: list[str], model_type: str) -> list[str]:
     return [by_name[t] for t in targets]
 
 
-def _activation_methods(plan: MidBlockPlan, fam: _Family, dims: ModelDims) -> list[tuple[str, _Training, MidBlockPlan | None]]:
+def _activation_methods(
+    plan: MidBlockPlan, fam: _Family, dims: ModelDims
+) -> list[tuple[str, _Training, MidBlockPlan | None]]:
     """``(method, what trains, plan variant for the model states)`` of the four compared methods."""
     n = plan.num_layers
     cfg = plan.config
-    lora = plan if plan.mode == "lora" else plan_for_layout(
-        plan.layout, dataclasses.replace(cfg, mode="lora", train_final_norm=False, train_embeddings=False), plan.layers
+    lora = (
+        plan
+        if plan.mode == "lora"
+        else plan_for_layout(
+            plan.layout,
+            dataclasses.replace(cfg, mode="lora", train_final_norm=False, train_embeddings=False),
+            plan.layers,
+        )
     )
-    full = plan if plan.mode == "full" else plan_for_layout(plan.layout, dataclasses.replace(cfg, mode="full"), plan.layers)
+    full = (
+        plan
+        if plan.mode == "full"
+        else plan_for_layout(plan.layout, dataclasses.replace(cfg, mode="full"), plan.layers)
+    )
     roles = _roles(fam, lora.target_modules, dims.model_type)
 
     def lora_layers(layers: list[int], rank: int) -> tuple:
@@ -386,18 +423,43 @@ def _activation_methods(plan: MidBlockPlan, fam: _Family, dims: ModelDims) -> li
 
     window_full = tuple("full" if i in plan.layers else None for i in range(n))
     return [
-        (f"mid-block LoRA ({plan.window})", _Training(lora_layers(plan.layers, lora.layer_rank), cfg.lora_dropout), lora),
-        (f"mid-block full ({plan.window})", _Training(
-            window_full, final_norm=full.config.train_final_norm, embeddings=full.config.train_embeddings,
-            lm_head=full.config.train_embeddings and dims.tied_embeddings,
-        ), full),
-        (f"uniform LoRA r={plan.baseline_rank}", _Training(lora_layers(list(range(n)), cfg.rank), cfg.lora_dropout), None),
+        (
+            f"mid-block LoRA ({plan.window})",
+            _Training(lora_layers(plan.layers, lora.layer_rank), cfg.lora_dropout),
+            lora,
+        ),
+        (
+            f"mid-block full ({plan.window})",
+            _Training(
+                window_full,
+                final_norm=full.config.train_final_norm,
+                embeddings=full.config.train_embeddings,
+                lm_head=full.config.train_embeddings and dims.tied_embeddings,
+            ),
+            full,
+        ),
+        (
+            f"uniform LoRA r={plan.baseline_rank}",
+            _Training(lora_layers(list(range(n)), cfg.rank), cfg.lora_dropout),
+            None,
+        ),
         ("full fine-tuning", _Training(("full",) * n, final_norm=True, embeddings=True, lm_head=True), None),
     ]
 
 
-def _activations(method: str, dims: ModelDims, fam: _Family, layout: Any, tr: _Training, batch: int, seq: int,
-                 d: int, m: int, checkpointing: bool, truncation: bool) -> ActivationEstimate:
+def _activations(
+    method: str,
+    dims: ModelDims,
+    fam: _Family,
+    layout: Any,
+    tr: _Training,
+    batch: int,
+    seq: int,
+    d: int,
+    m: int,
+    checkpointing: bool,
+    truncation: bool,
+) -> ActivationEstimate:
     tokens = batch * seq
     gb = 1024**3
     trained = [i for i, t in enumerate(tr.layers) if t is not None]
@@ -443,10 +505,20 @@ def _activations(method: str, dims: ModelDims, fam: _Family, layout: Any, tr: _T
     saved = layers + head
     logits = float(tokens * dims.vocab * (d + FP32))
     return ActivationEstimate(
-        method=method, micro_batch=batch, seq_len=seq, dtype_bytes=d, checkpointing=checkpointing,
-        truncation=truncated, active_layers=len(per_layer), saved_bytes=int(round(saved)),
-        layers_gb=layers / gb, head_gb=head / gb, saved_gb=saved / gb, recompute_gb=recompute / gb,
-        logits_gb=logits / gb, peak_gb=(saved + max(recompute, logits)) / gb,
+        method=method,
+        micro_batch=batch,
+        seq_len=seq,
+        dtype_bytes=d,
+        checkpointing=checkpointing,
+        truncation=truncated,
+        active_layers=len(per_layer),
+        saved_bytes=int(round(saved)),
+        layers_gb=layers / gb,
+        head_gb=head / gb,
+        saved_gb=saved / gb,
+        recompute_gb=recompute / gb,
+        logits_gb=logits / gb,
+        peak_gb=(saved + max(recompute, logits)) / gb,
     )
 
 
@@ -474,8 +546,12 @@ def activation_estimates(
     mask in the model dtype. With ``gpus_per_node``, each row also gets the ZeRO-3 model
     states of the same method and the total.
     """
-    for name, v in (("micro_batch", micro_batch), ("seq_len", seq_len), ("dtype_bytes", dtype_bytes),
-                    ("dropout_mask_bytes", dropout_mask_bytes)):
+    for name, v in (
+        ("micro_batch", micro_batch),
+        ("seq_len", seq_len),
+        ("dtype_bytes", dtype_bytes),
+        ("dropout_mask_bytes", dropout_mask_bytes),
+    ):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}={v!r} must be a positive integer (--micro-batch B --seq-len S).")
     if not plan.layout.has_shapes:
@@ -490,8 +566,19 @@ def activation_estimates(
     truncation = plan.config.truncate_backward if truncation is None else truncation
     rows = []
     for method, tr, variant in _activation_methods(plan, fam, dims):
-        row = _activations(method, dims, fam, plan.layout, tr, micro_batch, seq_len, dtype_bytes,
-                           dropout_mask_bytes, checkpointing, truncation and method.startswith("mid-block"))
+        row = _activations(
+            method,
+            dims,
+            fam,
+            plan.layout,
+            tr,
+            micro_batch,
+            seq_len,
+            dtype_bytes,
+            dropout_mask_bytes,
+            checkpointing,
+            truncation and method.startswith("mid-block"),
+        )
         if gpus_per_node is not None:
             states = zero3_estimates(variant or plan, gpus_per_node, nodes, offload)
             pick = {"uniform": 1, "full fine-tuning": 2}
@@ -516,8 +603,10 @@ def format_activation_table(rows: list[ActivationEstimate]) -> str:
         + (f"{'states GB':>11}{'total GB':>10}" if states else ""),
     ]
     for r in rows:
-        line = (f"{r.method:<30}{r.active_layers:>8}{r.saved_gb:>10.2f}{r.recompute_gb:>11.2f}{r.logits_gb:>9.2f}"
-                f"{r.peak_gb:>9.2f}")
+        line = (
+            f"{r.method:<30}{r.active_layers:>8}{r.saved_gb:>10.2f}{r.recompute_gb:>11.2f}{r.logits_gb:>9.2f}"
+            f"{r.peak_gb:>9.2f}"
+        )
         if states:
             line += f"{r.model_states_gb:>11.2f}{r.total_gb:>10.2f}"
         lines.append(line)

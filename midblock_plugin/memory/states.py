@@ -46,8 +46,17 @@ class MemoryEstimate:
         return asdict(self)
 
 
-def _estimate(method: str, total: int, trainable: int, largest: int, gpus: int, nodes: int, offload: bool,
-              quantized: int = 0, quantized_bytes: float = WEIGHT_BYTES) -> MemoryEstimate:
+def _estimate(
+    method: str,
+    total: int,
+    trainable: int,
+    largest: int,
+    gpus: int,
+    nodes: int,
+    offload: bool,
+    quantized: int = 0,
+    quantized_bytes: float = WEIGHT_BYTES,
+) -> MemoryEstimate:
     """``quantized`` of the ``total`` parameters are frozen weights stored at ``quantized_bytes``
     each (a QLoRA base); the others at ``WEIGHT_BYTES``."""
     world = gpus * nodes
@@ -78,7 +87,9 @@ def _estimate(method: str, total: int, trainable: int, largest: int, gpus: int, 
     )
 
 
-def zero3_estimates(plan: MidBlockPlan, gpus_per_node: int, nodes: int = 1, offload: bool = False) -> list[MemoryEstimate]:
+def zero3_estimates(
+    plan: MidBlockPlan, gpus_per_node: int, nodes: int = 1, offload: bool = False
+) -> list[MemoryEstimate]:
     """Per-GPU (and per-node CPU) model-state memory for mid-block, uniform LoRA and full FT."""
     if plan.full_params is None or plan.largest_module_params is None:
         raise ValueError("the memory planner needs parameter counts: give a model or config, not only --num-layers.")
@@ -90,15 +101,47 @@ def zero3_estimates(plan: MidBlockPlan, gpus_per_node: int, nodes: int = 1, offl
     # a quantized base (QLoRA): its linear weights at their stored size in both LoRA rows; full
     # fine-tuning (which cannot train quantized weights) stays the bf16 comparison
     kind = getattr(plan.layout, "quantization", None)
-    qlora = {"quantized": plan.layout.quantized_params, "quantized_bytes": QUANTIZED_WEIGHT_BYTES[kind]} if kind else {}
+    qlora = (
+        {"quantized": plan.layout.quantized_params, "quantized_bytes": QUANTIZED_WEIGHT_BYTES[kind]} if kind else {}
+    )
     tag = f", {kind[4]}-bit" if kind else ""
     rows = []
     if plan.mode == "lora":
-        rows.append(_estimate(f"mid-block LoRA ({plan.window}{tag})", base + plan.trainable_params, plan.trainable_params, largest, gpus_per_node, nodes, offload, **qlora))
+        rows.append(
+            _estimate(
+                f"mid-block LoRA ({plan.window}{tag})",
+                base + plan.trainable_params,
+                plan.trainable_params,
+                largest,
+                gpus_per_node,
+                nodes,
+                offload,
+                **qlora,
+            )
+        )
     else:
-        rows.append(_estimate(f"mid-block full ({plan.window})", base, plan.trainable_params, largest, gpus_per_node, nodes, offload))
-    rows.append(_estimate(f"uniform LoRA r={plan.baseline_rank}{tag}", base + plan.uniform_lora_params, plan.uniform_lora_params, largest, gpus_per_node, nodes, offload, **qlora))
-    rows.append(_estimate("full fine-tuning" + (" (bf16 base)" if kind else ""), base, base, largest, gpus_per_node, nodes, offload))
+        rows.append(
+            _estimate(
+                f"mid-block full ({plan.window})", base, plan.trainable_params, largest, gpus_per_node, nodes, offload
+            )
+        )
+    rows.append(
+        _estimate(
+            f"uniform LoRA r={plan.baseline_rank}{tag}",
+            base + plan.uniform_lora_params,
+            plan.uniform_lora_params,
+            largest,
+            gpus_per_node,
+            nodes,
+            offload,
+            **qlora,
+        )
+    )
+    rows.append(
+        _estimate(
+            "full fine-tuning" + (" (bf16 base)" if kind else ""), base, base, largest, gpus_per_node, nodes, offload
+        )
+    )
     return rows
 
 
@@ -107,7 +150,10 @@ def format_table(rows: list[MemoryEstimate], gpus_per_node: int, nodes: int, off
         f"ZeRO-3 model-state memory per GPU, {nodes} node(s) x {gpus_per_node} GPU(s)"
         f"{', optimizer+params offloaded to CPU' if offload else ''} (activations not included)"
     )
-    lines = [head, f"{'method':<30}{'trainable':>14}{'params':>9}{'grads':>9}{'optim':>9}{'gather':>9}{'GPU GB':>9}{'CPU GB/node':>13}"]
+    lines = [
+        head,
+        f"{'method':<30}{'trainable':>14}{'params':>9}{'grads':>9}{'optim':>9}{'gather':>9}{'GPU GB':>9}{'CPU GB/node':>13}",
+    ]
     for r in rows:
         lines.append(
             f"{r.method:<30}{r.trainable_params:>14,}{r.params_gb:>9.2f}{r.grads_gb:>9.2f}{r.optimizer_gb:>9.2f}"

@@ -26,8 +26,20 @@ def run_nodes(commands: list[tuple[list[str], dict]], cwd: Path | str, logs: Pat
     procs = []
     for i, (cmd, env) in enumerate(commands):
         log = open(logs / f"node{i}.log", "w")
-        procs.append((subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True), log))
+        procs.append(
+            (
+                subprocess.Popen(
+                    cmd,
+                    cwd=cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                ),
+                log,
+            )
+        )
     deadline = time.monotonic() + timeout_s
     while any(p.poll() is None for p, _ in procs):
         if any(p.returncode not in (None, 0) for p, _ in procs) or time.monotonic() > deadline:
@@ -38,8 +50,9 @@ def run_nodes(commands: list[tuple[list[str], dict]], cwd: Path | str, logs: Pat
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
         log.close()
-    text = "\n".join(f"--- node {i} (exit {p.returncode})\n" + (logs / f"node{i}.log").read_text()
-                     for i, (p, _) in enumerate(procs))
+    text = "\n".join(
+        f"--- node {i} (exit {p.returncode})\n" + (logs / f"node{i}.log").read_text() for i, (p, _) in enumerate(procs)
+    )
     assert all(p.returncode == 0 for p, _ in procs), text[-6000:]
     return text
 

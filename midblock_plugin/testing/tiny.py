@@ -23,14 +23,17 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-_CORPUS = """Question: Natalia sold clips to 48 of her friends in April, and then she sold half as
+_CORPUS = (
+    """Question: Natalia sold clips to 48 of her friends in April, and then she sold half as
 many clips in May. How many clips did Natalia sell altogether in April and May?
 Answer: Natalia sold 48/2 = 24 clips in May. Natalia sold 48+24 = 72 clips altogether. #### 72
 Question: Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of
 babysitting. How much did she earn? Answer: Weng earns 12/60 = $0.2 per minute. #### 10
 The quick brown fox jumps over the lazy dog. 0 1 2 3 4 5 6 7 8 9 + - * / = $ % . , ? !
 user assistant system <|im_start|> <|im_end|> the a an of to in is was for on that with
-""" * 4
+"""
+    * 4
+)
 
 #: The architectures the test-suite covers, with the transformers config class name.
 ARCHITECTURES = {
@@ -93,12 +96,22 @@ def tiny_config(arch: str = "llama", num_layers: int = 5, hidden: int = 64, voca
     if arch == "gpt2":
         kw = dict(n_embd=hidden, n_layer=num_layers, n_head=heads, n_positions=512)
     elif arch == "gpt_neox":
-        kw = dict(hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=heads,
-                  intermediate_size=hidden * 2, max_position_embeddings=512)
+        kw = dict(
+            hidden_size=hidden,
+            num_hidden_layers=num_layers,
+            num_attention_heads=heads,
+            intermediate_size=hidden * 2,
+            max_position_embeddings=512,
+        )
     else:
-        kw = dict(hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=heads,
-                  num_key_value_heads=max(1, heads // 2), intermediate_size=hidden * 2,
-                  max_position_embeddings=512)
+        kw = dict(
+            hidden_size=hidden,
+            num_hidden_layers=num_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=max(1, heads // 2),
+            intermediate_size=hidden * 2,
+            max_position_embeddings=512,
+        )
         if arch in ("gemma2", "qwen3"):
             kw["head_dim"] = hidden // heads
         if arch == "phi3":
@@ -119,7 +132,14 @@ def tiny_model(arch: str = "llama", num_layers: int = 5, hidden: int = 64, seed:
     return model.float()
 
 
-def save_tiny(path: str | os.PathLike, arch: str = "llama", num_layers: int = 5, hidden: int = 64, seed: int = 0, **overrides: Any) -> Path:
+def save_tiny(
+    path: str | os.PathLike,
+    arch: str = "llama",
+    num_layers: int = 5,
+    hidden: int = 64,
+    seed: int = 0,
+    **overrides: Any,
+) -> Path:
     """Save a tiny model and tokenizer to ``path`` (a directory loadable with from_pretrained)."""
     path = Path(path)
     tiny_model(arch, num_layers=num_layers, hidden=hidden, seed=seed, **overrides).save_pretrained(path)

@@ -79,8 +79,10 @@ class MidBlockCallback(TrainerCallback):
         Returns ``self``. The integrations (Axolotl, ``midblock run``, the TRL example) call it."""
         self._bound = move_callback_to_front(trainer, self)
         if not self._bound:
-            raise ValueError("MidBlockCallback.bind: this callback is not among the trainer's callbacks; "
-                             "pass it in callbacks=[...] (or trainer.add_callback) first.")
+            raise ValueError(
+                "MidBlockCallback.bind: this callback is not among the trainer's callbacks; "
+                "pass it in callbacks=[...] (or trainer.add_callback) first."
+            )
         return self
 
     # ------------------------------------------------------------------ setup
@@ -103,7 +105,9 @@ class MidBlockCallback(TrainerCallback):
                 partitioned = any(hasattr(p, "ds_id") for p in model.parameters())
                 extra = "\n  deepspeed      ZeRO-3, parameters partitioned" if partitioned else ""
                 print(self.plan.summary() + extra, file=sys.stderr, flush=True)
-            self._write_json(args, io.PLAN_JSON, {**self.plan.to_json_dict(), "trainable_params_on_model": self.trainable_params})
+            self._write_json(
+                args, io.PLAN_JSON, {**self.plan.to_json_dict(), "trainable_params_on_model": self.trainable_params}
+            )
         return control
 
     @staticmethod
@@ -126,7 +130,8 @@ class MidBlockCallback(TrainerCallback):
             logger.warning(
                 "midblock: the drift metrics go to the trainer's log history and %s, but not to %s: those "
                 "reporters run before user callbacks. Call callback.bind(trainer) after building the trainer.",
-                io.DRIFT_JSON, ", ".join(map(str, reporters)),
+                io.DRIFT_JSON,
+                ", ".join(map(str, reporters)),
             )
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -143,14 +148,17 @@ class MidBlockCallback(TrainerCallback):
                 logger.warning(
                     "midblock: resumed at step %d from a checkpoint outside %s; its plan was not compared with this "
                     "run's. Set TrainingArguments(resume_from_checkpoint=PATH) so the callback checks it at init.",
-                    state.global_step, args.output_dir,
+                    state.global_step,
+                    args.output_dir,
                 )
         if self.config.truncate_backward and checkpointing_on(args) and self.truncation is None:
             self.truncation = BackwardTruncation(plan.first_layer, reentrant=is_reentrant(args, model))
             if self.truncation.install(model):
                 logger.info(
                     "midblock: backward truncated below layer %d (removed %d input-grad hooks, reentrant=%s)",
-                    plan.first_layer, self.truncation.removed_input_hooks, self.truncation.reentrant,
+                    plan.first_layer,
+                    self.truncation.removed_input_hooks,
+                    self.truncation.reentrant,
                 )
         if self.config.drift_monitor and self.monitor is None:
             self.monitor = DriftMonitor(model, plan.layers, plan.mode)
@@ -185,7 +193,9 @@ class MidBlockCallback(TrainerCallback):
         if self.plan is not None and state.is_world_process_zero and getattr(args, "output_dir", None):
             checkpoint = io.artifact(args.output_dir, f"checkpoint-{state.global_step}")
             if checkpoint.is_dir():
-                write_checkpoint_plan(checkpoint, {**self.plan.to_json_dict(), "trainable_params_on_model": self.trainable_params})
+                write_checkpoint_plan(
+                    checkpoint, {**self.plan.to_json_dict(), "trainable_params_on_model": self.trainable_params}
+                )
                 if self.plan.mode == "lora" and (checkpoint / "adapter_config.json").is_file():
                     write_model_card(checkpoint, self.plan)
         return control

@@ -49,9 +49,11 @@ def model_card_section(plan: Any) -> str:
     lines = [BEGIN, "## Mid-Block Efficient Tuning (midblock)", ""]
     window = f"layers {p.get('window')} of {p.get('num_layers')}"
     if p.get("mode", "lora") == "lora":
-        lines.append(f"LoRA on decoder {window} only, rank {p.get('layer_rank')} (budget-matched to uniform "
-                     f"LoRA r={p.get('baseline_rank')}), lora_alpha {float(p.get('lora_alpha') or 0):g}"
-                     f"{', rsLoRA scaling (alpha / sqrt(r))' if p.get('use_rslora') else ''}.")
+        lines.append(
+            f"LoRA on decoder {window} only, rank {p.get('layer_rank')} (budget-matched to uniform "
+            f"LoRA r={p.get('baseline_rank')}), lora_alpha {float(p.get('lora_alpha') or 0):g}"
+            f"{', rsLoRA scaling (alpha / sqrt(r))' if p.get('use_rslora') else ''}."
+        )
         rank = (p.get("serving") or {}).get("max_lora_rank")
         if rank:
             lines.append(f"vLLM: pass `--max-lora-rank {rank}`.")

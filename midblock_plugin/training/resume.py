@@ -20,7 +20,16 @@ from midblock_plugin import io
 
 
 #: Plan fields that must agree between a checkpoint and the run that resumes from it.
-RESUME_FIELDS = ("mode", "num_layers", "layers", "layer_rank", "lora_alpha", "use_rslora", "target_modules", "extra_trainable")
+RESUME_FIELDS = (
+    "mode",
+    "num_layers",
+    "layers",
+    "layer_rank",
+    "lora_alpha",
+    "use_rslora",
+    "target_modules",
+    "extra_trainable",
+)
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 #: adapter_config.json key -> the plan.json field it states
@@ -178,10 +187,11 @@ def check_adapter_dir(adapter_dir: str | os.PathLike, plan: Any, fix: str) -> No
         raise PlanMismatch(f"{adapter_dir} holds no adapter_config.json; give a PEFT LoRA adapter directory. {fix}")
     problems = lora_mismatches(io.read_json(path), plan, what="adapter")
     if problems:
-        raise PlanMismatch(f"{adapter_dir} holds an adapter for a different window or rank ({'; '.join(problems)}). {fix}")
+        raise PlanMismatch(
+            f"{adapter_dir} holds an adapter for a different window or rank ({'; '.join(problems)}). {fix}"
+        )
 
 
 def write_checkpoint_plan(checkpoint: str | os.PathLike, plan_json: dict[str, Any]) -> Path:
     """Write the plan into a checkpoint directory (``<checkpoint>/midblock/plan.json``)."""
     return io.write_json(io.artifact(checkpoint, io.PLAN_JSON), plan_json)
-

@@ -34,6 +34,7 @@ SMOKE_FILES = {"test_entry_point.py", "test_lora.py", "test_lifecycle.py"}
 def pytest_configure(config):
     config.addinivalue_line("markers", "axolotl_smoke: the Axolotl smoke subset (run on the older Axolotl in CI)")
 
+
 # Nothing may reach a hub, and Axolotl's telemetry must not wait for the network.
 for _k, _v in {
     "AXOLOTL_DO_NOT_TRACK": "1",
@@ -111,5 +112,12 @@ def full_run(workspace):
 @pytest.fixture(scope="session")
 def full_gc_run(workspace):
     """Full mode with gradient checkpointing."""
-    return _recorded_run(workspace, "full-gc", midblock_mode="full", gradient_checkpointing=True,
-                         lora_r=None, lora_alpha=None, lora_target_modules=None)
+    return _recorded_run(
+        workspace,
+        "full-gc",
+        midblock_mode="full",
+        gradient_checkpointing=True,
+        lora_r=None,
+        lora_alpha=None,
+        lora_target_modules=None,
+    )

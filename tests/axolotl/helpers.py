@@ -136,8 +136,15 @@ class Workspace:
         path.write_text(yaml.safe_dump(copy.deepcopy(cfg), sort_keys=False), encoding="utf-8")
         return path
 
-    def axolotl(self, module: str, config_path: Path, *args: str, env: dict | None = None, timeout: int = 480,
-                stdin_text: str | None = None) -> Run:
+    def axolotl(
+        self,
+        module: str,
+        config_path: Path,
+        *args: str,
+        env: dict | None = None,
+        timeout: int = 480,
+        stdin_text: str | None = None,
+    ) -> Run:
         """Run ``python -m axolotl.cli.<module> config`` in a subprocess (``stdin_text``: its standard
         input, e.g. the prompt of ``inference``; none by default)."""
         full_env = dict(os.environ)
@@ -155,8 +162,13 @@ class Workspace:
             timeout=timeout,
         )
         out_dir = yaml.safe_load(Path(config_path).read_text()).get("output_dir")
-        return Run(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start,
-                   Path(out_dir) if out_dir else None, proc.stdout)
+        return Run(
+            proc.returncode,
+            proc.stdout + proc.stderr,
+            time.monotonic() - start,
+            Path(out_dir) if out_dir else None,
+            proc.stdout,
+        )
 
     def torchrun(self, config_path: Path, env: dict | None = None, timeout: int = 600) -> Run:
         """``python -m torch.distributed.run --nproc_per_node 2 -m axolotl.cli.train config`` on CPU:
@@ -164,19 +176,37 @@ class Workspace:
         the ``deepspeed`` key comes from the config."""
         full_env = dict(os.environ)
         full_env.update(ENV)
-        full_env.update({"DS_ACCELERATOR": "cpu", "MIDBLOCK_CPU_GLOO_SHIM": "1",
-                         "PYTHONPATH": os.pathsep.join([str(SHIM), str(ROOT)])})
+        full_env.update(
+            {
+                "DS_ACCELERATOR": "cpu",
+                "MIDBLOCK_CPU_GLOO_SHIM": "1",
+                "PYTHONPATH": os.pathsep.join([str(SHIM), str(ROOT)]),
+            }
+        )
         full_env.update(env or {})
         with socket.socket() as sock:  # a free port for the rendezvous
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               "-m", "axolotl.cli.train", str(config_path)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            "-m",
+            "axolotl.cli.train",
+            str(config_path),
+        ]
         start = time.monotonic()
-        proc = subprocess.run(cmd, cwd=self.root, env=full_env, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=timeout)
+        proc = subprocess.run(
+            cmd, cwd=self.root, env=full_env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
+        )
         out_dir = yaml.safe_load(Path(config_path).read_text()).get("output_dir")
-        return Run(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start, Path(out_dir) if out_dir else None)
+        return Run(
+            proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start, Path(out_dir) if out_dir else None
+        )
 
     def train(self, name: str, env: dict | None = None, **overrides: Any) -> Run:
         cfg = self.config(name, **overrides)

@@ -50,7 +50,9 @@ def _validated(workspace, name, **overrides):
         (None, OLD, True, True),
     ],
 )
-def test_checkpointing_mode_chosen_at_config_load(workspace, monkeypatch, caplog, deepspeed, version, requested, expected):
+def test_checkpointing_mode_chosen_at_config_load(
+    workspace, monkeypatch, caplog, deepspeed, version, requested, expected
+):
     _fake_deepspeed(monkeypatch, version)
     if deepspeed == "stage2.json":
         deepspeed = str(workspace.root / "stage2.json")
@@ -78,14 +80,22 @@ def test_checkpointing_mode_chosen_at_config_load(workspace, monkeypatch, caplog
 
 def test_other_checkpointing_kwargs_are_kept(workspace, monkeypatch):
     _fake_deepspeed(monkeypatch, OLD)
-    cfg = _validated(workspace, "gc-kwargs", deepspeed="midblock:zero3", gradient_checkpointing_kwargs={"preserve_rng_state": False})
+    cfg = _validated(
+        workspace, "gc-kwargs", deepspeed="midblock:zero3", gradient_checkpointing_kwargs={"preserve_rng_state": False}
+    )
     assert cfg.gradient_checkpointing_kwargs == {"preserve_rng_state": False, "use_reentrant": True}
 
 
 def test_without_checkpointing_nothing_is_set_or_refused(workspace, monkeypatch):
     _fake_deepspeed(monkeypatch, OLD)
-    cfg = axolotl_validate(workspace.write(workspace.config("no-gc", deepspeed="midblock:zero3",
-                                                           gradient_checkpointing_kwargs={"use_reentrant": False}), "no-gc"))
+    cfg = axolotl_validate(
+        workspace.write(
+            workspace.config(
+                "no-gc", deepspeed="midblock:zero3", gradient_checkpointing_kwargs={"use_reentrant": False}
+            ),
+            "no-gc",
+        )
+    )
     assert not cfg.gradient_checkpointing and cfg.gradient_checkpointing_kwargs == {"use_reentrant": False}
     cfg = axolotl_validate(workspace.write(workspace.config("no-gc2", deepspeed="midblock:zero3"), "no-gc2"))
     assert cfg.gradient_checkpointing_kwargs is None
@@ -94,8 +104,12 @@ def test_without_checkpointing_nothing_is_set_or_refused(workspace, monkeypatch)
 def test_explicit_non_reentrant_with_zero3_on_old_deepspeed_is_refused_at_config_load(workspace, monkeypatch):
     """Through ``load_cfg``, the loader of ``axolotl train``: before logging, outputs or weights."""
     _fake_deepspeed(monkeypatch, OLD)
-    cfg = workspace.config("gc-refused", deepspeed="midblock:zero3", gradient_checkpointing=True,
-                           gradient_checkpointing_kwargs={"use_reentrant": False})
+    cfg = workspace.config(
+        "gc-refused",
+        deepspeed="midblock:zero3",
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
     error = axolotl_load_error(workspace.write(cfg, "gc-refused"))
     assert "adapter: midblock: gradient_checkpointing_kwargs: use_reentrant: false with DeepSpeed ZeRO-3" in error
     assert f"{REFUSAL} (installed: 0.18.9)" in error
@@ -109,8 +123,12 @@ def test_installed_deepspeed_refusal_in_axolotl_train(workspace):
     pytest.importorskip("deepspeed")
     if compat.zero3_nonreentrant_ok():
         pytest.skip(f"DeepSpeed {compat.deepspeed_version()} >= 0.19.3 runs non-reentrant ZeRO-3 checkpointing")
-    cfg = workspace.config("gc-refused-cli", deepspeed="midblock:zero3", gradient_checkpointing=True,
-                           gradient_checkpointing_kwargs={"use_reentrant": False})
+    cfg = workspace.config(
+        "gc-refused-cli",
+        deepspeed="midblock:zero3",
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
     run = workspace.axolotl("train", workspace.write(cfg, "gc-refused-cli"))
     assert run.returncode != 0
     version = ".".join(map(str, compat.deepspeed_version()))

@@ -19,8 +19,10 @@ def test_emitted_fragment_passes_axolotls_validation(workspace, budget):
     from midblock_plugin.integrations.axolotl.keys import midblock_config_from_cfg
     from midblock_plugin.plan import build_plan
 
-    plan = build_plan(str(workspace.model_dir), MidBlockConfig(segments="01110", rank=RANK, lora_alpha=2 * RANK,
-                                                               alpha_policy="fixed", budget=budget))
+    plan = build_plan(
+        str(workspace.model_dir),
+        MidBlockConfig(segments="01110", rank=RANK, lora_alpha=2 * RANK, alpha_policy="fixed", budget=budget),
+    )
     assert plan.layer_rank == (MATCHED_RANK if budget == "match" else 1)  # vLLM sizes at or below 6: 1
     text = emit(plan, "axolotl")
     fragment = yaml.safe_load(text)
@@ -29,8 +31,13 @@ def test_emitted_fragment_passes_axolotls_validation(workspace, budget):
     again = build_plan(str(workspace.model_dir), midblock_config_from_cfg(cfg))
     assert (again.layers, again.layer_rank, again.lora_alpha) == (WINDOW, plan.layer_rank, plan.lora_alpha)
 
-    native = yaml.safe_load("\n".join(line[2:] for line in text.splitlines() if line.startswith("# ")
-                                      and ":" in line and line.split(":")[0][2:].isidentifier()))
+    native = yaml.safe_load(
+        "\n".join(
+            line[2:]
+            for line in text.splitlines()
+            if line.startswith("# ") and ":" in line and line.split(":")[0][2:].isidentifier()
+        )
+    )
     plain = workspace.config(f"emit-native-{budget}", plugins=None, midblock_segments=None, lora_target_modules=None)
     cfg = axolotl_validate(workspace.write({**plain, **native}, f"emit-native-{budget}"))
     assert cfg.adapter == "lora" and cfg.peft_layers_to_transform == WINDOW and cfg.lora_r == plan.layer_rank

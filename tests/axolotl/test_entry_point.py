@@ -85,7 +85,9 @@ def test_short_plugin_path_loads_through_axolotls_plugin_loader():
     import midblock_plugin.integrations.axolotl
     from midblock_plugin.integrations.axolotl.plugin import MidBlockPlugin
 
-    assert midblock_plugin.axolotl.MidBlockPlugin is midblock_plugin.integrations.axolotl.MidBlockPlugin is MidBlockPlugin
+    assert (
+        midblock_plugin.axolotl.MidBlockPlugin is midblock_plugin.integrations.axolotl.MidBlockPlugin is MidBlockPlugin
+    )
     assert type(load_plugin(SHORT_PLUGIN)) is MidBlockPlugin
     manager = PluginManager.get_instance()
     try:
@@ -113,14 +115,22 @@ def test_plugin_listed_by_both_names_acts_once():
         first, second = manager.plugins[PLUGIN], manager.plugins[SHORT_PLUGIN]
         assert manager.get_input_args().count(first.get_input_args()) == 1 and second.get_input_args() is None
         merge_input_args()  # no TypeError
-        cfg = DictDefault({"adapter": "midblock", "midblock_segments": "01110", "lora_r": 4,
-                           "lora_target_modules": ["q_proj", "v_proj"], "seed": 42})
+        cfg = DictDefault(
+            {
+                "adapter": "midblock",
+                "midblock_segments": "01110",
+                "lora_r": 4,
+                "lora_target_modules": ["q_proj", "v_proj"],
+                "seed": 42,
+            }
+        )
         model = tiny_model("llama", num_layers=5)
         assert second.load_adapter(model, cfg) is None and second.add_callbacks_pre_trainer(cfg, model) == []
         assert second.add_callbacks_post_trainer(DictDefault({**cfg, "midblock_eval": True}), trainer=None) == []
         loaded, peft_config = first.load_adapter(model, cfg)
-        assert peft_config.layers_to_transform == WINDOW and [type(cb).__name__ for cb in
-                                                              first.add_callbacks_pre_trainer(cfg, loaded)] == ["MidBlockCallback"]
+        assert peft_config.layers_to_transform == WINDOW and [
+            type(cb).__name__ for cb in first.add_callbacks_pre_trainer(cfg, loaded)
+        ] == ["MidBlockCallback"]
     finally:
         manager.plugins.pop(SHORT_PLUGIN, None)
         if not had_long:

@@ -56,7 +56,10 @@ def test_eval_writes_gsm8k_json_after_the_model_is_saved(eval_run):
     assert not (out / "eval" / "error.json").exists()
     # single process: evaluated at Axolotl's second post_train call, i.e. after the save
     log = eval_run.output
-    saved, evaluated = log.find("Model successfully saved"), log.find("lm-eval final evaluation of the model in memory")
+    saved, evaluated = (
+        log.find("Model successfully saved"),
+        log.find("lm-eval final evaluation of the model in memory"),
+    )
     assert 0 <= saved < evaluated, "the evaluation must run after the model is saved"
     assert "(after the model was saved)" in log
     assert "lm-eval results written to" in log
@@ -72,9 +75,24 @@ def test_eval_equals_midblock_eval_of_the_saved_adapter(workspace, eval_run, tmp
     from midblock_plugin.testing import GSM8K_DIR
 
     cli_json = tmp_path / "cli.json"
-    cmd = [*_midblock_cli(), "eval", str(workspace.model_dir), "--adapter", str(eval_run.output_dir),
-           "--limit", "2", "--num-fewshot", "1", "--max-gen-toks", "8", "--data-dir", str(GSM8K_DIR),
-           "--save-samples", "--output", str(cli_json)]
+    cmd = [
+        *_midblock_cli(),
+        "eval",
+        str(workspace.model_dir),
+        "--adapter",
+        str(eval_run.output_dir),
+        "--limit",
+        "2",
+        "--num-fewshot",
+        "1",
+        "--max-gen-toks",
+        "8",
+        "--data-dir",
+        str(GSM8K_DIR),
+        "--save-samples",
+        "--output",
+        str(cli_json),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, **ENV})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     cli = json.loads(cli_json.read_text())
@@ -83,8 +101,12 @@ def test_eval_equals_midblock_eval_of_the_saved_adapter(workspace, eval_run, tmp
     assert (cli["n_samples"], cli["num_fewshot"]) == (trained["n_samples"], trained["num_fewshot"]) == (2, 1)
     # the strong check: the in-memory model and the reloaded adapter generate the same text
     cli_rows = [json.loads(line) for line in (tmp_path / "cli.samples.jsonl").read_text().splitlines()]
-    run_rows = [json.loads(line) for line in (eval_run.output_dir / "eval" / "gsm8k.samples.jsonl").read_text().splitlines()]
-    assert [(r["doc_id"], r["prompt"], r["response"]) for r in cli_rows] == [(r["doc_id"], r["prompt"], r["response"]) for r in run_rows]
+    run_rows = [
+        json.loads(line) for line in (eval_run.output_dir / "eval" / "gsm8k.samples.jsonl").read_text().splitlines()
+    ]
+    assert [(r["doc_id"], r["prompt"], r["response"]) for r in cli_rows] == [
+        (r["doc_id"], r["prompt"], r["response"]) for r in run_rows
+    ]
 
 
 def test_failed_eval_is_recorded_and_the_run_still_succeeds(workspace, tmp_path):
@@ -98,8 +120,12 @@ def test_failed_eval_is_recorded_and_the_run_still_succeeds(workspace, tmp_path)
     shutil.copy(GSM8K_DIR / "train.jsonl", data / "train.jsonl")
     shutil.copy(GSM8K_DIR / "test.jsonl", data / "test.jsonl")
 
-    run = workspace.train("eval-broken", env={"MIDBLOCK_BREAK_JSONL": str(data / "test.jsonl")},
-                          plugins=[PLUGIN, RECORDER], midblock_eval=_eval_settings(data))
+    run = workspace.train(
+        "eval-broken",
+        env={"MIDBLOCK_BREAK_JSONL": str(data / "test.jsonl")},
+        plugins=[PLUGIN, RECORDER],
+        midblock_eval=_eval_settings(data),
+    )
     assert run.returncode == 0, run.output[-4000:]
     out = run.output_dir
     assert (out / "adapter_model.safetensors").exists() and (out / "adapter_config.json").exists()
@@ -128,7 +154,10 @@ def test_bad_eval_key_fails_validation_in_axolotl_train(workspace):
 @pytest.mark.parametrize(
     "value, expected",
     [
-        ({"limt": 5}, "midblock_eval: unknown evaluation option 'limt' (did you mean 'limit'?); allowed fields: enabled, tasks,"),
+        (
+            {"limt": 5},
+            "midblock_eval: unknown evaluation option 'limt' (did you mean 'limit'?); allowed fields: enabled, tasks,",
+        ),
         ({"limit": 0}, "midblock_eval: limit: 0 must be a positive integer"),
         ({"batch_size": "big"}, "midblock_eval: batch_size: 'big' must be a positive integer, 'auto' or 'auto:N'"),
         ({"data_dir": "/no/such/gsm8k"}, "midblock_eval: data_dir: '/no/such/gsm8k' is not a directory"),

@@ -19,7 +19,14 @@ pytestmark = pytest.mark.axolotl
 def test_after_save_hf_backend_with_the_paper_protocol(workspace):
     from midblock_plugin.testing import GSM8K_DIR
 
-    settings = {"backend": "hf", "protocol": "paper", "limit": 2, "batch_size": 2, "data_dir": str(GSM8K_DIR), "save_samples": True}
+    settings = {
+        "backend": "hf",
+        "protocol": "paper",
+        "limit": 2,
+        "batch_size": 2,
+        "data_dir": str(GSM8K_DIR),
+        "save_samples": True,
+    }
     run = workspace.train("eval_after_save", midblock_eval=settings).check()
     out = run.output_dir
     report = json.loads((out / "eval" / "gsm8k.json").read_text())
@@ -29,7 +36,10 @@ def test_after_save_hf_backend_with_the_paper_protocol(workspace):
     assert report["model"]["peft"] is True  # the saved adapter on its base, loaded by `midblock eval`
     assert not (out / "eval" / "error.json").exists()
     log = run.output
-    saved, evaluated = log.find("Model successfully saved"), log.find("lm-eval final evaluation of the saved model (hf")
+    saved, evaluated = (
+        log.find("Model successfully saved"),
+        log.find("lm-eval final evaluation of the saved model (hf"),
+    )
     assert 0 <= saved < evaluated, "the evaluation must run after the model is saved"
     assert "midblock -m midblock_plugin.cli eval" not in log and "--backend hf" in log  # its own process
     assert len((out / "eval" / "gsm8k.samples.jsonl").read_text().splitlines()) == 2

@@ -110,8 +110,10 @@ TINY = {
 def tiny_models(workspace):
     from midblock_plugin.testing import save_tiny
 
-    return {arch: save_tiny(workspace.root / f"tiny-{arch}-{TINY_LAYERS}", arch=arch, num_layers=TINY_LAYERS)
-            for arch in ("olmo2", "qwen2")}
+    return {
+        arch: save_tiny(workspace.root / f"tiny-{arch}-{TINY_LAYERS}", arch=arch, num_layers=TINY_LAYERS)
+        for arch in ("olmo2", "qwen2")
+    }
 
 
 def as_tested(name: str, shipped: dict, model_dir, root) -> dict:
@@ -128,8 +130,13 @@ def as_tested(name: str, shipped: dict, model_dir, root) -> dict:
     dataset.pop("name", None)
     dataset.update(path=str(GSM8K_DIR / "train.jsonl"), ds_type="json")
     assert cfg["bf16"] in ("auto", True) and cfg["tf32"] is True  # what the paper's GPUs use
-    cfg.update(bf16=False, tf32=False, max_steps=2, output_dir=str(root / name),
-               dataset_prepared_path=str(root / f"{name}-prepared"))
+    cfg.update(
+        bf16=False,
+        tf32=False,
+        max_steps=2,
+        output_dir=str(root / name),
+        dataset_prepared_path=str(root / f"{name}-prepared"),
+    )
     return cfg
 
 

@@ -38,10 +38,12 @@ def _loaded(workspace, name: str, command: str, adapter_dir, *args, stdin_text=N
     """``python -m axolotl.cli.<command>`` with ``lora_model_dir: adapter_dir`` (None: no adapter
     to load) and the hook recorder; the run and what the recorder saw at ``post_model_load``."""
     log = workspace.root / f"{name}-hooks.jsonl"
-    cfg = workspace.config(name, plugins=[PLUGIN, RECORDER], lora_model_dir=str(adapter_dir) if adapter_dir else None,
-                           **overrides)
-    run = workspace.axolotl(command, workspace.write(cfg, name), *args, env={"MIDBLOCK_HOOK_LOG": str(log)},
-                            stdin_text=stdin_text).check()
+    cfg = workspace.config(
+        name, plugins=[PLUGIN, RECORDER], lora_model_dir=str(adapter_dir) if adapter_dir else None, **overrides
+    )
+    run = workspace.axolotl(
+        command, workspace.write(cfg, name), *args, env={"MIDBLOCK_HOOK_LOG": str(log)}, stdin_text=stdin_text
+    ).check()
     (loaded,) = [h for h in _hooks(log) if h["hook"] == "post_model_load"]
     return run, loaded
 
@@ -76,8 +78,9 @@ def test_inference_loads_the_trained_adapter_and_generates(workspace, lora_run):
     """``axolotl inference`` reads one instruction from standard input until EOF, generates (with
     sampling: Axolotl's fixed generation config) and returns at the next, empty, read."""
     prompt = "Natalia sold clips to 48 of her friends in April. How many clips did she sell?"
-    run, loaded = _loaded(workspace, "inference", "inference", lora_run.output_dir, "--prompter=AlpacaPrompter",
-                          stdin_text=prompt + "\n")
+    run, loaded = _loaded(
+        workspace, "inference", "inference", lora_run.output_dir, "--prompter=AlpacaPrompter", stdin_text=prompt + "\n"
+    )
     assert PLAN_LINE in run.output
     assert loaded["lora_layers"] == WINDOW
     assert loaded["adapter_tensors"] == loaded["saved_tensors"] > 0 and loaded["adapter_max_diff"] == 0.0
@@ -100,18 +103,25 @@ def short_rows(workspace):
     with open(path, "w", encoding="utf-8") as fh:
         for row in gsm8k_rows("train", n=48):
             first = row["question"].split(". ")[0][:80]
-            fh.write(json.dumps({"instruction": first, "input": "", "output": row["answer"].split("####")[-1].strip()})
-                     + "\n")
+            fh.write(
+                json.dumps({"instruction": first, "input": "", "output": row["answer"].split("####")[-1].strip()})
+                + "\n"
+            )
     return path
 
 
 def test_sample_packing_trains_with_the_plugin(workspace, short_rows):
     log = workspace.root / "packed-hooks.jsonl"
     run = workspace.train(
-        "packed", env={"MIDBLOCK_HOOK_LOG": str(log)}, plugins=[PLUGIN, RECORDER],
+        "packed",
+        env={"MIDBLOCK_HOOK_LOG": str(log)},
+        plugins=[PLUGIN, RECORDER],
         datasets=[{"path": str(short_rows), "ds_type": "json", "type": "alpaca"}],
         dataset_prepared_path=str(workspace.root / "prepared-packed"),
-        sample_packing=True, eval_sample_packing=False, pad_to_sequence_len=True, sequence_len=256,
+        sample_packing=True,
+        eval_sample_packing=False,
+        pad_to_sequence_len=True,
+        sequence_len=256,
         attn_implementation="sdpa" if axolotl_version() >= (0, 20) else None,
         sdp_attention=True if axolotl_version() < (0, 20) else None,
     ).check()
@@ -181,8 +191,9 @@ def test_setup_script_without_python_312_says_how_to_provide_it(tmp_path):
         pytest.skip("this machine has python3.12 in /usr/bin: the script would build the environment")
     venv = tmp_path / "venv"
     env = {"PATH": bare_path, "HOME": str(tmp_path), "AXOLOTL_VERSION": "0.21.0", "AXOLOTL_VENV": str(venv)}
-    out = subprocess.run(["bash", str(ROOT / ".ci" / "axolotl-setup.sh")], env=env, capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "axolotl-setup.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 3, out.stdout + out.stderr
     assert "needs Python 3.12" in out.stderr and "pyenv install 3.12" in out.stderr and "PYTHON=" in out.stderr
     assert not venv.exists()

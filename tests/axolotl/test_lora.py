@@ -117,8 +117,13 @@ def test_merge_lora_equals_base_plus_adapter(workspace, lora_run, method):
     from transformers import AutoModelForCausalLM
 
     out = workspace.root / f"merge-{method}"
-    merge = workspace.axolotl("merge_lora", workspace.root / "lora.yml", f"--merge_method={method}",
-                              f"--lora_model_dir={lora_run.output_dir}", f"--output_dir={out}").check()
+    merge = workspace.axolotl(
+        "merge_lora",
+        workspace.root / "lora.yml",
+        f"--merge_method={method}",
+        f"--lora_model_dir={lora_run.output_dir}",
+        f"--output_dir={out}",
+    ).check()
     merged_dir = out / "merged"
     if method == "legacy":  # the model went through MidBlockPlugin.pre_model_load / load_adapter
         assert "midblock: lora mode on layers 1-3 of 5, rank 6 per layer" in merge.output
@@ -135,11 +140,14 @@ def test_merge_lora_equals_base_plus_adapter(workspace, lora_run, method):
     assert (adapter_logits - base_logits).abs().max() > 1e-4  # the adapter changes the outputs
     torch.testing.assert_close(merged_logits, adapter_logits, rtol=1e-4, atol=1e-4)
     # and only the window's adapted projections changed
-    changed = changed_tensors(load_state(workspace.model_dir / "model.safetensors"), load_state(merged_dir / "model.safetensors"))
+    changed = changed_tensors(
+        load_state(workspace.model_dir / "model.safetensors"), load_state(merged_dir / "model.safetensors")
+    )
     assert changed == {f"model.layers.{i}.self_attn.{p}_proj.weight" for i in WINDOW for p in "qv"}, sorted(changed)
 
 
 def test_explicit_reentrant_gradient_checkpointing_trains(workspace):
-    run = workspace.train("lora-reentrant", gradient_checkpointing=True,
-                          gradient_checkpointing_kwargs={"use_reentrant": True})
+    run = workspace.train(
+        "lora-reentrant", gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True}
+    )
     assert run.returncode == 0, run.output[-3000:]

@@ -46,7 +46,7 @@ def shipped_launch(command: str) -> list[str]:
     lines = [line[1:].strip() for line in (ROOT / CONFIG).read_text().splitlines() if line.startswith("#")]
     for i, line in enumerate(lines):
         if line.startswith(command) or line.startswith(f"(or: {command}"):
-            text = line[line.index(command):]
+            text = line[line.index(command) :]
             while text.endswith("\\"):
                 i += 1
                 text = text[:-1] + " " + lines[i]
@@ -55,9 +55,17 @@ def shipped_launch(command: str) -> list[str]:
 
 
 def node_env() -> dict:
-    env = dict(os.environ, **ENV, DS_ACCELERATOR="cpu", MIDBLOCK_CPU_GLOO_SHIM="1", PYTHONFAULTHANDLER="1",
-               PYTHONPATH=os.pathsep.join([str(SHIM), str(ROOT)]))
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")  # torchrun / accelerate of this venv
+    env = dict(
+        os.environ,
+        **ENV,
+        DS_ACCELERATOR="cpu",
+        MIDBLOCK_CPU_GLOO_SHIM="1",
+        PYTHONFAULTHANDLER="1",
+        PYTHONPATH=os.pathsep.join([str(SHIM), str(ROOT)]),
+    )
+    env["PATH"] = (
+        str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    )  # torchrun / accelerate of this venv
     return env
 
 
@@ -105,8 +113,11 @@ def test_torchrun_two_nodes_as_the_32b_config_says(setup):
     words[words.index("--nproc_per_node") + 1] = "1"  # one process per simulated node
     config = setup["config"]("torchrun")
     port = free_port()
-    text = on_nodes([_node_command(words, config, rank, port) for rank in range(NODES)], setup["root"],
-                     setup["root"] / "torchrun-logs")
+    text = on_nodes(
+        [_node_command(words, config, rank, port) for rank in range(NODES)],
+        setup["root"],
+        setup["root"] / "torchrun-logs",
+    )
     assert "deepspeed      ZeRO-3, parameters partitioned" in text and '"world_size": 2' in text
     assert "CheckpointError" not in text
     assert_same_adapter(setup["root"] / "torchrun", setup["single"])
@@ -120,8 +131,18 @@ def test_accelerate_two_machines_as_the_32b_config_says(setup):
     cmds = []
     for rank in range(NODES):
         launch = words[: words.index("-m")]
-        launch += ["--num_machines", str(NODES), "--num_processes", str(NODES), "--machine_rank", str(rank),
-                   "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]
+        launch += [
+            "--num_machines",
+            str(NODES),
+            "--num_processes",
+            str(NODES),
+            "--machine_rank",
+            str(rank),
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            str(port),
+        ]
         cmds.append(launch + ["-m", "axolotl.cli.train", str(config)])
     # the accelerate config's DeepSpeed JSON path is relative to the launch directory (a checkout)
     text = on_nodes(cmds, ROOT, setup["root"] / "accelerate-logs")

@@ -38,8 +38,12 @@ TRAINABLE = len(WINDOW) * MATCHED_RANK * (128 + 96)
 
 def _qlora_run(workspace, name, **overrides):
     hooks, probe = workspace.root / f"{name}-hooks.jsonl", workspace.root / f"{name}-probe.jsonl"
-    run = workspace.train(name, env={"MIDBLOCK_HOOK_LOG": str(hooks), "MIDBLOCK_QLORA_LOG": str(probe)},
-                          plugins=[PLUGIN, RECORDER, PROBE], **overrides).check()
+    run = workspace.train(
+        name,
+        env={"MIDBLOCK_HOOK_LOG": str(hooks), "MIDBLOCK_QLORA_LOG": str(probe)},
+        plugins=[PLUGIN, RECORDER, PROBE],
+        **overrides,
+    ).check()
     run.hooks = {}
     for path in (hooks, probe):  # the last record of each hook (post_train is called twice)
         for line in path.read_text().splitlines():
@@ -51,8 +55,13 @@ def _qlora_run(workspace, name, **overrides):
 @pytest.fixture(scope="module")
 def qlora4_run(workspace):
     """4-bit NF4 base, reentrant gradient checkpointing (the input-grad hook is registered)."""
-    return _qlora_run(workspace, "qlora4", load_in_4bit=True, gradient_checkpointing=True,
-                      gradient_checkpointing_kwargs={"use_reentrant": True})
+    return _qlora_run(
+        workspace,
+        "qlora4",
+        load_in_4bit=True,
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": True},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +82,10 @@ def _unquantized_plan(workspace, run):
     return saved, build_plan(model, MidBlockConfig(**saved["midblock_config"])).to_json_dict(), model
 
 
-@pytest.mark.parametrize(("run_name", "linear", "weight"), [("qlora4_run", "Linear4bit", "Params4bit"),
-                                                            ("qlora8_run", "Linear8bitLt", "Int8Params")])
+@pytest.mark.parametrize(
+    ("run_name", "linear", "weight"),
+    [("qlora4_run", "Linear4bit", "Params4bit"), ("qlora8_run", "Linear8bitLt", "Int8Params")],
+)
 def test_quantized_base_trains_only_the_windows_lora(workspace, request, run_name, linear, weight):
     run = request.getfixturevalue(run_name)
     built = run.hooks["post_model_build"]
@@ -128,26 +139,37 @@ def test_drift_monitor_reads_the_quantized_base_weights(qlora4_run, qlora8_run):
 
 
 def test_quantization_config_is_handed_to_from_pretrained(workspace):
-    cfg = axolotl_validate(workspace.write(workspace.config("q4-cfg", load_in_4bit=True,
-                                                            bnb_config_kwargs={"bnb_4bit_use_double_quant": False}), "q4-cfg"))
+    cfg = axolotl_validate(
+        workspace.write(
+            workspace.config("q4-cfg", load_in_4bit=True, bnb_config_kwargs={"bnb_4bit_use_double_quant": False}),
+            "q4-cfg",
+        )
+    )
     assert cfg.overrides_of_model_kwargs["quantization_config"] == {
-        "load_in_4bit": True, "llm_int8_threshold": 6.0, "llm_int8_has_fp16_weight": False,
+        "load_in_4bit": True,
+        "llm_int8_threshold": 6.0,
+        "llm_int8_has_fp16_weight": False,
         "bnb_4bit_compute_dtype": "float32",  # bf16: false, fp16: false on this config
         "bnb_4bit_use_double_quant": False,  # bnb_config_kwargs on top, as for adapter: qlora
-        "bnb_4bit_quant_type": "nf4", "bnb_4bit_quant_storage": "bfloat16",
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_quant_storage": "bfloat16",
     }
     cfg = axolotl_validate(workspace.write(workspace.config("q8-cfg", load_in_8bit=True), "q8-cfg"))
     assert cfg.overrides_of_model_kwargs["quantization_config"] == {"load_in_8bit": True}
     own = {"load_in_4bit": True, "bnb_4bit_quant_type": "fp4"}
-    cfg = axolotl_validate(workspace.write(workspace.config("q4-own", load_in_4bit=True,
-                                                            model_kwargs={"quantization_config": own}), "q4-own"))
+    cfg = axolotl_validate(
+        workspace.write(
+            workspace.config("q4-own", load_in_4bit=True, model_kwargs={"quantization_config": own}), "q4-own"
+        )
+    )
     assert cfg.overrides_of_model_kwargs["quantization_config"] == own  # the user's own is kept
 
 
 @pytest.mark.parametrize("key", ["load_in_4bit", "load_in_8bit"])
 def test_full_mode_on_a_quantized_base_is_refused_at_config_load(workspace, key):
-    error = axolotl_load_error(workspace.write(workspace.config(f"full-{key}", midblock_mode="full", **{key: True}),
-                                               f"full-{key}"))
+    error = axolotl_load_error(
+        workspace.write(workspace.config(f"full-{key}", midblock_mode="full", **{key: True}), f"full-{key}")
+    )
     assert "midblock_mode: 'full' trains the base weights" in error and f"quantized ({key}: true)" in error
     assert f"Remove {key}" in error and "midblock_mode: 'lora' (QLoRA)" in error
     assert not (workspace.root / f"full-{key}").exists()

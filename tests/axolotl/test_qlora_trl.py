@@ -37,8 +37,12 @@ def _quantized(model_dir, prepare=True):
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                             bnb_4bit_compute_dtype=torch.float32)
+    bnb = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
     model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=bnb, device_map="cpu")
     # as the QLoRA recipes do; with checkpointing it registers the input-grad hook (reentrant default)
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=True) if prepare else model
@@ -49,7 +53,9 @@ def _dataset():
 
     from midblock_plugin.testing import gsm8k_rows
 
-    return Dataset.from_list([{"text": f"Question: {r['question']}\nAnswer: {r['answer']}"} for r in gsm8k_rows("train", 8)])
+    return Dataset.from_list(
+        [{"text": f"Question: {r['question']}\nAnswer: {r['answer']}"} for r in gsm8k_rows("train", 8)]
+    )
 
 
 class _Probe:
@@ -88,18 +94,37 @@ def _train(model_dir, out, **config):
     hooks_after_prepare = has_input_grad_hooks(model)
     plan = build_plan(model, MidBlockConfig(**CONFIG, **config))
     callback = MidBlockCallback(plan=plan, verbose=False)
-    args = SFTConfig(output_dir=str(out), max_steps=2, per_device_train_batch_size=2, use_cpu=True, bf16=False,
-                     report_to=[], logging_steps=1, max_length=48, save_strategy="no", learning_rate=1e-2,
-                     gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True})
-    trainer = SFTTrainer(model=model, args=args, train_dataset=_dataset(), peft_config=plan.lora_config(),
-                         callbacks=[callback])
+    args = SFTConfig(
+        output_dir=str(out),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        logging_steps=1,
+        max_length=48,
+        save_strategy="no",
+        learning_rate=1e-2,
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": True},
+    )
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=_dataset(), peft_config=plan.lora_config(), callbacks=[callback]
+    )
     callback.bind(trainer)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     probe = _Probe(trainer.model)
     trainer.train()
     changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])}
-    return dict(plan=plan, callback=callback, probe=probe, changed=changed, model=trainer.model,
-                hooks_after_prepare=hooks_after_prepare, hooks_left=has_input_grad_hooks(trainer.model))
+    return dict(
+        plan=plan,
+        callback=callback,
+        probe=probe,
+        changed=changed,
+        model=trainer.model,
+        hooks_after_prepare=hooks_after_prepare,
+        hooks_left=has_input_grad_hooks(trainer.model),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +144,17 @@ def test_plan_of_the_quantized_model_counts_like_the_unquantized_one(model_dir):
     assert type(quantized.model.layers[1].self_attn.q_proj.weight).__name__ == "Params4bit"
     assert q.trainable_params == p.trainable_params == 3 * 6 * (128 + 96)  # rank 6: the matched budget of r=4
     assert (q.full_params, q.uniform_lora_params, q.largest_module_params) == (
-        p.full_params, p.uniform_lora_params, p.largest_module_params)
+        p.full_params,
+        p.uniform_lora_params,
+        p.largest_module_params,
+    )
     assert q.full_params == sum(x.numel() for x in plain.parameters())
     layout = q.layout
     assert layout.linears == p.layout.linears and layout.layer_params == p.layout.layer_params
     # the decoder's linear weights are quantized, the embeddings, norms and lm_head are not
-    linear = sum(m.weight.numel() for layer in plain.model.layers for m in layer.modules() if isinstance(m, torch.nn.Linear))
+    linear = sum(
+        m.weight.numel() for layer in plain.model.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)
+    )
     assert (layout.quantization, layout.quantized_params) == ("bnb-4bit", linear)
     # the meta-device layout of the quantized model's config says the same (PEFT-wrapped models use it)
     assert ModelLayout.from_config(quantized.config).quantized_params == linear
@@ -178,8 +208,11 @@ def test_full_mode_on_a_quantized_model_is_refused_before_training(model_dir):
     config = MidBlockConfig(mode="full", segments="01110")
     plan = build_plan(AutoModelForCausalLM.from_pretrained(model_dir), config)  # the same window, unquantized
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    with pytest.raises(ValueError, match=r"mode='full' trains the base weights of layers 1-3, but this model is "
-                                         r"loaded quantized \(bitsandbytes 4bit\)") as info:
+    with pytest.raises(
+        ValueError,
+        match=r"mode='full' trains the base weights of layers 1-3, but this model is "
+        r"loaded quantized \(bitsandbytes 4bit\)",
+    ) as info:
         apply_full_mode(model, plan)  # what MidBlockCallback.on_init_end and Axolotl's load_adapter call
     assert "Use mode='lora' (QLoRA" in str(info.value)
     assert flags == {n: p.requires_grad for n, p in model.named_parameters()}  # nothing was frozen or unfrozen
@@ -187,4 +220,6 @@ def test_full_mode_on_a_quantized_model_is_refused_before_training(model_dir):
     # without an adapter comes first), never after training started
     args = SFTConfig(output_dir=str(model_dir.parent / "full"), max_steps=1, use_cpu=True, bf16=False, report_to=[])
     with pytest.raises(ValueError, match="quantized"):
-        SFTTrainer(model=model, args=args, train_dataset=_dataset(), callbacks=[MidBlockCallback(config, verbose=False)])
+        SFTTrainer(
+            model=model, args=args, train_dataset=_dataset(), callbacks=[MidBlockCallback(config, verbose=False)]
+        )

@@ -20,8 +20,14 @@ def test_resume_full_mode_keeps_window_and_frozen_set(workspace, full_run):
     out = workspace.root / "full-resumed"
     shutil.copytree(full_run.output_dir, out)
     shutil.rmtree(out / "checkpoint-2")
-    cfg = workspace.config("full-resumed", midblock_mode="full", save_strategy="steps", save_steps=1, max_steps=3,
-                           resume_from_checkpoint=str(out / "checkpoint-1"))
+    cfg = workspace.config(
+        "full-resumed",
+        midblock_mode="full",
+        save_strategy="steps",
+        save_steps=1,
+        max_steps=3,
+        resume_from_checkpoint=str(out / "checkpoint-1"),
+    )
     run = workspace.axolotl("train", workspace.write(cfg, "full-resumed")).check()
     assert "resuming from" in run.output and "with the same window (layers 1-3, mode full)" in run.output
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
@@ -31,14 +37,17 @@ def test_resume_full_mode_keeps_window_and_frozen_set(workspace, full_run):
     changed = changed_tensors(base, load_state(out / "model.safetensors"))
     assert {layer_of(k) for k in changed} == set(WINDOW)
     # the resumed steps moved the window further than the checkpoint they started from
-    assert changed_tensors(load_state(out / "checkpoint-1" / "model.safetensors"), load_state(out / "model.safetensors"))
+    assert changed_tensors(
+        load_state(out / "checkpoint-1" / "model.safetensors"), load_state(out / "model.safetensors")
+    )
 
 
 def test_resume_with_a_different_window_is_refused_before_loading(workspace, lora_run):
     out = workspace.root / "lora-changed"
     shutil.copytree(lora_run.output_dir, out)
-    cfg = workspace.config("lora-changed", midblock_segments=None, midblock_layers="2-3",
-                           resume_from_checkpoint=str(out / "checkpoint-1"))
+    cfg = workspace.config(
+        "lora-changed", midblock_segments=None, midblock_layers="2-3", resume_from_checkpoint=str(out / "checkpoint-1")
+    )
     run = workspace.axolotl("train", workspace.write(cfg, "lora-changed"))
     assert run.returncode != 0
     assert "cannot resume from" in run.output and "checkpoint-1" in run.output
@@ -140,7 +149,9 @@ def test_a_checkpoint_without_its_plan_is_not_compared_with_the_run_directory(wo
     monkeypatch.setattr(plugin.LOG, "warning", warnings.append)
     full = {"midblock_mode": "full"}
     checkpoint = _checkpoint(tmp_path)
-    io.write_json(io.artifact(tmp_path, io.PLAN_JSON), _plan(workspace, **full, midblock_segments="01000").to_json_dict())
+    io.write_json(
+        io.artifact(tmp_path, io.PLAN_JSON), _plan(workspace, **full, midblock_segments="01000").to_json_dict()
+    )
     cfg = DictDefault(workspace.config("x", **full, resume_from_checkpoint=str(checkpoint)))
     plugin.check_before_training(cfg, _plan(workspace, **full))  # window 1-3 vs the run directory's [1]: not refused
     (warning,) = warnings
@@ -153,9 +164,15 @@ def test_lora_model_dir_for_another_window_is_refused(workspace, lora_run):
     from midblock_plugin.integrations.axolotl.plugin import check_before_training
     from midblock_plugin.training.resume import PlanMismatch
 
-    cfg = DictDefault(workspace.config("x", midblock_segments=None, midblock_layers="2-3",
-                                       lora_model_dir=str(lora_run.output_dir)))
-    with pytest.raises(PlanMismatch, match=r"^adapter: midblock: lora_model_dir .* holds an adapter for a different "
-                                           r"window or rank .*layers_to_transform.*remove lora_model_dir"):
+    cfg = DictDefault(
+        workspace.config("x", midblock_segments=None, midblock_layers="2-3", lora_model_dir=str(lora_run.output_dir))
+    )
+    with pytest.raises(
+        PlanMismatch,
+        match=r"^adapter: midblock: lora_model_dir .* holds an adapter for a different "
+        r"window or rank .*layers_to_transform.*remove lora_model_dir",
+    ):
         check_before_training(cfg, _plan(workspace, midblock_segments=None, midblock_layers="2-3"))
-    check_before_training(DictDefault(workspace.config("x", lora_model_dir=str(lora_run.output_dir))), _plan(workspace))
+    check_before_training(
+        DictDefault(workspace.config("x", lora_model_dir=str(lora_run.output_dir))), _plan(workspace)
+    )

@@ -40,14 +40,18 @@ def test_unknown_key_fails_validation_in_axolotl_train(workspace):
 
 YAML_CASES = [
     # an unquoted mask is a number: 01110 is octal 584, 00100 is 64, 1110 stays 1110
-    ("midblock_segments: 01110", ["midblock_segments: 584 is a number, not a mask", "octal",
-                                  'Quote the mask: midblock_segments: "01110"']),
+    (
+        "midblock_segments: 01110",
+        ["midblock_segments: 584 is a number, not a mask", "octal", 'Quote the mask: midblock_segments: "01110"'],
+    ),
     ("midblock_segments: 00100", ["midblock_segments: 64 is a number", "Quote the mask"]),
     ("midblock_segments: 1110", ["midblock_segments: 1110 is a number", "Quote the mask"]),
     # the layer list: a bare number (a count?), items that are not indices, unreadable text
     ("midblock_layers: 3", ["midblock_layers: 3 is a bare number", "not a layer count", "midblock_layers: [3]"]),
-    ('midblock_layers: [3, "4-5"]', ["midblock_layers: [3, '4-5'] has items that are not layer indices",
-                                     'midblock_layers: "3-5,9"']),
+    (
+        'midblock_layers: [3, "4-5"]',
+        ["midblock_layers: [3, '4-5'] has items that are not layer indices", 'midblock_layers: "3-5,9"'],
+    ),
     ('midblock_layers: "3..11"', ["midblock_layers: '3..11': cannot read '3..11'", "e.g. '3,4,9-12'"]),
     # a fraction window needs both ends, as a string
     ("midblock_window: 0.2", ["midblock_window: 0.2 is a number", 'midblock_window: "0.2:0.8"']),
@@ -57,22 +61,37 @@ YAML_CASES = [
     ("midblock_layers: []", ["midblock_layers: [] is empty", "remove the key"]),
     ("midblock_window_from: ''", ["midblock_window_from: '' is empty", "remove the key"]),
     # booleans must be YAML booleans, not strings or numbers
-    ('midblock_truncate_backward: "no"', ["midblock_truncate_backward: 'no' is a string, not true/false",
-                                          "without quotes: midblock_truncate_backward: false"]),
-    ("midblock_drift_monitor: 'true'", ["midblock_drift_monitor: 'true' is a string",
-                                        "midblock_drift_monitor: true"]),
-    ("midblock_drift_monitor: 0", ["midblock_drift_monitor: 0 is a number, not true/false",
-                                   "midblock_drift_monitor: false"]),
-    ('midblock_mode: full\nmidblock_train_final_norm: "yes"', ["midblock_train_final_norm: 'yes' is a string",
-                                                                "midblock_train_final_norm: true"]),
+    (
+        'midblock_truncate_backward: "no"',
+        [
+            "midblock_truncate_backward: 'no' is a string, not true/false",
+            "without quotes: midblock_truncate_backward: false",
+        ],
+    ),
+    ("midblock_drift_monitor: 'true'", ["midblock_drift_monitor: 'true' is a string", "midblock_drift_monitor: true"]),
+    (
+        "midblock_drift_monitor: 0",
+        ["midblock_drift_monitor: 0 is a number, not true/false", "midblock_drift_monitor: false"],
+    ),
+    (
+        'midblock_mode: full\nmidblock_train_final_norm: "yes"',
+        ["midblock_train_final_norm: 'yes' is a string", "midblock_train_final_norm: true"],
+    ),
     ('peft_use_rslora: "yes"', ["peft_use_rslora: 'yes' is a string", "peft_use_rslora: true"]),
     # choices are lower case
-    ("midblock_mode: LoRA", ["midblock_mode: 'LoRA' is not allowed; choose one of 'lora', 'full'",
-                             "lower case: midblock_mode: lora"]),
+    (
+        "midblock_mode: LoRA",
+        ["midblock_mode: 'LoRA' is not allowed; choose one of 'lora', 'full'", "lower case: midblock_mode: lora"],
+    ),
     ("midblock_budget: Match", ["midblock_budget: 'Match' is not allowed", "midblock_budget: match"]),
     # unknown keys get the closest one (an Axolotl key where that is what sets the field)
-    ('midblock_windw: "0.2:0.8"', ["unknown midblock key 'midblock_windw' (did you mean 'midblock_window'?)",
-                                   "Fix the spelling or remove the key"]),
+    (
+        'midblock_windw: "0.2:0.8"',
+        [
+            "unknown midblock key 'midblock_windw' (did you mean 'midblock_window'?)",
+            "Fix the spelling or remove the key",
+        ],
+    ),
     ("midblock_rank: 8", ["unknown midblock key 'midblock_rank' (did you mean 'lora_r'?)"]),
     # Axolotl's LoRA keys, as the plugin reads them
     ("lora_r: 0", ["lora_r: 0 must be a positive integer", "e.g. 16"]),
@@ -82,8 +101,10 @@ YAML_CASES = [
     ("lora_alpha: .nan", ["lora_alpha: nan must be a positive finite number"]),
     ("lora_alpha: 12.5", ["lora_alpha: 12.5 must be a whole number", "e.g. lora_alpha: 12"]),
     ("lora_dropout: 1.5", ["lora_dropout: 1.5 must be a number in [0, 1)", "e.g. 0.05"]),
-    ("midblock_target_modules: []", ["midblock_target_modules: [] must be a preset",
-                                     "midblock_target_modules: [q_proj, v_proj]"]),
+    (
+        "midblock_target_modules: []",
+        ["midblock_target_modules: [] must be a preset", "midblock_target_modules: [q_proj, v_proj]"],
+    ),
 ]
 
 
@@ -149,8 +170,14 @@ def test_contradictory_axolotl_keys_are_rejected_with_what_to_remove(key, value,
         ({"midblock_alpha_policy": "scaled"}, "midblock_alpha_policy: 'scaled' is not allowed"),
         ({"lora_r": 0}, "lora_r: 0 must be a positive integer"),
         ({"midblock_segments": "01210"}, "midblock_segments: '01210' "),
-        ({"midblock_target_modules": "attn"}, "midblock_target_modules: 'attn' is not a preset; choose one of 'attention', 'mlp', 'all-linear'"),
-        ({"midblock_window": "0.2:0.8", "midblock_layers": "3-5"}, "give only one of midblock_window / midblock_segments / midblock_layers"),
+        (
+            {"midblock_target_modules": "attn"},
+            "midblock_target_modules: 'attn' is not a preset; choose one of 'attention', 'mlp', 'all-linear'",
+        ),
+        (
+            {"midblock_window": "0.2:0.8", "midblock_layers": "3-5"},
+            "give only one of midblock_window / midblock_segments / midblock_layers",
+        ),
         ({"midblock_target_modules": "mlp", "lora_target_modules": ["q_proj"]}, "target modules are given twice"),
         ({"midblock_train_final_norm": True}, "apply to midblock_mode: 'full' only"),
         ({"midblock_mode": "full", "lora_model_dir": "/x"}, "remove lora_model_dir"),
@@ -182,8 +209,16 @@ def test_midblock_keys_without_the_midblock_adapter_are_rejected():
 def test_axolotl_lora_keys_keep_their_meaning():
     from midblock_plugin.integrations.axolotl.keys import midblock_config_from_cfg
 
-    cfg = midblock_config_from_cfg({"adapter": "midblock", "lora_r": 32, "lora_alpha": 16, "lora_dropout": 0.1,
-                                    "peft_use_rslora": True, "lora_target_modules": ["q_proj", "k_proj"]})
+    cfg = midblock_config_from_cfg(
+        {
+            "adapter": "midblock",
+            "lora_r": 32,
+            "lora_alpha": 16,
+            "lora_dropout": 0.1,
+            "peft_use_rslora": True,
+            "lora_target_modules": ["q_proj", "k_proj"],
+        }
+    )
     assert (cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.use_rslora) == (32, 16, 0.1, True)
     assert cfg.target_modules == ["q_proj", "k_proj"]
     assert midblock_config_from_cfg({"adapter": "midblock", "lora_target_linear": True}).target_modules == "all-linear"

@@ -42,8 +42,14 @@ ATOL = 1e-5
 #: weight_decay: DeepSpeed keeps every parameter that is trainable when the engine is built in its
 #: optimizer and decays it even with a zero gradient, so frozen layers stay unchanged in the saved
 #: model only if the plugin froze them before deepspeed.initialize.
-COMMON = {"optimizer": "sgd", "learning_rate": 0.5, "weight_decay": 0.1, "lora_dropout": 0,
-          "curriculum_sampling": True, "seed": 42}
+COMMON = {
+    "optimizer": "sgd",
+    "learning_rate": 0.5,
+    "weight_decay": 0.1,
+    "lora_dropout": 0,
+    "curriculum_sampling": True,
+    "seed": 42,
+}
 
 
 def _torchrun(workspace, name: str, env: dict | None = None, **overrides) -> Run:
@@ -55,12 +61,21 @@ def _torchrun(workspace, name: str, env: dict | None = None, **overrides) -> Run
 @pytest.fixture(scope="module")
 def zero3_runs(workspace):
     """{mode: (2-process ZeRO-3 run, single-process run)}; the LoRA pair also evaluates GSM8K."""
-    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed in this environment: "
-                        "pip install --no-build-isolation 'deepspeed>=0.18.6,<0.19' (Axolotl 0.19's deepspeed extra)")
+    pytest.importorskip(
+        "deepspeed",
+        reason="DeepSpeed is not installed in this environment: "
+        "pip install --no-build-isolation 'deepspeed>=0.18.6,<0.19' (Axolotl 0.19's deepspeed extra)",
+    )
     from midblock_plugin.testing import GSM8K_DIR
 
-    evaluation = {"limit": 2, "num_fewshot": 1, "max_gen_toks": 8, "data_dir": str(GSM8K_DIR), "save_samples": True,
-                  "batch_size": 1}
+    evaluation = {
+        "limit": 2,
+        "num_fewshot": 1,
+        "max_gen_toks": 8,
+        "data_dir": str(GSM8K_DIR),
+        "save_samples": True,
+        "batch_size": 1,
+    }
     runs = {}
     for mode in ("lora", "full"):
         extra = {"midblock_mode": mode, **({"midblock_eval": evaluation} if mode == "lora" else {})}
@@ -83,7 +98,10 @@ def test_zero3_lora_adapter_is_full_size_window_only_and_matches_single_process(
     ds, single = zero3_runs["lora"]
     plan = _assert_zero3_ran(ds)
     assert plan["layers"] == WINDOW and plan["num_layers"] == NUM_LAYERS
-    a, b = load_state(ds.output_dir / "adapter_model.safetensors"), load_state(single.output_dir / "adapter_model.safetensors")
+    a, b = (
+        load_state(ds.output_dir / "adapter_model.safetensors"),
+        load_state(single.output_dir / "adapter_model.safetensors"),
+    )
     assert a.keys() == b.keys() and {layer_of(k) for k in a} == set(WINDOW)
     assert sum(t.numel() for t in a.values()) == plan["trainable_params"]  # gathered: full shapes, not partitions
     for key in a:
@@ -122,8 +140,13 @@ def test_zero3_evaluation_is_sharded_and_matches_single_process(zero3_runs):
     ds, single = zero3_runs["lora"]
     report = json.loads((ds.output_dir / "eval" / "gsm8k.json").read_text())
     reference = json.loads((single.output_dir / "eval" / "gsm8k.json").read_text())
-    assert report["distributed"] == {"mode": "sharded", "world_size": 2, "partitioner": "deepspeed-zero3",
-                                     "rows_per_rank": [1, 1], "generate_calls_per_rank": [1, 1]}
+    assert report["distributed"] == {
+        "mode": "sharded",
+        "world_size": 2,
+        "partitioner": "deepspeed-zero3",
+        "rows_per_rank": [1, 1],
+        "generate_calls_per_rank": [1, 1],
+    }
     assert reference["distributed"]["mode"] == "single"
     assert report["metrics"] == reference["metrics"] and report["n_samples"] == reference["n_samples"] == 2
     assert "(after training, before the save: multi-process run)" in ds.output
@@ -180,8 +203,10 @@ def test_zero3_gradient_checkpointing_uses_the_chosen_mode_and_matches_single_pr
     reentrant = not zero3_nonreentrant_ok()  # DeepSpeed 0.18.9 (Axolotl 0.19's extra): True
     shown = ".".join(map(str, deepspeed_version()))
     if reentrant:
-        assert (f"midblock: gradient checkpointing use_reentrant: true; DeepSpeed ZeRO-3, reentrant: "
-                f"DeepSpeed {shown} < 0.19.3") in ds.output
+        assert (
+            f"midblock: gradient checkpointing use_reentrant: true; DeepSpeed ZeRO-3, reentrant: "
+            f"DeepSpeed {shown} < 0.19.3"
+        ) in ds.output
     else:
         assert "midblock: gradient checkpointing use_reentrant: false; DeepSpeed ZeRO-3, non-reentrant" in ds.output
     assert "midblock: gradient checkpointing use_reentrant: false; non-reentrant (the default)" in single.output

@@ -31,9 +31,17 @@ def main(request_path: str, result_path: str) -> None:
     from vllm.lora.request import LoRARequest
 
     request = json.loads(open(request_path).read())
-    llm = LLM(model=request["model"], enable_lora=True, max_lora_rank=int(request["max_lora_rank"]), max_loras=1,
-              dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
-              kv_cache_memory_bytes=KV_CACHE_BYTES)
+    llm = LLM(
+        model=request["model"],
+        enable_lora=True,
+        max_lora_rank=int(request["max_lora_rank"]),
+        max_loras=1,
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=512,
+        seed=0,
+        kv_cache_memory_bytes=KV_CACHE_BYTES,
+    )
     params = SamplingParams(temperature=0.0, max_tokens=int(request["max_tokens"]), ignore_eos=True, logprobs=1)
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in request["prompts"]]
     result: dict = {"versions": {"vllm": vllm.__version__, "torch": torch.__version__}}

@@ -36,8 +36,10 @@ import pytest
 
 
 if importlib.util.find_spec("vllm") is None:  # not imported here: the engine runs in its own process
-    pytest.skip("vLLM is not installed here: bash scripts/setup-vllm.sh, then .venv-vllm/bin/python -m pytest "
-                "tests/vllm", allow_module_level=True)
+    pytest.skip(
+        "vLLM is not installed here: bash scripts/setup-vllm.sh, then .venv-vllm/bin/python -m pytest tests/vllm",
+        allow_module_level=True,
+    )
 
 import torch  # noqa: E402
 
@@ -50,20 +52,27 @@ HERE = Path(__file__).resolve().parent
 NUM_LAYERS = 5
 WINDOW = [1, 2, 3]  # '01110' on 5 layers
 # hidden 128 with 2 heads: head_dim 64, which vLLM's CPU attention supports
-MODEL = dict(num_layers=NUM_LAYERS, hidden=128, num_attention_heads=2, num_key_value_heads=1,
-             max_position_embeddings=1024)
+MODEL = dict(
+    num_layers=NUM_LAYERS, hidden=128, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024
+)
 PROMPTS = ["Question: Natalia sold clips to 48 of her friends", "The quick brown fox", "Weng earns $12 an hour"]
 MAX_TOKENS = 12
 LOGPROB_TOLERANCE = 1e-3
-ENV = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false"}
+ENV = {
+    **os.environ,
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 #: what was measured, printed at the end (pytest -s) for docs/serving.md
 MEASURED: dict[str, float] = {}
 
 
 def _midblock(*args: str, timeout: int = 900) -> str:
-    run = subprocess.run([sys.executable, "-m", "midblock_plugin.cli", *args], capture_output=True, text=True,
-                         env=ENV, timeout=timeout)
+    run = subprocess.run(
+        [sys.executable, "-m", "midblock_plugin.cli", *args], capture_output=True, text=True, env=ENV, timeout=timeout
+    )
     assert run.returncode == 0, f"midblock {' '.join(args)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     return run.stdout
 
@@ -110,11 +119,16 @@ def setup(tmp_path_factory):
     base = _ascii_only(save_tiny(root / "base", "llama", **MODEL))
     cfg = dict(segments="01110", rank=8, lora_dropout=0.0)
     saved = _save_adapter(base, MidBlockConfig(**cfg), root / "saved", seed=1)
-    report = json.loads(_midblock("export", str(saved), "--target", "vllm", "--base", str(base), "--output",
-                                  str(root / "export"), "--json"))
+    report = json.loads(
+        _midblock(
+            "export", str(saved), "--target", "vllm", "--base", str(base), "--output", str(root / "export"), "--json"
+        )
+    )
     export_rank = report["vllm"]["max_lora_rank"]
     rslora = _save_adapter(base, MidBlockConfig(**cfg, use_rslora=True), root / "rslora", seed=2)
-    plan = json.loads(_midblock("plan", str(base), "--segments", "01110", "--rank", "8", "--budget", "serve", "--json"))
+    plan = json.loads(
+        _midblock("plan", str(base), "--segments", "01110", "--rank", "8", "--budget", "serve", "--json")
+    )
     serve_rank = plan["serving"]["max_lora_rank"]
     serve = _save_adapter(base, MidBlockConfig(**cfg, budget="serve"), root / "serve", seed=3)
     serve_config = json.loads((serve / "adapter_config.json").read_text())
@@ -122,8 +136,14 @@ def setup(tmp_path_factory):
     assert json.loads((saved / "adapter_config.json").read_text())["r"] == 13 and export_rank == 16
     tok = tiny_tokenizer()
     prompts = [tok(p)["input_ids"] for p in PROMPTS]
-    return {"root": root, "base": base, "prompts": prompts, "export_rank": export_rank, "serve_rank": serve_rank,
-            "adapters": {"saved": saved, "export": root / "export", "rslora": rslora, "serve": serve}}
+    return {
+        "root": root,
+        "base": base,
+        "prompts": prompts,
+        "export_rank": export_rank,
+        "serve_rank": serve_rank,
+        "adapters": {"saved": saved, "export": root / "export", "rslora": rslora, "serve": serve},
+    }
 
 
 def _hf_greedy(base: Path, adapter: Path | None, prompts: list[list[int]]) -> dict[str, list]:
@@ -155,11 +175,26 @@ def _hf_greedy(base: Path, adapter: Path | None, prompts: list[list[int]]) -> di
 def _vllm(setup, runs: dict[str, Path | None], max_lora_rank: int) -> dict:
     root = setup["root"]
     name = "-".join(runs)
-    request = {"model": str(setup["base"]), "max_lora_rank": max_lora_rank, "prompts": setup["prompts"],
-               "max_tokens": MAX_TOKENS, "runs": {k: str(v) if v else None for k, v in runs.items()}}
+    request = {
+        "model": str(setup["base"]),
+        "max_lora_rank": max_lora_rank,
+        "prompts": setup["prompts"],
+        "max_tokens": MAX_TOKENS,
+        "runs": {k: str(v) if v else None for k, v in runs.items()},
+    }
     (root / f"{name}.request.json").write_text(json.dumps(request))
-    run = subprocess.run([sys.executable, str(HERE / "engine_worker.py"), str(root / f"{name}.request.json"),
-                          str(root / f"{name}.result.json")], capture_output=True, text=True, env=ENV, timeout=1200)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "engine_worker.py"),
+            str(root / f"{name}.request.json"),
+            str(root / f"{name}.result.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=1200,
+    )
     assert run.returncode == 0, f"vLLM engine failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
     return json.loads((root / f"{name}.result.json").read_text())
 
@@ -169,8 +204,11 @@ def engines(setup):
     """vLLM's greedy tokens: base + saved + export + rslora on one engine (at the export's
     --max-lora-rank), serve on a second (at the plan's --max-lora-rank)."""
     adapters = setup["adapters"]
-    out = _vllm(setup, {"base": None, "saved": adapters["saved"], "export": adapters["export"],
-                        "rslora": adapters["rslora"]}, setup["export_rank"])
+    out = _vllm(
+        setup,
+        {"base": None, "saved": adapters["saved"], "export": adapters["export"], "rslora": adapters["rslora"]},
+        setup["export_rank"],
+    )
     out.update(_vllm(setup, {"serve": adapters["serve"]}, setup["serve_rank"]))
     return out
 
@@ -191,8 +229,10 @@ def test_vllm_tokens_equal_hf_peft(engines, hf, name):
     assert engines[name]["tokens"] == hf[name]["tokens"], f"{name}: vLLM's greedy tokens differ from HF + PEFT's"
     diff = max(abs(a - b) for va, vb in zip(engines[name]["logprobs"], hf[name]["logprobs"]) for a, b in zip(va, vb))
     MEASURED[f"{name} max |logprob diff|"] = diff
-    print(f"\n{name}: {len(PROMPTS)} prompts x {MAX_TOKENS} tokens identical; max |logprob diff| {diff:.3g} "
-          f"(vllm {engines['versions']['vllm']}, torch {engines['versions']['torch']})")
+    print(
+        f"\n{name}: {len(PROMPTS)} prompts x {MAX_TOKENS} tokens identical; max |logprob diff| {diff:.3g} "
+        f"(vllm {engines['versions']['vllm']}, torch {engines['versions']['torch']})"
+    )
     assert diff <= LOGPROB_TOLERANCE
 
 
@@ -205,11 +245,35 @@ def _samples(path: Path) -> list[dict]:
 @pytest.mark.skipif(not (GSM8K_DIR / "test.jsonl").is_file(), reason="MIDBLOCK_GSM8K_DIR (the local GSM8K) is unset")
 def test_eval_backend_vllm_equals_hf(setup):
     root, base, adapter = setup["root"], setup["base"], setup["adapters"]["saved"]
-    common = ["--adapter", str(adapter), "--protocol", "paper", "--limit", "3",
-              "--save-samples", "--dtype", "float32", "--data-dir", str(GSM8K_DIR), "--batch-size", "1"]
-    _midblock("eval", str(base), *common, "--backend", "hf", "--device", "cpu", "--output", str(root / "hf" / "gsm8k.json"))
-    _midblock("eval", str(base), *common, "--backend", "vllm", "--vllm-args", "enforce_eager=True,max_model_len=1024,kv_cache_memory_bytes=268435456",
-              "--output", str(root / "vllm" / "gsm8k.json"))
+    common = [
+        "--adapter",
+        str(adapter),
+        "--protocol",
+        "paper",
+        "--limit",
+        "3",
+        "--save-samples",
+        "--dtype",
+        "float32",
+        "--data-dir",
+        str(GSM8K_DIR),
+        "--batch-size",
+        "1",
+    ]
+    _midblock(
+        "eval", str(base), *common, "--backend", "hf", "--device", "cpu", "--output", str(root / "hf" / "gsm8k.json")
+    )
+    _midblock(
+        "eval",
+        str(base),
+        *common,
+        "--backend",
+        "vllm",
+        "--vllm-args",
+        "enforce_eager=True,max_model_len=1024,kv_cache_memory_bytes=268435456",
+        "--output",
+        str(root / "vllm" / "gsm8k.json"),
+    )
     hf_rows, vllm_rows = _samples(root / "hf" / "gsm8k.json"), _samples(root / "vllm" / "gsm8k.json")
     assert len(hf_rows) == len(vllm_rows) == 3
     for h, v in zip(hf_rows, vllm_rows):

@@ -39,7 +39,9 @@ _EVAL_TYPES = get_type_hints(EvalSettings)
 MidBlockEvalArgs = TypedDict(
     "MidBlockEvalArgs",
     {
-        f.name: Annotated[_EVAL_CHOICES.get(f.name, _EVAL_TYPES[f.name]), Field(description=f.metadata.get("help", ""))]
+        f.name: Annotated[
+            _EVAL_CHOICES.get(f.name, _EVAL_TYPES[f.name]), Field(description=f.metadata.get("help", ""))
+        ]
         for f in dataclasses.fields(EvalSettings)
     },
     total=False,

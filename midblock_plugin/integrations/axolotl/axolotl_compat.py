@@ -40,8 +40,10 @@ def quantized_by(data: Mapping[str, Any]) -> str | None:
     both at once are refused (Axolotl's loader would take one of them silently)."""
     quantized = [k for k in QUANTIZATION_KEYS if data.get(k) is True]
     if len(quantized) > 1:
-        raise ValueError("adapter: midblock: load_in_4bit and load_in_8bit are both true; keep one of them "
-                         "(load_in_4bit: true is QLoRA's 4-bit NF4 base).")
+        raise ValueError(
+            "adapter: midblock: load_in_4bit and load_in_8bit are both true; keep one of them "
+            "(load_in_4bit: true is QLoRA's 4-bit NF4 base)."
+        )
     return quantized[0] if quantized else None
 
 

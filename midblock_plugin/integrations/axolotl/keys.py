@@ -61,14 +61,30 @@ SPELLING: dict[str, str] = {
 #: is ``lora_r``), plus short forms: an unknown key that resembles one gets that Axolotl key suggested.
 AXOLOTL_ALIASES: dict[str, str] = {
     **{KEY_PREFIX + field: key for key, field in AXOLOTL_KEYS.items()},
-    **{KEY_PREFIX + short: key for key, short in (("lora_r", "r"), ("lora_r", "lora_r"), ("lora_alpha", "alpha"),
-                                                  ("lora_dropout", "dropout"), ("peft_use_rslora", "rslora"))},
+    **{
+        KEY_PREFIX + short: key
+        for key, short in (
+            ("lora_r", "r"),
+            ("lora_r", "lora_r"),
+            ("lora_alpha", "alpha"),
+            ("lora_dropout", "dropout"),
+            ("peft_use_rslora", "rslora"),
+        )
+    },
 }
 
 #: MidBlockConfig fields that decide the plan a checkpoint was trained with (not dropout, logging, truncation).
 PLAN_FIELDS: tuple[str, ...] = (
-    *WINDOW_FORMS, "mode", "rank", "budget", "lora_alpha", "alpha_policy", "use_rslora", "target_modules",
-    "train_final_norm", "train_embeddings",
+    *WINDOW_FORMS,
+    "mode",
+    "rank",
+    "budget",
+    "lora_alpha",
+    "alpha_policy",
+    "use_rslora",
+    "target_modules",
+    "train_final_norm",
+    "train_embeddings",
 )
 
 #: Prefix of the errors about the midblock keys (``midblock_eval`` errors start with ``midblock_eval:``).

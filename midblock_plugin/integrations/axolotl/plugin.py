@@ -84,7 +84,9 @@ RESUME_FIX = (
     "resume_from_checkpoint / auto_resume_from_checkpoints."
 )
 #: What to change when ``lora_model_dir`` holds an adapter for another window or rank.
-ADAPTER_FIX = "Use the midblock_* / lora_r settings it was trained with, or remove lora_model_dir to start a new adapter."
+ADAPTER_FIX = (
+    "Use the midblock_* / lora_r settings it was trained with, or remove lora_model_dir to start a new adapter."
+)
 
 
 class MidBlockPlugin(BasePlugin):
@@ -186,8 +188,10 @@ class MidBlockPlugin(BasePlugin):
         if not self._ours(cfg) or model_quantization_of(model) is None:
             return
         if _sharded_training(cfg):
-            LOG.info("midblock: quantized base under DeepSpeed ZeRO-3 / FSDP: prepare_model_for_kbit_training "
-                     "skipped, as Axolotl does")
+            LOG.info(
+                "midblock: quantized base under DeepSpeed ZeRO-3 / FSDP: prepare_model_for_kbit_training "
+                "skipped, as Axolotl does"
+            )
             return
         from peft import prepare_model_for_kbit_training
 
@@ -196,8 +200,10 @@ class MidBlockPlugin(BasePlugin):
             use_gradient_checkpointing=bool(cfg.gradient_checkpointing),
             gradient_checkpointing_kwargs=dict(cfg.gradient_checkpointing_kwargs or {}),
         )
-        LOG.info(f"midblock: {model_quantization_of(model)} base prepared for LoRA training "
-                 "(peft.prepare_model_for_kbit_training)")
+        LOG.info(
+            f"midblock: {model_quantization_of(model)} base prepared for LoRA training "
+            "(peft.prepare_model_for_kbit_training)"
+        )
 
     def load_adapter(self, model, cfg, inference: bool = False, config_only: bool = False):
         if not self._ours(cfg):
@@ -242,7 +248,9 @@ class MidBlockPlugin(BasePlugin):
 
         # Without load_adapter (no plan yet), the callback builds the plan from the model at trainer init.
         self.callback = (
-            MidBlockCallback(plan=self.plan) if self.plan is not None else MidBlockCallback(midblock_config_from_cfg(cfg))
+            MidBlockCallback(plan=self.plan)
+            if self.plan is not None
+            else MidBlockCallback(midblock_config_from_cfg(cfg))
         )
         return [self.callback]
 
@@ -382,8 +390,10 @@ def uses_zero3(cfg) -> bool:
     try:
         return zero_stage(deepspeed if isinstance(deepspeed, dict) else str(deepspeed)) == 3
     except (OSError, ValueError, AttributeError) as exc:  # missing file, bad JSON, not a JSON object
-        LOG.warning(f"midblock: could not read the DeepSpeed config {deepspeed!r} ({exc}); "
-                    "gradient checkpointing is chosen as without ZeRO-3.")
+        LOG.warning(
+            f"midblock: could not read the DeepSpeed config {deepspeed!r} ({exc}); "
+            "gradient checkpointing is chosen as without ZeRO-3."
+        )
         return False
 
 
@@ -440,8 +450,10 @@ def _choose_checkpointing_mode(cfg) -> None:
     except ValueError as exc:
         raise ValueError(f"adapter: midblock: gradient_checkpointing_kwargs: {exc}") from None
     if requested is None:
-        cfg["gradient_checkpointing_kwargs"] = {**(kwargs if isinstance(kwargs, dict) else {}),
-                                                "use_reentrant": use_reentrant}
+        cfg["gradient_checkpointing_kwargs"] = {
+            **(kwargs if isinstance(kwargs, dict) else {}),
+            "use_reentrant": use_reentrant,
+        }
     LOG.info(
         f"midblock: gradient checkpointing use_reentrant: {str(bool(use_reentrant)).lower()}; "
         f"{'DeepSpeed ZeRO-3, ' if zero3 else ''}{reason}"
@@ -452,7 +464,7 @@ def shipped_deepspeed_config(value: str) -> str:
     """Path of the DeepSpeed JSON that ``deepspeed: midblock:<name>`` refers to."""
     from midblock_plugin.deepspeed_configs import NAMES, config_path
 
-    name = value[len(DEEPSPEED_PREFIX):].strip().removesuffix(".json")
+    name = value[len(DEEPSPEED_PREFIX) :].strip().removesuffix(".json")
     if name not in NAMES:
         raise ValueError(
             f"deepspeed: {value!r} names no DeepSpeed config shipped with midblock; use one of "
@@ -479,8 +491,10 @@ def _load_model_config(cfg):
             path, trust_remote_code=bool(cfg.trust_remote_code), revision=cfg.revision_of_model or None
         )
     except Exception as exc:  # noqa: BLE001 - any failure here only postpones the plan
-        LOG.warning(f"midblock: could not read the config of {path!r} before loading ({exc}); "
-                    "the window is resolved after the model is loaded.")
+        LOG.warning(
+            f"midblock: could not read the config of {path!r} before loading ({exc}); "
+            "the window is resolved after the model is loaded."
+        )
         return None
 
 
@@ -525,7 +539,10 @@ def check_before_training(cfg, plan) -> None:
         LOG.warning(
             f"midblock: {checkpoint} carries no {io.PLAN_JSON} (it was saved before midblock wrote the plan into "
             "each checkpoint, or by another adapter): "
-            + ("only its adapter_config.json was compared with this config." if plan.mode == "lora" else
-               "nothing records its window; make sure the midblock_* settings are those of that run.")
+            + (
+                "only its adapter_config.json was compared with this config."
+                if plan.mode == "lora"
+                else "nothing records its window; make sure the midblock_* settings are those of that run."
+            )
         )
     LOG.info(f"midblock: resuming from {checkpoint} with the same window (layers {plan.window}, mode {plan.mode})")

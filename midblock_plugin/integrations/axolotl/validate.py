@@ -172,16 +172,21 @@ def check_quantized_checkpoint(mode: str, base_model: str, quantization_config: 
     try:
         rules.check_quantized_full(mode, quantization_config and "a quantization_config in its config.json")
     except rules.OptionError as exc:
-        raise yaml_error(exc, hint=f"base_model: {base_model!r} is a quantized checkpoint; set midblock_mode: "
-                                   "lora (QLoRA), or use the unquantized model as base_model.") from None
+        raise yaml_error(
+            exc,
+            hint=f"base_model: {base_model!r} is a quantized checkpoint; set midblock_mode: "
+            "lora (QLoRA), or use the unquantized model as base_model.",
+        ) from None
 
 
 # --------------------------------------------------------------------------- how YAML typed a value
 
 #: An example of each key as YAML writes it, for the fixes.
 _EXAMPLES = {
-    "midblock_window": '"0.2:0.8" (two depth fractions a:b)', "midblock_segments": '"01110"',
-    "midblock_layers": '"3-11" or [3, 4, 5]', "midblock_window_from": "runs/x/analysis.json",
+    "midblock_window": '"0.2:0.8" (two depth fractions a:b)',
+    "midblock_segments": '"01110"',
+    "midblock_layers": '"3-11" or [3, 4, 5]',
+    "midblock_window_from": "runs/x/analysis.json",
     "midblock_target_modules": "[q_proj, v_proj]",
 }
 _TRUE_WORDS = ("true", "yes", "y", "on", "1")
@@ -205,18 +210,26 @@ def yaml_reading(field: str, key: str, value: Any) -> str | None:
     kind = _kind(value)
     if value in ("", []) and (field in WINDOW_KEYS or field == "target_modules"):
         if field == "target_modules":
-            return (f"must be a preset (attention, mlp, all-linear) or a non-empty list of module names, e.g. {key}: "
-                    f"{_EXAMPLES[key]}; remove the key for the default.")
-        return ('is empty; give a window (e.g. midblock_window: "0.2:0.8", midblock_segments: "01110" or '
-                'midblock_layers: "3-11"), or remove the key for the default window, the layers at 20%-80% depth.')
+            return (
+                f"must be a preset (attention, mlp, all-linear) or a non-empty list of module names, e.g. {key}: "
+                f"{_EXAMPLES[key]}; remove the key for the default."
+            )
+        return (
+            'is empty; give a window (e.g. midblock_window: "0.2:0.8", midblock_segments: "01110" or '
+            'midblock_layers: "3-11"), or remove the key for the default window, the layers at 20%-80% depth.'
+        )
     if field == "segments" and rules.is_int(value):
-        return ("is a number, not a mask: YAML reads an unquoted mask as a number, and one that starts with 0 as an "
-                'octal number (01110 becomes 584, 1110 stays 1110). Quote the mask: midblock_segments: "01110".')
+        return (
+            "is a number, not a mask: YAML reads an unquoted mask as a number, and one that starts with 0 as an "
+            'octal number (01110 becomes 584, 1110 stays 1110). Quote the mask: midblock_segments: "01110".'
+        )
     if field == "layers" and isinstance(value, (list, tuple)):
         odd = [v for v in value if not rules.is_int(v)]
         if odd:
-            return (f"has items that are not layer indices ({rules.yaml_value(odd)}); a list holds integers, e.g. "
-                    'midblock_layers: [3, 4, 5]; write ranges as one quoted string: midblock_layers: "3-5,9".')
+            return (
+                f"has items that are not layer indices ({rules.yaml_value(odd)}); a list holds integers, e.g. "
+                'midblock_layers: [3, 4, 5]; write ranges as one quoted string: midblock_layers: "3-5,9".'
+            )
     if field in WINDOW_KEYS and not isinstance(value, (str, list, tuple)):
         return f"is {kind}; write it as a quoted string, e.g. {key}: {_EXAMPLES[key]}."
     if field in BOOL_FIELDS and not isinstance(value, bool):
