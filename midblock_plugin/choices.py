@@ -33,6 +33,12 @@ Recipe = Literal["default", "paper"]
 #: Size presets of the experiment jobs (``auto``: ``paper`` on a CUDA GPU, else ``cpu``).
 Preset = Literal["auto", "cpu", "paper"]
 
+#: ``midblock analyze``: model dtype, dtype of the D x D accumulators, GSM8K split, the two-model per-layer signal.
+AnalysisDtype = Literal["auto", "float32", "bfloat16", "float16"]
+StatsDtype = Literal["float64", "float32"]
+Split = Literal["train", "test"]
+PairSignal = Literal["own_output", "weight", "inherited_cka"]
+
 #: The segment mask ``midblock run`` trains by default (the paper's mid block).
 DEFAULT_SEGMENTS = "01110"
 

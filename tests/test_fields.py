@@ -103,3 +103,16 @@ def test_plan_flags_are_midblock_config_fields_or_the_commands_own():
     assert fields - training_only <= dests
     mode = next(a for a in _subparsers()["plan"]._actions if a.dest == "mode")  # noqa: SLF001
     assert tuple(mode.choices) == values(Mode)
+
+
+def test_every_analyze_option_is_a_field_of_analysis_config_or_analyze_output():
+    from midblock_plugin.analysis.config import AnalysisConfig
+    from midblock_plugin.cli.analyze import AnalyzeOutput
+
+    fields = {f.name for f in dataclasses.fields(AnalysisConfig) if f.init} | {
+        f.name for f in dataclasses.fields(AnalyzeOutput)
+    }
+    parser = _subparsers()["analyze"]
+    assert _dests(parser) - {"func"} == fields
+    args = parser.parse_args(["base", "--quiet", "--no-early-exit", "--no-figure"])  # the old spellings still work
+    assert (args.progress, args.early_exit, args.figure, args.tuned) == (False, False, False, None)

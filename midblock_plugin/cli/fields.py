@@ -17,7 +17,11 @@ Field metadata the generator reads (all optional but ``help``):
 ``metavar``     argparse's metavar
 ``positional``  ``True``: a positional argument (``nargs`` from ``metadata["nargs"]``)
 ``default``     the default shown in the help when the field's is ``None`` (e.g. "the preset")
+``group``       the title of the argument group the flag is listed under
+``negate``      a bool flag that sets the field to ``False`` (``--quiet`` for ``progress``)
 ==============  ===========================================================================
+
+Fields with ``init=False`` (computed on validation) get no flag.
 """
 
 from __future__ import annotations
@@ -93,11 +97,18 @@ def add_dataclass_arguments(
     fields = {f.name: f for f in dataclasses.fields(cls)}
     names = only if only is not None else list(fields)
     added = []
+    groups: dict[str, Any] = {}
     for name in names:
         f = fields[name]
-        if name in skip or f.metadata.get("cli") is False:
+        if name in skip or f.metadata.get("cli") is False or not f.init:
             continue
-        target = group_of(name) if group_of else parser
+        title = f.metadata.get("group")
+        if group_of:
+            target = group_of(name)
+        elif title:
+            target = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
+        else:
+            target = parser
         default = defaults.get(name, _default(f))
         kind = _unwrap(hints[name])
         md = f.metadata
@@ -114,7 +125,9 @@ def add_dataclass_arguments(
             added.append(name)
             continue
         kw["default"] = default
-        if kind is bool:
+        if kind is bool and md.get("negate"):
+            kw["action"] = "store_false"
+        elif kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
             if md.get("parse"):
@@ -134,6 +147,6 @@ def add_dataclass_arguments(
 
 def values_from_args(args: argparse.Namespace, cls: type, **overrides: Any) -> dict[str, Any]:
     """The keyword arguments of ``cls`` found in ``args`` (fields without a flag are left out), with ``overrides``."""
-    out = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    out = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.init and hasattr(args, f.name)}
     out.update(overrides)
     return out

@@ -15,7 +15,6 @@ from midblock_plugin.data import gsm8k
 from midblock_plugin.experiments.measures import PeakMemory, StepTimer, heldout_row_losses
 from midblock_plugin.experiments.options import UNIFORM, JobOptions
 from midblock_plugin.experiments.record import SeedRecord
-from midblock_plugin.training.model_card import write_model_card
 
 
 if TYPE_CHECKING:
@@ -147,6 +146,8 @@ def train_variant(
     trainer.save_model(str(out / "adapter"))
     tok.save_pretrained(str(out / "adapter"))
     plan = cb.plan
+    from midblock_plugin.training.model_card import write_model_card
+
     write_model_card(out / "adapter", plan)
     record = SeedRecord(
         variant=segments,
