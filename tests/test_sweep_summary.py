@@ -184,7 +184,7 @@ def test_lrs_resolve_and_the_recommended_variant_needs_window_from(tmp_path):
     opts = JobOptions(output_dir=str(tmp_path), variants="recommended,11111", window_from=str(path))
     assert opts.variants == ("recommended", "11111") and opts.midblock_config("recommended").window_from == str(path)
     path.write_text(json.dumps({"recommendation": {"layers": [], "refused": "window-tuned"}}))
-    with pytest.raises(ValueError, match="recommends no layers"):
+    with pytest.raises(ValueError, match="--window-from '.*': recommends no window: window-tuned"):
         JobOptions(output_dir=str(tmp_path), variants="recommended,11111", window_from=str(path))
 
 

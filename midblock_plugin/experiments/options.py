@@ -411,8 +411,8 @@ class JobOptions:
 
         try:
             rec = read_window_file(self.window_from)
-        except WindowError as exc:
-            raise ValueError(f"--window-from: {exc}") from None
+        except rules.OptionError as exc:  # a WindowOptionError about window_from: spelled as the flag
+            raise rules.respell(exc, rules.flag_spelling) from None
         if not rec.get("layers"):
             raise ValueError(
                 f"--window-from {str(self.window_from)!r} recommends no layers"
