@@ -455,7 +455,7 @@ def write_report(
             ((e.get("forgetting") or {}).get("kl_at_uniform_gain_note") for e in entries if e.get("forgetting")), None
         )
         if note:
-            lines += ["", f"KL at uniform's task gain: {note}."]
+            lines += ["", f"KL at uniform's task gain: {note.rstrip('.')}."]
     else:
         lines.append("Not measured (--skip-forgetting).")
     if not opts.skip_eval and any(e.get("gsm8k") for e in entries):
@@ -552,7 +552,9 @@ def write_report(
             lines += [f"No window is recommended: {rec['refused']}", ""]
         else:
             lines += [
-                f"Recommended window: layers {rec['window']} (mask {rec.get('segments')}); rule: {rec['rule'].rstrip('.')}. "
+                f"Recommended window: layers {rec['window']}"
+                + (f" (mask {rec['segments']})" if rec.get("segments") else "")  # a mask only when it is exact
+                + f" (signal: {rec.get('signal_name') or 'own_output'}); rule: {rec['rule'].rstrip('.')}. "
                 f"Test it against the defaults on fresh seeds: `midblock sweep --variants recommended,11111,01110 "
                 f"--window-from {os.path.relpath(analysis['paths']['json'], out)}`.",
                 "",
