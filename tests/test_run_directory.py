@@ -312,3 +312,48 @@ def test_without_matplotlib_the_run_completes_and_says_figures_were_skipped(tiny
     assert (out / "analysis" / "analysis.json").exists() and "Recommended window: layers" in report
     assert _status(out)["status"] == "complete"
     assert json.loads((out / io.RESULTS_JSON).read_text())["figures_skipped"]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_raise_terminated_with_the_exit_code(sig, code):
+    """The handlers the CLI installs turn a real signal into Terminated (a KeyboardInterrupt, so every
+    run directory records it as incomplete), with 128 + the signal number."""
+    from midblock_plugin.cli import Terminated, install_signal_handlers
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        install_signal_handlers()
+        with pytest.raises(Terminated) as info:
+            os.kill(os.getpid(), sig)
+            time.sleep(5)  # the handler runs at the next bytecode; never reached
+        assert isinstance(info.value, KeyboardInterrupt) and 128 + info.value.signum == code
+        assert info.value.name == signal.Signals(sig).name
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def test_sigterm_during_a_run_is_recorded_with_the_signal(tiny, tmp_path):
+    out = tmp_path / "run"
+    log = tmp_path / "log.txt"
+    args = ["run", "--model", tiny, *FAST, "--max-steps", "100000", "--output-dir", out]
+    with open(log, "w") as fh:
+        p = subprocess.Popen(_cmd(*args), stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and p.poll() is None:
+                running = (out / io.RUN_STATUS_JSON).exists() and _status(out)["status"] == "running"
+                if running and "'loss'" in log.read_text(errors="replace"):
+                    break
+                time.sleep(0.2)
+            assert p.poll() is None, log.read_text()[-3000:]
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=120)
+        finally:
+            if p.poll() is None:
+                p.kill()
+    assert p.returncode == 143, log.read_text()[-2000:]
+    st = _status(out)
+    assert st["status"] == "incomplete" and "SIGTERM" in st["error"], st
+    assert "midblock run: terminated by SIGTERM" in log.read_text() and "Traceback" not in log.read_text()
+    assert not (out / io.REPORT_MD).exists()

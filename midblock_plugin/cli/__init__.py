@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 
@@ -51,14 +52,45 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    install_signal_handlers()
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):
+            print(
+                f"midblock {args.command}: terminated by {exc.name}; the run is recorded as incomplete",
+                file=sys.stderr,
+            )
+            return 128 + exc.signum
         print(f"midblock {args.command}: interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, ImportError) as exc:  # WindowError, json and config errors are ValueErrors
         print(f"midblock {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM and Kubernetes send before a kill) or SIGHUP, handled like Ctrl-C: the
+    run directory records ``incomplete`` with the signal, one line is printed, the exit code is
+    128 + the signal number (143 / 129)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        self.name = signal.Signals(self.signum).name
+        super().__init__(f"terminated by {self.name}")
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(signum)
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` (in the main thread; elsewhere a no-op)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            signal.signal(sig, _raise_terminated)
+        except ValueError:  # not the main thread of the main interpreter
+            return
 
 
 def user_message(exc: BaseException) -> str:
