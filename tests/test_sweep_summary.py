@@ -218,3 +218,11 @@ def test_validation_rows_are_training_rows_never_trained_on_and_not_test_rows(tm
     ).resolved()
     with pytest.raises(ValueError, match="--validation 64"):
         _load_data(too_many, log=lambda *_: None)
+
+
+def test_a_negative_rate_on_the_command_line_reaches_the_lrs_check(capsys):
+    """``--lrs -1e-3`` is read as the value (argparse would take it for an option) and refused by name."""
+    from midblock_plugin.cli import main
+
+    assert main(["sweep", "--output-dir", "/nonexistent/never-made", "--lrs", "-1e-3", "--skip-eval"]) == 2
+    assert "--lrs '-1e-3'" in capsys.readouterr().err

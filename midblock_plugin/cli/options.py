@@ -19,7 +19,7 @@ from midblock_plugin.window import WINDOW_FORMS
 
 
 #: Fields whose flag is an option with a value starting with "-" (e.g. ``--layers -4--1``).
-DASH_VALUE_FLAGS = ("--layers", "--window", "--segments")
+DASH_VALUE_FLAGS = ("--layers", "--window", "--segments", "--lrs")
 
 
 def add_config_arguments(
