@@ -37,6 +37,7 @@ from midblock_plugin.config import MidBlockConfig
 from midblock_plugin.emit import EMIT_TOOLS, TOOLS, EmitError, EmitTool, emit
 from midblock_plugin.plan import build_plan
 from midblock_plugin.testing import tiny_model
+from tests.source_scan import string_literals
 
 
 CASES = [
@@ -233,24 +234,6 @@ def test_cli_emit(tmp_path, capsys):
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _string_literals(path: Path) -> set[str]:
-    """The string constants of a module's code (docstrings left out)."""
-    tree = ast.parse(path.read_text())
-    docstrings = {
-        id(node.body[0].value)
-        for node in ast.walk(tree)
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-        and node.body
-        and isinstance(node.body[0], ast.Expr)
-        and isinstance(node.body[0].value, ast.Constant)
-    }
-    return {
-        node.value
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
-    }
-
-
 def _emit_option():
     from midblock_plugin.cli import build_parser
 
@@ -272,7 +255,7 @@ def test_the_tool_table_is_the_only_source():
     names = set(TOOLS) - {"peft", "axolotl"}  # also package names, imported and named everywhere
     for path in sorted((ROOT / "midblock_plugin").rglob("*.py")):
         if path != ROOT / "midblock_plugin" / "emit.py":
-            found = names & _string_literals(path)
+            found = names & string_literals(path)
             assert not found, f"{path.relative_to(ROOT)} writes the tool name(s) {found}; read emit.TOOLS"
 
 

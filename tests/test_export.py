@@ -15,7 +15,6 @@ help, the docs and the pipeline read it, and a target registered in it alone exp
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import math
@@ -30,6 +29,7 @@ from midblock_plugin.export.pipeline import export_adapter
 from midblock_plugin.export.targets import TARGETS, ExportTarget
 from midblock_plugin.plan import build_plan
 from midblock_plugin.testing import save_tiny
+from tests.source_scan import string_literals
 
 
 WINDOW = [1, 2, 3]
@@ -297,24 +297,6 @@ def _option(command, flag):
     return parser, next(a for a in parser._actions if flag in a.option_strings)
 
 
-def _string_literals(path: Path) -> set[str]:
-    """The string constants of a module's code (docstrings left out)."""
-    tree = ast.parse(path.read_text())
-    docstrings = {
-        id(node.body[0].value)
-        for node in ast.walk(tree)
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-        and node.body
-        and isinstance(node.body[0], ast.Expr)
-        and isinstance(node.body[0].value, ast.Constant)
-    }
-    return {
-        node.value
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
-    }
-
-
 def test_the_target_table_is_the_only_source():
     parser, target = _option("export", "--target")
     assert list(target.choices) == list(TARGETS)  # the choices are the table's keys, in its order
@@ -341,7 +323,7 @@ def test_the_target_table_is_the_only_source():
         if path == ROOT / "midblock_plugin" / "export" / "targets.py":
             continue
         names = set(TARGETS) if path in export_code else set(TARGETS) - {"vllm"}
-        found = names & _string_literals(path)
+        found = names & string_literals(path)
         assert not found, f"{path.relative_to(ROOT)} writes the target name(s) {found}; read export.targets.TARGETS"
 
 

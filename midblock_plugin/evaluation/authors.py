@@ -257,11 +257,10 @@ def evaluate_authors(
 
     ``settings.limit`` (an int) scores the first ``limit`` questions of the seed-42 order
     instead of 100; ``settings.batch_size`` batches the generation (``"auto"`` means 8)."""
-    import gc
 
     from midblock_plugin.evaluation import results
-    from midblock_plugin.evaluation.distributed import distributed_context, release_after_inference
-    from midblock_plugin.evaluation.runner import _empty_device_cache, preserved_rng
+    from midblock_plugin.evaluation.distributed import distributed_context
+    from midblock_plugin.evaluation.runner import preserved_rng, restore_after_inference
 
     if tokenizer is None:
         raise ValueError("tokenizer is None: protocol='authors' needs the tokenizer the model was trained with.")
@@ -290,11 +289,7 @@ def evaluate_authors(
             model.eval()
             generations = generate(model, tokenizer, prompts, batch_size=batch, synced_gpus=bool(ctx["partitioner"]))
     finally:
-        if was_training is not None and hasattr(model, "train"):
-            model.train(was_training)
-        release_after_inference(model, ctx, engine)
-        gc.collect()
-        _empty_device_cache()
+        restore_after_inference(model, was_training, ctx, engine)
     t_eval = time.perf_counter() - t1
     records = score(rows, picked, generations)
     limit = settings.limit

@@ -193,11 +193,7 @@ def evaluate_model(
                 ctx["generate_calls_per_rank"] = stats.get("generate_calls_per_rank")
                 del lm
     finally:
-        if was_training is not None and hasattr(model, "train"):
-            model.train(was_training)
-        release_after_inference(model, ctx, engine)
-        gc.collect()
-        _empty_device_cache()
+        restore_after_inference(model, was_training, ctx, engine)
     t_eval = time.perf_counter() - t1
 
     payload = None
@@ -230,6 +226,16 @@ def evaluate_model(
         print(results.format_table(report), flush=True)
     report["samples"] = payload["samples"]
     return report
+
+
+def restore_after_inference(model: Any, was_training: bool | None, ctx: dict, engine: Any) -> None:
+    """After an evaluation, whatever it raised: the model's train mode back, ZeRO-3 gathered
+    parameters released (:func:`~.distributed.release_after_inference`), memory returned."""
+    if was_training is not None and hasattr(model, "train"):
+        model.train(was_training)
+    release_after_inference(model, ctx, engine)
+    gc.collect()
+    _empty_device_cache()
 
 
 def _empty_device_cache() -> None:
