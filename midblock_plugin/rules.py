@@ -328,21 +328,29 @@ def check_vllm_rank(rank: Any, field: str = "rank") -> int:
 # --------------------------------------------------------------------------- install hints
 
 
+#: The one spelling of "install an extra": midblock is not on PyPI, so from a checkout, or from the
+#: repository as a pip direct reference (the URL of pyproject.toml's ``[project.urls] Repository``;
+#: tests/test_install_lines.py checks that the two agree and that every extra exists).
+INSTALL_EXTRA = (
+    "pip install -e '.[{extra}]' in a midblock checkout, "
+    "or pip install 'midblock-plugin[{extra}] @ git+https://github.com/midblock-plugin/midblock'"
+)
+
 #: Optional packages: import name -> (distribution, the ``pip install`` line of its extra in ``pyproject.toml``).
 INSTALL_HINTS = {
-    "lm_eval": ("lm-eval", "pip install 'midblock-plugin[eval]'"),
-    "matplotlib": ("matplotlib", "pip install 'midblock-plugin[analysis]'"),
-    "deepspeed": ("deepspeed", "pip install 'midblock-plugin[deepspeed]'"),
-    "trl": ("trl", "pip install 'midblock-plugin[trl]'"),
-    "peft": ("peft", "pip install 'midblock-plugin[trl]'"),
-    "datasets": ("datasets", "pip install 'midblock-plugin[trl]'"),
-    "transformers": ("transformers", "pip install 'midblock-plugin[trl]'"),
-    "torch": ("torch", "pip install 'midblock-plugin[trl]'"),
-    "accelerate": ("accelerate", "pip install 'midblock-plugin[trl]'"),
-    "psutil": ("psutil", "pip install 'midblock-plugin[trl]'"),
-    "vllm": ("vllm", "pip install 'midblock-plugin[vllm]'"),
-    "bitsandbytes": ("bitsandbytes", "pip install 'midblock-plugin[qlora]'"),
-    "axolotl": ("axolotl", "pip install 'midblock-plugin[axolotl]'"),
+    "lm_eval": ("lm-eval", INSTALL_EXTRA.format(extra="eval")),
+    "matplotlib": ("matplotlib", INSTALL_EXTRA.format(extra="analysis")),
+    "deepspeed": ("deepspeed", INSTALL_EXTRA.format(extra="deepspeed")),
+    "trl": ("trl", INSTALL_EXTRA.format(extra="trl")),
+    "peft": ("peft", INSTALL_EXTRA.format(extra="trl")),
+    "datasets": ("datasets", INSTALL_EXTRA.format(extra="trl")),
+    "transformers": ("transformers", INSTALL_EXTRA.format(extra="trl")),
+    "torch": ("torch", INSTALL_EXTRA.format(extra="trl")),
+    "accelerate": ("accelerate", INSTALL_EXTRA.format(extra="trl")),
+    "psutil": ("psutil", INSTALL_EXTRA.format(extra="trl")),
+    "vllm": ("vllm", INSTALL_EXTRA.format(extra="vllm")),
+    "bitsandbytes": ("bitsandbytes", INSTALL_EXTRA.format(extra="qlora")),
+    "axolotl": ("axolotl", INSTALL_EXTRA.format(extra="axolotl")),
     "gguf": ("gguf", "pip install gguf"),
     "ray": ("ray", "pip install ray"),
 }

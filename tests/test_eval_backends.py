@@ -249,7 +249,7 @@ def test_vllm_missing_is_named_before_any_work(tmp_path, capsys):
     (model_dir / "config.json").write_text("{}")  # not loadable: loading would fail differently
     assert main(["eval", str(model_dir), "--backend", "vllm", "--data-dir", str(GSM8K_DIR)]) == 2
     err = capsys.readouterr().err
-    assert "--backend vllm needs the optional package 'vllm'" in err and "pip install 'midblock-plugin[vllm]'" in err
+    assert "--backend vllm needs the optional package 'vllm'" in err and "pip install -e '.[vllm]'" in err
     settings = EvalSettings(backend="vllm", data_dir=str(GSM8K_DIR))
     with pytest.raises(ImportError, match=r"midblock-plugin\[vllm\]"):
         evaluate_after_save(model_dir, settings)

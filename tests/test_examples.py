@@ -120,3 +120,19 @@ def test_example_evaluation_flags_are_checked_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--eval-protocol" in err or "protocol='paper'" in err
     assert "--eval-fewshot" in err and not out.exists()
+
+
+def test_example_reads_and_tokenizes_only_the_rows_its_steps_train_on(tmp_path):
+    """--max-steps 3 at batch 2 and no --num-examples: 6 rows of GSM8K's 7,473 are tokenized, one epoch."""
+    import re
+
+    out = tmp_path / "steps"
+    r = run(
+        "--data", str(GSM8K_DIR / "train.jsonl"), "--max-steps", "3", "--batch-size", "2", "--output-dir", str(out)
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    totals = {int(n) for n in re.findall(r"Tokenizing train dataset:[^\n\r]*?\| *\d+/(\d+)", r.stderr)}
+    assert totals == {6}, totals
+    epochs = re.findall(r"'epoch': '?([0-9.]+)", r.stdout + r.stderr)
+    assert epochs and float(epochs[-1]) == 1.0  # the 3 steps are exactly one pass over the rows read
+    assert (out / "adapter_model.safetensors").exists()

@@ -134,7 +134,8 @@ def test_install_hints_have_one_home():
     assert isinstance(exc, ImportError) and exc.name == "vllm"
     assert str(exc) == (
         "--backend vllm needs the optional package 'vllm', which is not installed: "
-        "pip install 'midblock-plugin[vllm]' (or pip install vllm)."
+        "pip install -e '.[vllm]' in a midblock checkout, or pip install "
+        "'midblock-plugin[vllm] @ git+https://github.com/midblock-plugin/midblock' (or pip install vllm)."
     )
     with pytest.raises(rules.MissingDependency, match="no_such_pkg_xyz"):
         rules.check_dependency("no_such_pkg_xyz", "a test")

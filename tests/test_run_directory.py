@@ -307,7 +307,7 @@ def test_without_matplotlib_the_run_completes_and_says_figures_were_skipped(tiny
     assert r.returncode == 0, r.stderr[-3000:]
     report = (out / io.REPORT_MD).read_text()
     assert "Figures were skipped: matplotlib is not installed" in report
-    assert "pip install 'midblock-plugin[analysis]'" in report  # rules.install_hint, the one home of install lines
+    assert "pip install -e '.[analysis]'" in report  # rules.install_hint, the one home of install lines
     assert "![" not in report and not list(out.rglob("*.png"))
     assert (out / "analysis" / "analysis.json").exists() and "Recommended window: layers" in report
     assert _status(out)["status"] == "complete"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fine-tune a Hugging Face decoder with Mid-Block Efficient Tuning through TRL's SFTTrainer.
 
-    python examples/trl/sft_midblock.py --model tiny --data /path/to/gsm8k/train.jsonl \
+    .venv/bin/python examples/trl/sft_midblock.py --model tiny --data ../shared/data/gsm8k/train.jsonl \
         --segments 01110 --rank 16 --max-steps 20 --output-dir runs/tiny-midblock
 
 ``--model tiny`` builds a tiny random Llama (no download); any other value is passed to
@@ -60,7 +60,12 @@ def parse_args(argv=None):
         "--model", default="tiny", help="'tiny' (a random 8-layer Llama, no download), a model directory or a hub id"
     )
     p.add_argument("--data", required=True, help="JSONL of {question, answer} or {messages} rows")
-    p.add_argument("--num-examples", type=int, default=None, help="use the first N rows (default: all)")
+    p.add_argument(
+        "--num-examples",
+        type=int,
+        default=None,
+        help="use the first N rows (default: with --max-steps, the rows those steps train on; else all)",
+    )
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=4)
@@ -127,6 +132,16 @@ def check_numbers(args) -> None:
         bad("--max-length", args.max_length, "must be an integer >= 2 (tokens per training sequence)")
     if not 0 <= args.seed < 2**32:
         bad("--seed", args.seed, "must be an integer in [0, 2**32)")
+
+
+def rows_needed(args) -> int | None:
+    """How many rows to read and tokenize: ``--num-examples``, else with ``--max-steps N`` the first
+    N x batch size x grad-accum x processes rows (20 steps read 80 rows, not the whole file), else all."""
+    if args.num_examples is not None:
+        return args.num_examples
+    if args.max_steps > 0:
+        return args.max_steps * args.batch_size * args.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
+    return None
 
 
 def check_setup(args) -> None:
@@ -239,7 +254,7 @@ def main(argv=None) -> int:
         # Everything that needs only the arguments, files and config.json, before any weights load.
         mb = config_from_args(args)
         check_numbers(args)
-        rows = load_rows(args.data, args.num_examples)
+        rows = load_rows(args.data, rows_needed(args))
         eval_settings = eval_settings_from_args(args)
         check_setup(args)
         if args.reentrant is not None and not args.gradient_checkpointing:

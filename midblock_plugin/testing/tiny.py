@@ -150,3 +150,30 @@ def save_tiny(
 def gsm8k_rows(split: str = "train", n: int | None = None, data_dir: str | os.PathLike | None = None) -> list[dict]:
     """The first ``n`` rows of a local GSM8K split (``data_dir``, else :data:`GSM8K_DIR`)."""
     return gsm8k.read_rows(split, n=n, data_dir=data_dir or GSM8K_DIR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m midblock_plugin.testing DIR``: save a tiny random model and its tokenizer to ``DIR``
+    (what ``examples/axolotl/tiny-cpu.yml`` and the README's TRL program train; no download)."""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m midblock_plugin.testing",
+        description="Save a tiny random decoder and a tiny BPE tokenizer to DIR (no download): a model for trying "
+        "midblock on a CPU, e.g. examples/axolotl/tiny-cpu.yml (base_model: runs/tiny-llama).",
+    )
+    p.add_argument("dir", help="the directory to write (created; from_pretrained loads it)")
+    p.add_argument("--arch", default="llama", choices=sorted(ARCHITECTURES), help="architecture (default: llama)")
+    p.add_argument("--num-layers", type=int, default=5, help="decoder layers (default: 5)")
+    p.add_argument("--hidden", type=int, default=64, help="hidden size (default: 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    args = p.parse_args(argv)
+    if args.num_layers < 1:
+        p.error(f"--num-layers {args.num_layers}: give at least 1 layer")
+    if args.hidden < 16 or args.hidden % 16:
+        p.error(f"--hidden {args.hidden}: give a multiple of 16 (the heads are 16 wide), e.g. 64")
+    path = save_tiny(args.dir, arch=args.arch, num_layers=args.num_layers, hidden=args.hidden, seed=args.seed)
+    print(
+        f"saved a tiny random {args.arch} ({args.num_layers} layers, hidden {args.hidden}) and its tokenizer to {path}"
+    )
+    return 0

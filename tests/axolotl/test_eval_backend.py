@@ -51,7 +51,7 @@ def test_after_save_hf_backend_with_the_paper_protocol(workspace):
         ({"protocol": "paper", "num_fewshot": 5}, "protocol: 'paper', which fixes num_fewshot: 0"),
         ({"backend": "tgi"}, "choose one of 'in-memory', 'hf', 'vllm'"),
     ]
-    + ([] if importlib.util.find_spec("vllm") else [({"backend": "vllm"}, "pip install 'midblock-plugin[vllm]'")]),
+    + ([] if importlib.util.find_spec("vllm") else [({"backend": "vllm"}, "pip install -e '.[vllm]'")]),
 )
 def test_eval_backend_and_protocol_errors_fail_validation(settings, message):
     text = _error(midblock_eval=settings)

@@ -10,7 +10,7 @@ import json
 import pytest
 import yaml
 
-from tests.axolotl.helpers import ROOT, WINDOW, load_state
+from tests.axolotl.helpers import PLUGIN, ROOT, SHORT_PLUGIN, WINDOW, load_state
 
 
 pytestmark = pytest.mark.axolotl
@@ -18,22 +18,61 @@ pytestmark = pytest.mark.axolotl
 EXAMPLES = ROOT / "examples" / "axolotl"
 
 
-def test_tiny_cpu_example_trains_as_written(workspace):
-    """Only the locations change: the model, data and outputs live in the test's tmp dir."""
-    from midblock_plugin.testing import GSM8K_DIR
+def test_tiny_cpu_example_runs_as_its_header_says(tmp_path):
+    """The commands of tiny-cpu.yml's header, as printed, in a scratch checkout with
+    ../shared/data/gsm8k beside it: the one command that makes the tiny model, then ``axolotl train``
+    and ``axolotl merge-lora`` from this environment (as after its ``activate``; the header's set-up
+    line is what built this environment)."""
+    import os
+    import subprocess
+    import sys
 
-    cfg = yaml.safe_load((EXAMPLES / "tiny-cpu.yml").read_text())
+    from midblock_plugin.testing import GSM8K_DIR
+    from tests.axolotl.helpers import ENV, SHORT_PLUGIN
+
+    text = (EXAMPLES / "tiny-cpu.yml").read_text()
+    cfg = yaml.safe_load(text)
     assert cfg["base_model"] == "runs/tiny-llama" and cfg["datasets"][0]["path"] == "../shared/data/gsm8k/train.jsonl"
-    cfg["base_model"] = str(workspace.model_dir)
-    cfg["datasets"][0]["path"] = str(GSM8K_DIR / "train.jsonl")
-    cfg["dataset_prepared_path"] = str(workspace.root / "example-prepared")
-    cfg["output_dir"] = str(workspace.root / "example")
-    run = workspace.axolotl("train", workspace.write(cfg, "example")).check()
-    adapter = json.loads((run.output_dir / "adapter_config.json").read_text())
+    assert cfg["plugins"] == [SHORT_PLUGIN]  # the path the README shows
+    header = [line[1:].strip() for line in text.splitlines() if line.startswith("#")]
+    first = header.index("")
+    commands = [line.split("  #")[0].strip() for line in header[first + 1 : header.index("", first + 1)]]
+    assert commands[0] == "bash scripts/setup-axolotl.sh && . .venv-axolotl/bin/activate"
+    assert commands[1:] == [
+        "python -m midblock_plugin.testing runs/tiny-llama",
+        "AXOLOTL_DO_NOT_TRACK=1 axolotl train examples/axolotl/tiny-cpu.yml",
+        "AXOLOTL_DO_NOT_TRACK=1 axolotl merge-lora examples/axolotl/tiny-cpu.yml",
+    ]
+    work = tmp_path / "midblock"
+    work.mkdir()
+    (work / "examples").symlink_to(ROOT / "examples")
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "shared" / "data" / "gsm8k").symlink_to(GSM8K_DIR.resolve())
+    bindir = os.path.dirname(sys.executable)
+    env = {
+        **os.environ,
+        **ENV,
+        "PATH": bindir + os.pathsep + os.environ["PATH"],
+        "VIRTUAL_ENV": os.path.dirname(bindir),
+    }
+    for command in commands[1:]:
+        r = subprocess.run(
+            ["bash", "-e", "-c", command],
+            cwd=work,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert r.returncode == 0, f"{command}\n{(r.stdout + r.stderr)[-6000:]}"
+    out = work / "runs" / "axolotl-tiny"
+    adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["layers_to_transform"] == WINDOW and adapter["r"] == 6
     assert sorted(adapter["target_modules"]) == [f"self_attn.{p}_proj" for p in "koqv"]
-    assert (run.output_dir / "adapter_model.safetensors").exists()
-    assert json.loads((run.output_dir / "midblock" / "drift.json").read_text())["history"][-1]["step"] == 3
+    assert (out / "adapter_model.safetensors").exists()
+    assert json.loads((out / "midblock" / "drift.json").read_text())["history"][-1]["step"] == 3
+    assert json.loads((out / "merged" / "config.json").read_text())["num_hidden_layers"] == 5  # merge-lora's model
 
 
 # name -> (layers of the real model, expected window, rank per window layer, lora_alpha, learning rate)
@@ -62,7 +101,7 @@ def validated():
 def test_every_example_passes_axolotl_validation(validated):
     assert set(PAPER) | {"tiny-cpu"} == set(validated)
     for name, cfg in validated.items():
-        assert cfg.adapter == "midblock" and "midblock_plugin.integrations.axolotl.MidBlockPlugin" in cfg.plugins, name
+        assert cfg.adapter == "midblock" and {PLUGIN, SHORT_PLUGIN} & set(cfg.plugins), name
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))
