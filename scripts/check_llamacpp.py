@@ -181,10 +181,18 @@ def main() -> int:
     report["sqrt_r"] = math.sqrt(plan.layer_rank)
     (work / "check-llamacpp.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
+    # llama.cpp's f32 kernels differ from torch's by ~0.02 in the logits of the base model alone (no
+    # adapter), so the export is held to that floor: within twice the base model's own difference,
+    # within 5% of what the adapter moves, and the same greedy token at every position.
+    export, base = report["runs"]["export"]["max_abs_logit_diff"], report["runs"]["base"]["max_abs_logit_diff"]
+    report["criterion"] = "export diff <= max(2 * base diff, 0.01) and < 5% of the adapter effect, same argmax"
     ok = (
-        report["runs"]["export"]["max_abs_logit_diff"] < 1e-2
+        export <= max(2 * base, 1e-2)
+        and export < 0.05 * report["adapter_effect_max_logit"]
         and report["runs"]["export"]["argmax_equal_every_position"]
     )
+    report["ok"] = ok
+    (work / "check-llamacpp.json").write_text(json.dumps(report, indent=2))
     return 0 if ok else 1
 
 
