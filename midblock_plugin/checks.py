@@ -9,7 +9,8 @@ the bad value and the fix. ``FileNotFoundError`` for a path that is not there,
 * :func:`check_model_dir`: a model directory (or hub id) is a decoder-only causal LM that
   transformers and midblock can handle: ``config.json`` exists, parses, names a known
   ``model_type``, is not an encoder or encoder-decoder, has a layer count, and (optionally)
-  weights lie beside it. Returns the transformers config.
+  weights lie beside it, and the package its ``quantization_config`` needs
+  (:func:`check_quantization_dependency`: bitsandbytes) is installed. Returns the transformers config.
 * :func:`check_adapter`: a PEFT adapter directory fits a base model (layers, module names,
   widths), from ``adapter_config.json`` and the safetensors header only.
 * :func:`check_device`, :func:`check_output_dir`, :func:`check_output_file`,
@@ -238,6 +239,8 @@ def check_model_dir(
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{shown}: transformers cannot read its config.json ({_first_line(exc)}).") from None
     check_decoder_config(config, shown, trust_remote_code=trust_remote_code)
+    if weights:
+        check_quantization_dependency(config, shown)
     if raw is not None and weights:
         names = {p.name for p in path.iterdir()}
         shards = any(
@@ -250,6 +253,31 @@ def check_model_dir(
                 "save_pretrained / trainer.save_model wrote (an adapter goes to --adapter)."
             )
     return config
+
+
+def check_quantization_dependency(config: Any, shown: str = "the model") -> None:
+    """The package a pre-quantized checkpoint needs to load: a bitsandbytes ``quantization_config``
+    in its ``config.json`` (``quant_method: bitsandbytes``) needs bitsandbytes installed, checked
+    before the weights load (transformers would fail with a traceback inside ``from_pretrained``)."""
+    from midblock_plugin.architecture import config_quantization
+
+    qc = (
+        getattr(config, "quantization_config", None)
+        if not isinstance(config, dict)
+        else config.get("quantization_config")
+    )
+    if qc is None:
+        return
+    kind, _ = config_quantization(config)
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    method = str(getattr(method, "value", method) or "bitsandbytes")
+    if method == "bitsandbytes":
+        what = {"bnb-4bit": "4-bit bitsandbytes", "bnb-8bit": "8-bit bitsandbytes"}.get(kind or "", "bitsandbytes")
+        check_dependency(
+            "bitsandbytes",
+            f"{shown} is a {what} checkpoint (quantization_config in its config.json); loading it",
+            "or give the unquantized model",
+        )
 
 
 def _check_raw_config(raw: dict, cfg_file: Path, shown: str, trust_remote_code: bool) -> None:

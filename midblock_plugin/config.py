@@ -1,7 +1,11 @@
 """``MidBlockConfig``: what the user asks for (window, mode, rank budget, alpha policy).
 
-The config is validated on construction, before any model is loaded. Turning it into
-concrete layers and ranks for a given model is :mod:`midblock_plugin.plan`'s job.
+The config is validated on construction, before any model is loaded: every value, and each
+window form parsed as written (a fraction window, a segment mask, a layer list such as
+``'3,4,9-12'``; :func:`midblock_plugin.rules.check_window_forms`). Only what needs the model
+waits for it: whether the layers exist and a mask has no more segments than the model has
+layers. Turning it into concrete layers and ranks for a given model is
+:mod:`midblock_plugin.plan`'s job.
 
 >>> cfg = MidBlockConfig(segments="01110", rank=64, lora_alpha=128, alpha_policy="fixed")
 >>> cfg.mode

@@ -306,8 +306,9 @@ def build_plan(
 ) -> MidBlockPlan:
     """Resolve ``config`` against a model (loaded, a transformers config, a model directory
     or hub id, or a :class:`~midblock_plugin.architecture.ModelLayout`), or against a bare
-    layer count (no parameter counts). The window is resolved, and so validated, before
-    anything heavy (the meta-device model) is built."""
+    layer count ``num_layers`` (no parameter counts; given with a model, it must be the model's
+    depth). The window is resolved, and so validated, before anything heavy (the meta-device
+    model) is built."""
     config = config or MidBlockConfig()
     if model_or_config is None:
         if num_layers is None:
@@ -317,7 +318,15 @@ def build_plan(
     else:
         if not isinstance(model_or_config, ModelLayout) and not hasattr(model_or_config, "named_parameters"):
             model_or_config = load_config(model_or_config)  # a path is read once
-        layers = resolve_layers(num_layers or _layer_count(model_or_config), **config.window_kwargs())
+        depth = _layer_count(model_or_config)
+        if num_layers is not None and num_layers != depth:
+            raise WindowOptionError(
+                "num_layers",
+                num_layers,
+                f"contradicts the model, which has {depth} decoder layers (its config); give the model alone "
+                "(its depth is read from its config) or the layer count alone, not both",
+            )
+        layers = resolve_layers(depth, **config.window_kwargs())
         layout = layout_of(model_or_config)
     return plan_for_layout(layout, config, layers)
 

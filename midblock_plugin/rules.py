@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import math
+import re
 import sys
 from typing import Any, Callable, Mapping, Optional, Union
 
@@ -273,12 +274,68 @@ def check_window_forms(
             raise OptionError("layers", layers, "must be a layer list such as '3-11', '3,4,9-12' or [3, 4, 5]")
         if isinstance(layers, (str, list, tuple)) and len(layers) == 0:
             raise w.WindowOptionError("layers", layers, "names no layer; use e.g. '3-11' or [3, 4, 5]")
+        layer_ranges(layers)  # parsed now: only the range check against the model's depth waits for the model
     if window_from is not None:
         _string("window_from", window_from, "the path of an analysis.json written by 'midblock analyze'")
         from midblock_plugin.io import read_window_file
 
         read_window_file(window_from)  # exists and holds a recommendation
     return given
+
+
+_LAYER_ITEM = re.compile(r"(-?\d+)\s*(?:-\s*(-?\d+))?")
+
+
+def layer_ranges(spec: Any) -> list[tuple[int, int]]:
+    """The layer list ``layers=`` as written, before any model is known: ``(lo, hi)`` pairs
+    (inclusive, negative = from the top) of ``"3-11"``, ``"3,4,9-12"``, ``"-4--1"``, an int or a
+    list of ints. Refused here: text that is not such a list, a non-integer index, and a range
+    that runs backwards whatever the depth (both ends counted from the same side). Which
+    indices exist is checked against the model (:func:`midblock_plugin.window.explicit_layers`).
+
+    >>> layer_ranges("3,4,9-12")
+    [(3, 3), (4, 4), (9, 12)]
+    >>> layer_ranges("-4--1")
+    [(-4, -1)]
+    """
+    from midblock_plugin.window import WindowOptionError
+
+    if isinstance(spec, bool):
+        raise WindowOptionError("layers", spec, "is not a layer list; use e.g. '3-11' or [3, 4, 5]")
+    if isinstance(spec, int):
+        return [(spec, spec)]
+    if not isinstance(spec, str):
+        items = []
+        for x in spec:
+            try:
+                if isinstance(x, bool):
+                    raise ValueError
+                index = x if isinstance(x, int) else int(str(x))  # as explicit_layers reads it (numpy ints too)
+            except ValueError:
+                raise WindowOptionError("layers", spec, f": {x!r} is not a layer index") from None
+            items.append((index, index))
+        if not items:
+            raise WindowOptionError("layers", spec, "names no layer; use e.g. '3-11'")
+        return items
+    text = spec.strip().strip("[]")
+    if not text:
+        raise WindowOptionError("layers", "", "names no layer; use e.g. '3-11' or '3,4,9-12'")
+    ranges = []
+    for part in (p.strip() for p in text.split(",")):
+        m = _LAYER_ITEM.fullmatch(part)
+        if not m:
+            raise WindowOptionError(
+                "layers",
+                spec,
+                f": cannot read {part!r}; write indices and inclusive ranges "
+                "separated by commas, e.g. '3,4,9-12' (negative indices count from the top)",
+            )
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) else lo
+        if (lo < 0) == (hi < 0) and hi < lo:
+            raise WindowOptionError("layers", spec, f": range {part!r} runs backwards; write it as lo-hi")
+        ranges.append((lo, hi))
+    return ranges
 
 
 def _string(field: str, value: Any, example: str) -> None:

@@ -82,6 +82,8 @@ class Case:
     hide: tuple = ()  # modules made unimportable for the row (a missing optional dependency)
     no_cuda: bool = False  # the row needs a machine without CUDA
     defaults: dict = field(default_factory=dict)
+    drop: tuple = ()  # flags of ``defaults`` this row leaves out
+    env: dict = field(default_factory=dict)  # environment for the row (None: unset; values formatted)
 
 
 def C(id, entry, *argv, needles=(), **kw) -> Case:
@@ -920,7 +922,431 @@ API = [
     ),
 ]
 
-CASES = PLAN + EVAL + ANALYZE + RUN + EXAMPLE + EXAMPLE_SUB + API
+# ----------------------------------------------------------------------------- issue 23: the new surfaces
+# Values checked at parse / construction time, against the model's config.json before any weights, with
+# the flag the user typed blamed.
+PARSE_TIME = [
+    A("api-config-layers-garbage-at-construction", lambda d: _mb(layers="3-x"), ["layers='3-x'", "3-x"], owner="core"),
+    A(
+        "api-config-layers-backwards-at-construction",
+        lambda d: _mb(layers="9-3"),
+        ["layers='9-3'", "backwards"],
+        owner="core",
+    ),
+    A("api-config-layers-float-item-at-construction", lambda d: _mb(layers=[3.5, 4]), ["3.5"], owner="core"),
+    A("api-config-layers-bool-item-at-construction", lambda d: _mb(layers=[True, 4]), ["True"], owner="core"),
+    A(
+        "api-plan-num-layers-contradicts-the-model",
+        lambda d: _plan(d["base"], num_layers=12),
+        ["num_layers=12", "10 decoder layers"],
+        owner="core",
+    ),
+    C(
+        "plan-num-layers-with-a-model-is-blamed-on-the-flag",
+        "plan",
+        "{base}",
+        "--num-layers",
+        "12",
+        needles=["--num-layers 12", "10 decoder layers"],
+        owner="core",
+    ),
+    C(
+        "run-segments-longer-than-the-model",
+        "run",
+        "--segments",
+        "000000000001",
+        needles=["--segments '000000000001'", "10 decoder layers"],
+        **_JOB,
+    ),
+    C(
+        "compare-variant-longer-than-the-model",
+        "compare",
+        "--variants",
+        "11111,000000000001",
+        needles=["--variants '000000000001'", "10 decoder layers"],
+        **_JOB,
+    ),
+    C(
+        "example-segments-longer-than-the-model",
+        "example",
+        "--model",
+        "{base}",
+        "--segments",
+        "000000000001",
+        needles=["000000000001", "10 layers"],
+        **_EX,
+    ),
+]
+
+# midblock sweep's own options (and its variants against the model)
+_SWEEP = dict(
+    owner="run",
+    defaults={"--model": "{base}", "--preset": "cpu", "--data-dir": "{gsm}", "--output-dir": "{out}/sweep"},
+)
+SWEEP = [
+    C("sweep-seeds-zero", "sweep", "--seeds", "0", needles=[_flag_value("--seeds", "0")], **_SWEEP),
+    C("sweep-lrs-not-a-number", "sweep", "--lrs", "1e-4,abc", needles=["--lrs", "'abc'"], **_SWEEP),
+    C("sweep-lrs-twice", "sweep", "--lrs", "1e-4,1e-4", needles=["--lrs", "more than once"], **_SWEEP),
+    C("sweep-lr-and-lrs", "sweep", "--lr", "1e-3", "--lrs", "1e-4,2e-4", needles=["--lr 0.001", "--lrs"], **_SWEEP),
+    C("sweep-validation-zero", "sweep", "--validation", "0", needles=[_flag_value("--validation", "0")], **_SWEEP),
+    C("sweep-shuffle-seed-negative", "sweep", "--shuffle-seed", "-1", needles=["--shuffle-seed", "-1"], **_SWEEP),
+    C(
+        "sweep-recommended-without-window-from",
+        "sweep",
+        "--variants",
+        "recommended,11111",
+        needles=["recommended", "--window-from"],
+        **_SWEEP,
+    ),
+    C(
+        "sweep-window-from-without-recommended",
+        "sweep",
+        "--window-from",
+        "{badjson}",
+        needles=["--window-from", "recommended"],
+        **_SWEEP,
+    ),
+    C("sweep-recipe-unknown", "sweep", "--recipe", "authors2", needles=["--recipe", "authors2"], **_SWEEP),
+    C(
+        "sweep-eval-protocol-unknown",
+        "sweep",
+        "--eval-protocol",
+        "exact",
+        needles=["--eval-protocol", "exact"],
+        **_SWEEP,
+    ),
+    C(
+        "sweep-general-text-missing",
+        "sweep",
+        "--general-text",
+        "/nonexistent/general.txt",
+        needles=["/nonexistent/general.txt"],
+        **_SWEEP,
+    ),
+    C("sweep-forgetting-blocks-zero", "sweep", "--forgetting-blocks", "0", needles=["--forgetting-blocks"], **_SWEEP),
+    C("sweep-heldout-beyond-the-test-rows", "sweep", "--heldout", "100000", needles=["--heldout 100000"], **_SWEEP),
+    C(
+        "sweep-variant-longer-than-the-model",
+        "sweep",
+        "--variants",
+        "11111,000000000001",
+        needles=["--variants '000000000001'", "10 decoder layers"],
+        **_SWEEP,
+    ),
+    A(
+        "api-job-options-seeds-bool",
+        lambda d: __import__("midblock_plugin.experiments", fromlist=["x"]).JobOptions(output_dir="o", seeds=True),
+        ["--seeds True"],
+        owner="run",
+    ),
+]
+
+# midblock export (an adapter for a serving engine, or merged)
+_EXPORT = dict(defaults={"--output": "{out}/export"})
+EXPORT = [
+    C(
+        "export-adapter-missing",
+        "export",
+        "/nonexistent/adapter",
+        "--target",
+        "vllm",
+        needles=["/nonexistent/adapter"],
+        **_EXPORT,
+    ),
+    C(
+        "export-adapter-is-a-model",
+        "export",
+        "{base}",
+        "--target",
+        "vllm",
+        needles=["{base}", "adapter_config.json"],
+        **_EXPORT,
+    ),
+    C(
+        "export-target-unknown",
+        "export",
+        "{adapter}",
+        "--target",
+        "tensorrt",
+        needles=["--target", "tensorrt"],
+        **_EXPORT,
+    ),
+    C(
+        "export-tolerance-zero",
+        "export",
+        "{adapter}",
+        "--target",
+        "vllm",
+        "--tolerance",
+        "0",
+        needles=[_flag_value("--tolerance", "0.0")],
+        **_EXPORT,
+    ),
+    C(
+        "export-dtype-for-an-adapter-target",
+        "export",
+        "{adapter}",
+        "--target",
+        "vllm",
+        "--dtype",
+        "bfloat16",
+        needles=["--dtype", "merged"],
+        **_EXPORT,
+    ),
+    C(
+        "export-base-missing",
+        "export",
+        "{adapter}",
+        "--target",
+        "vllm",
+        "--base",
+        "/nonexistent/base",
+        needles=["/nonexistent/base"],
+        **_EXPORT,
+    ),
+    C(
+        "export-device-cuda-without-cuda",
+        "export",
+        "{adapter}",
+        "--target",
+        "vllm",
+        "--device",
+        "cuda",
+        needles=["--device", "cuda"],
+        no_cuda=True,
+        **_EXPORT,
+    ),
+    C(
+        "export-output-is-a-file",
+        "export",
+        "{adapter}",
+        "--target",
+        "vllm",
+        "--base",
+        "{base}",
+        "--output",
+        "{file}",
+        needles=["{file}"],
+        **_EXPORT,
+    ),
+]
+
+# serving: the vLLM rank sizes, the serve budget, the config fragments
+SERVING = [
+    A(
+        "api-vllm-rank-above-its-largest",
+        lambda d: __import__("midblock_plugin.rules", fromlist=["x"]).check_vllm_rank(1024),
+        ["rank=1024", "512"],
+    ),
+    A("api-config-budget-unknown", lambda d: _mb(budget="serving"), ["budget='serving'", "'serve'"], owner="core"),
+    C("plan-emit-unknown-tool", "plan", "{base}", "--emit", "tgi", needles=["--emit", "tgi"]),
+    C("plan-emit-without-a-model", "plan", "--num-layers", "10", "--emit", "peft", needles=["--emit", "MODEL"]),
+    C("plan-budget-unknown", "plan", "--num-layers", "10", "--budget", "serving", needles=["--budget", "serving"]),
+]
+
+# QLoRA: a checkpoint whose config.json asks for bitsandbytes
+QLORA = [
+    C(
+        "plan-mode-full-on-a-quantized-checkpoint",
+        "plan",
+        "{qbase}",
+        "--mode",
+        "full",
+        needles=["full", "quantized"],
+        owner="core",
+    ),
+    C(
+        "eval-quantized-checkpoint-without-bitsandbytes",
+        "eval",
+        "{qbase}",
+        needles=["{qbase}", "bitsandbytes", "pip install"],
+        hide=("bitsandbytes",),
+    ),
+    C(
+        "run-quantized-checkpoint-without-bitsandbytes",
+        "run",
+        "--model",
+        "{qbase}",
+        needles=["{qbase}", "bitsandbytes", "pip install"],
+        hide=("bitsandbytes",),
+        **_JOB,
+    ),
+    C(
+        "example-quantized-checkpoint-without-bitsandbytes",
+        "example",
+        "--model",
+        "{qbase}",
+        needles=["{qbase}", "bitsandbytes", "pip install"],
+        hide=("bitsandbytes",),
+        **_EX,
+    ),
+    A(
+        "api-check-model-dir-quantized-without-bitsandbytes",
+        lambda d: __import__("midblock_plugin.checks", fromlist=["x"]).check_model_dir(
+            d["qbase"], "MODEL", weights=True
+        ),
+        ["bitsandbytes", "pip install"],
+        exc=ImportError,
+        hide=("bitsandbytes",),
+    ),
+]
+
+# evaluation backends and protocols (midblock eval, the TRL example's --eval-*)
+EVAL_BACKENDS = [
+    C(
+        "eval-backend-vllm-without-vllm",
+        "eval",
+        "{base}",
+        "--backend",
+        "vllm",
+        needles=["vllm", "pip install"],
+        hide=("vllm",),
+    ),
+    C("eval-backend-unknown", "eval", "{base}", "--backend", "in-memory", needles=["--backend", "in-memory"]),
+    C(
+        "eval-tensor-parallel-with-hf",
+        "eval",
+        "{base}",
+        "--tensor-parallel-size",
+        "2",
+        needles=["--tensor-parallel-size 2", "--backend 'vllm'"],
+    ),
+    C(
+        "eval-vllm-args-not-key-value",
+        "eval",
+        "{base}",
+        "--backend",
+        "vllm",
+        "--vllm-args",
+        "gpu_memory_utilization",
+        needles=["--vllm-args", "key=value"],
+    ),
+    C(
+        "eval-authors-protocol-fraction-limit",
+        "eval",
+        "{base}",
+        "--protocol",
+        "authors",
+        "--limit",
+        "0.5",
+        needles=["--limit 0.5", "authors"],
+    ),
+    C(
+        "eval-paper-protocol-five-shot",
+        "eval",
+        "{base}",
+        "--protocol",
+        "paper",
+        "--num-fewshot",
+        "5",
+        needles=["--num-fewshot 5", "paper"],
+    ),
+    C(
+        "eval-authors-protocol-chat-template",
+        "eval",
+        "{base}",
+        "--protocol",
+        "authors",
+        "--apply-chat-template",
+        needles=["--apply-chat-template", "authors"],
+    ),
+    C(
+        "example-eval-backend-vllm-without-vllm",
+        "example",
+        "--eval-limit",
+        "2",
+        "--eval-backend",
+        "vllm",
+        needles=["vllm", "pip install"],
+        hide=("vllm",),
+        **_EX,
+    ),
+    C(
+        "example-eval-tensor-parallel-with-hf",
+        "example",
+        "--eval-limit",
+        "2",
+        "--eval-backend",
+        "hf",
+        "--eval-tensor-parallel-size",
+        "2",
+        needles=["--eval-tensor-parallel-size 2"],
+        **_EX,
+    ),
+    C(
+        "example-eval-authors-protocol-with-vllm",
+        "example",
+        "--eval-limit",
+        "2",
+        "--eval-protocol",
+        "authors",
+        "--eval-backend",
+        "vllm",
+        needles=["--eval-backend", "authors"],
+        **_EX,
+    ),
+]
+
+# GSM8K for the evaluation after training: nowhere to be found (offline, no local copy), or broken
+_OFFLINE = {"MIDBLOCK_GSM8K_DIR": None, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+EVAL_DATA = [
+    C(
+        "example-eval-gsm8k-offline-nowhere",
+        "example",
+        "--eval-limit",
+        "2",
+        needles=["--eval-data-dir", "HF_HUB_OFFLINE", "--eval-limit"],
+        env=_OFFLINE,
+        if_reached="silent",  # trained, then "lm-eval final evaluation FAILED" and exit 0
+        **_EX,
+    ),
+    C(
+        "example-eval-env-gsm8k-broken-past-line-one",
+        "example",
+        "--eval-limit",
+        "2",
+        needles=["test.jsonl:4"],
+        env={"MIDBLOCK_GSM8K_DIR": "{gsm_badline}"},
+        if_reached="silent",
+        **_EX,
+    ),
+    C(
+        "run-gsm8k-offline-nowhere",
+        "run",
+        needles=["--data-dir", "HF_HUB_OFFLINE"],
+        drop=("--data-dir",),
+        env=_OFFLINE,
+        **_JOB,
+    ),
+    C(
+        "eval-gsm8k-hub-offline",
+        "eval",
+        "{base}",
+        "--data-dir",
+        "hub",
+        needles=["--data-dir", "HF_HUB_OFFLINE"],
+    ),
+    C("eval-gsm8k-offline-nowhere", "eval", "{base}", needles=["--data-dir", "HF_HUB_OFFLINE"], env=_OFFLINE),
+    A(
+        "api-eval-callback-gsm8k-offline-nowhere",
+        lambda d: __import__("midblock_plugin.evaluation", fromlist=["x"]).EvalCallback(_es(data_dir="hub", limit=2)),
+        ["data_dir", "HF_HUB_OFFLINE"],
+        exc=FileNotFoundError,
+        if_reached="silent",
+    ),
+    C(
+        "example-sub-eval-gsm8k-offline-nowhere",
+        "example-sub",
+        "--eval-limit",
+        "2",
+        needles=["--eval-data-dir", "HF_HUB_OFFLINE"],
+        env=_OFFLINE,
+        **_SUB,
+    ),
+]
+
+NEW_CASES = PARSE_TIME + SWEEP + EXPORT + SERVING + QLORA + EVAL_BACKENDS + EVAL_DATA
+CASES = PLAN + EVAL + ANALYZE + RUN + EXAMPLE + EXAMPLE_SUB + API + NEW_CASES
 RESULTS: dict[str, dict] = {}
 
 
@@ -955,6 +1381,9 @@ def dirs(tmp_path_factory) -> dict[str, str]:
     d["deep"] = _config_only(root / "deep", tiny_config("llama", num_layers=4))
     d["wide"] = _config_only(root / "wide", tiny_config("llama", num_layers=10, hidden=128))
     d["gpt2"] = _config_only(root / "gpt2", tiny_config("gpt2", num_layers=10))
+    quantized = tiny_config("llama", num_layers=10)
+    quantized.quantization_config = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    d["qbase"] = _config_only(root / "qbase", quantized)  # a pre-quantized (QLoRA) checkpoint's config.json
     d["t5"] = _config_only(
         root / "t5", transformers.T5Config(num_layers=2, d_model=64, d_ff=128, num_heads=2, d_kv=32, vocab_size=512)
     )
@@ -1098,7 +1527,7 @@ def _example():
 def _argv(case: Case, values: dict[str, str]) -> list[str]:
     argv = [a.format(**values) for a in case.argv]
     for flag, value in case.defaults.items():
-        if flag not in argv:
+        if flag not in argv and flag not in case.drop:
             argv += [flag] if value is None else [flag, value.format(**values)]
     return argv
 
@@ -1192,6 +1621,9 @@ def _verdict(case: Case, values: dict, status: Any, text: str, exc: BaseExceptio
 def _run_subprocess(case: Case, values: dict) -> tuple[str, str]:
     argv = _argv(case, values)
     t0 = time.perf_counter()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    for name, value in case.env.items():
+        env.pop(name, None) if value is None else env.__setitem__(name, value.format(**values))
     try:
         r = subprocess.run(
             [sys.executable, str(SCRIPT), *argv],
@@ -1199,7 +1631,7 @@ def _run_subprocess(case: Case, values: dict) -> tuple[str, str]:
             text=True,
             timeout=SUBPROCESS_TIMEOUT_S,
             cwd=ROOT,
-            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+            env=env,
         )
     except subprocess.TimeoutExpired:
         return "hang", f"no answer after {SUBPROCESS_TIMEOUT_S} s"
@@ -1231,6 +1663,8 @@ def test_bad_input_fails_early_and_clearly(case, dirs, tmp_path, monkeypatch, tr
         if torch.cuda.is_available():
             pytest.skip("needs a machine without CUDA")
     values = {**dirs, "out": str(tmp_path / "out")}
+    for name, value in case.env.items():
+        monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value.format(**values))
     for name in case.hide:
         for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
             monkeypatch.delitem(sys.modules, mod)
@@ -1245,8 +1679,19 @@ def test_bad_input_fails_early_and_clearly(case, dirs, tmp_path, monkeypatch, tr
 
 def test_the_table_is_broad_and_cheap():
     assert len({c.id for c in CASES}) == len(CASES) >= 80
-    assert {c.entry for c in CASES} >= {"plan", "eval", "analyze", "run", "compare", "example", "example-sub", "api"}
-    assert len(EXAMPLE_SUB) < 15
+    assert {c.entry for c in CASES} >= {
+        "plan",
+        "eval",
+        "analyze",
+        "run",
+        "compare",
+        "sweep",
+        "export",
+        "example",
+        "example-sub",
+        "api",
+    }
+    assert len([c for c in CASES if c.entry == "example-sub"]) < 15
 
 
 def test_dash_values_work_as_documented(capsys):
@@ -1273,3 +1718,152 @@ def test_good_inputs_pass_the_checks(dirs):
     assert not (Path(dirs["empty"]) / "new").exists()  # checking creates nothing
     with pytest.raises(FileNotFoundError, match="no-such-org/no-such-model"):
         checks.check_model_dir("no-such-org/no-such-model", "MODEL")
+
+
+# ----------------------------------------------------------------------------- order and outcome (issue 23)
+@pytest.fixture(scope="module")
+def garbage_weights(tmp_path_factory) -> Path:
+    """A 10-layer tiny Llama directory whose ``model.safetensors`` is not a safetensors file: a
+    command that opened it would fail with safetensors' own error, never with the window's."""
+    model = Path(save_tiny(tmp_path_factory.mktemp("garbage") / "model", "llama", num_layers=10))
+    (model / "model.safetensors").write_bytes(b"not a safetensors file")
+    return model
+
+
+@pytest.mark.parametrize(
+    "entry, argv, needle",
+    [
+        ("run", ["--segments", "000000000001"], "--segments '000000000001'"),
+        ("compare", ["--variants", "11111,000000000001"], "--variants '000000000001'"),
+        ("sweep", ["--variants", "11111,000000000001", "--seeds", "2"], "--variants '000000000001'"),
+        ("example", ["--segments", "000000000001"], "segments='000000000001'"),
+    ],
+)
+def test_a_window_deeper_than_the_model_fails_before_any_weight_file_is_opened(
+    entry, argv, needle, garbage_weights, tmp_path, capsys
+):
+    """The mask is checked against config.json's depth first: the error names the flag and both depths,
+    no weight file is read (reading this one would end in safetensors' error instead), and nothing is
+    written (no output directory at all, so no base model was scored)."""
+    out = tmp_path / "out"
+    if entry == "example":
+        status = _example().main(
+            [
+                "--model",
+                str(garbage_weights),
+                "--data",
+                str(GSM8K_DIR / "train.jsonl"),
+                "--output-dir",
+                str(out),
+                *argv,
+            ]
+        )
+    else:
+        from midblock_plugin.cli import main
+
+        common = ["--model", str(garbage_weights), "--preset", "cpu", "--data-dir", str(GSM8K_DIR)]
+        status = main([entry, *common, "--output-dir", str(out), *argv])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert needle in err and "12 segments" in err and "10 layers" in err, err
+    assert "safetensors" not in err.lower() and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_an_adapter_deeper_than_the_model_fails_before_any_weight_file_is_opened(garbage_weights, dirs, capsys):
+    from midblock_plugin.cli import main
+
+    assert main(["eval", str(garbage_weights), "--adapter", dirs["adapter_deep"]]) == 2
+    err = capsys.readouterr().err
+    assert "--adapter" in err and "layer 11" in err and "safetensors" not in err.lower()
+
+
+def _small_gsm8k(root: Path) -> Path:
+    """A private GSM8K copy (16 training, 8 test rows) that a test may break."""
+    root.mkdir(parents=True)
+    for split, n in (("train", 16), ("test", 8)):
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gsm8k_rows(split, n)))
+    return root
+
+
+@pytest.fixture
+def data_vanishes_when_training_starts(monkeypatch):
+    """A fault: the GSM8K test file disappears once training starts (a shared filesystem hiccup),
+    after every check passed. The real ``Trainer.train`` runs; the evaluation after it fails for real."""
+    import transformers
+
+    real_train = transformers.Trainer.train
+    doomed: list[Path] = []
+
+    def train(self, *args, **kwargs):
+        for path in doomed:
+            path.unlink(missing_ok=True)
+        return real_train(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "train", train)
+    return doomed
+
+
+def test_example_evaluation_failing_after_training_keeps_the_model_and_exits_3(
+    tmp_path, data_vanishes_when_training_starts, capsys
+):
+    from midblock_plugin.evaluation import EVAL_FAILED_EXIT
+
+    data = _small_gsm8k(tmp_path / "gsm8k")
+    data_vanishes_when_training_starts.append(data / "test.jsonl")
+    out = tmp_path / "out"
+    argv = ["--data", str(data / "train.jsonl"), "--output-dir", str(out), "--max-steps", "1", "--batch-size", "2"]
+    argv += ["--eval-limit", "1", "--eval-fewshot", "0", "--eval-max-gen-toks", "4", "--eval-data-dir", str(data)]
+    status = _example().main(argv)
+    captured = capsys.readouterr()
+    assert status == EVAL_FAILED_EXIT == 3, captured.err[-3000:]
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()  # kept
+    assert "the evaluation failed after training" in captured.err and f"saved in {out}" in captured.err
+    assert "test.jsonl" in json.loads((out / "eval" / "error.json").read_text())["error"]
+
+
+def test_run_evaluation_failing_after_training_keeps_the_adapter_and_exits_3(
+    tmp_path, dirs, data_vanishes_when_training_starts, capsys
+):
+    """``midblock run``: the base model is scored, the variant trains and is saved, then its evaluation
+    fails: exit 3, the adapter on disk, the run recorded incomplete with the error."""
+    from midblock_plugin import io
+    from midblock_plugin.cli import main
+    from midblock_plugin.evaluation import EVAL_FAILED_EXIT
+
+    data = _small_gsm8k(tmp_path / "gsm8k")
+    data_vanishes_when_training_starts.append(data / "test.jsonl")
+    out = tmp_path / "run"
+    argv = ["run", "--model", dirs["base"], "--preset", "cpu", "--data-dir", str(data), "--output-dir", str(out)]
+    argv += ["--max-steps", "1", "--num-examples", "4", "--batch-size", "2", "--heldout", "2"]
+    argv += ["--eval-limit", "1", "--num-fewshot", "0", "--max-gen-toks", "4", "--skip-analysis", "--skip-forgetting"]
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert status == EVAL_FAILED_EXIT == 3, err[-3000:]
+    adapter = out / "variant-01110" / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
+    assert (out / "base" / "eval" / "gsm8k.baseline.json").is_file()  # the base model was scored before
+    assert "the evaluation failed" in err and str(adapter) in err and "Traceback" not in err
+    status_doc = json.loads((out / io.RUN_STATUS_JSON).read_text())
+    assert status_doc["status"] == "incomplete" and "EvaluationError" in status_doc["error"]
+
+
+def test_exit_status_3_is_documented_once(capsys):
+    """One definition (``EVAL_FAILED_EXIT``), shown by ``midblock --help`` / ``run --help``, the example's
+    ``--help`` and docs/evaluation.md."""
+    import argparse
+
+    from midblock_plugin.cli import EXIT_STATUSES, build_parser
+    from midblock_plugin.evaluation import EVAL_FAILED_EXIT
+
+    assert f"{EVAL_FAILED_EXIT} the evaluation failed after training" in EXIT_STATUSES
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert parser.epilog == EXIT_STATUSES
+    assert all(sub.choices[name].epilog == EXIT_STATUSES for name in ("run", "compare", "sweep", "eval"))
+    with pytest.raises(SystemExit):
+        _example().parse_args(["--help"])
+    assert f"exits {EVAL_FAILED_EXIT}" in " ".join(capsys.readouterr().out.split())
+    assert f"exit status {EVAL_FAILED_EXIT}" in (ROOT / "docs" / "evaluation.md").read_text()
+    sources = [p.read_text() for p in (ROOT / "midblock_plugin").rglob("*.py")] + [SCRIPT.read_text()]
+    assert sum("EVAL_FAILED_EXIT = " in text for text in sources) == 1

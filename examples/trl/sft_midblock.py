@@ -22,6 +22,7 @@ from midblock_plugin import checks
 from midblock_plugin.cli.fields import add_dataclass_arguments
 from midblock_plugin.cli.options import add_config_arguments, config_from_args, join_dash_values
 from midblock_plugin.data import gsm8k
+from midblock_plugin.evaluation.preflight import EVAL_FAILED_EXIT, preflight
 from midblock_plugin.evaluation.settings import EvalSettings
 from midblock_plugin.rules import respell
 from midblock_plugin.training.model_card import write_model_card
@@ -96,7 +97,11 @@ def parse_args(argv=None):
     p.add_argument(
         "--deepspeed", help="ZeRO-3: 'zero3', 'zero3_offload' (configs shipped with midblock) or a JSON path"
     )
-    g = p.add_argument_group("GSM8K evaluation at the end of training (lm-eval; off unless --eval-limit is given)")
+    g = p.add_argument_group(
+        "GSM8K evaluation at the end of training (lm-eval; off unless --eval-limit is given)",
+        "GSM8K that cannot be found (no --eval-data-dir / $MIDBLOCK_GSM8K_DIR, offline) is refused before "
+        f"training; an evaluation that still fails after training keeps the saved model and exits {EVAL_FAILED_EXIT}.",
+    )
     # generated from EvalSettings' fields (help, default, choices), under this script's --eval-* names
     add_dataclass_arguments(_EvalFlags(g), EvalSettings, only=list(_EVAL_FLAGS))
     p.add_argument(
@@ -188,6 +193,12 @@ def eval_settings_from_args(args):
     from midblock_plugin.evaluation.saved import check_backend
 
     check_backend(settings.backend, settings)  # vLLM missing: fail now, not after training
+    preflight(
+        settings,
+        data_dir="--eval-data-dir",
+        needs="--eval-limit (the evaluation after training)",
+        fix="drop --eval-limit",
+    )
     return settings
 
 
@@ -374,6 +385,14 @@ def main(argv=None) -> int:
     trainer.accelerator.end_training()
     if eval_callback is not None and eval_settings.backend != "in-memory":
         eval_callback.run_after_save(args.output_dir)  # rank 0: midblock eval on the saved model, its own process
+    if eval_callback is not None and eval_callback.errors:  # the model is saved; only the evaluation is missing
+        failed = "; ".join(f"{label}: {error}" for label, error in eval_callback.errors.items())
+        print(
+            f"sft_midblock.py: the evaluation failed after training ({failed}); the "
+            f"{'LoRA adapter' if peft_config else 'model'} is saved in {args.output_dir}; exit {EVAL_FAILED_EXIT}",
+            file=sys.stderr,
+        )
+        return EVAL_FAILED_EXIT
     return 0
 
 

@@ -14,6 +14,8 @@ import importlib
 import signal
 import sys
 
+from midblock_plugin.evaluation.preflight import EVAL_FAILED_EXIT, EvaluationError  # import-cheap (no torch)
+
 
 #: Modules that contribute a subcommand through ``register(subparsers)``.
 SUBCOMMAND_MODULES = (
@@ -26,10 +28,20 @@ SUBCOMMAND_MODULES = (
 )
 
 
+#: The exit statuses of every ``midblock`` command (the epilog of ``midblock --help``).
+EXIT_STATUSES = (
+    "exit status: 0 done; 2 a bad input or setup, refused before any work (the message names the flag); "
+    f"{EVAL_FAILED_EXIT} the evaluation failed after training (run / compare / sweep; eval: lm-eval failed): every model "
+    "trained before it is saved, the run is recorded incomplete; 130 / 143 / 129 interrupted by "
+    "SIGINT / SIGTERM / SIGHUP; 1 an unexpected error (a traceback)."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="midblock",
         description="Mid-Block Efficient Tuning: plan, evaluate and analyse layer-windowed fine-tuning.",
+        epilog=EXIT_STATUSES,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
@@ -55,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     try:
         return int(args.func(args) or 0)
+    except EvaluationError as exc:  # the models trained before it are saved; only the evaluation is missing
+        print(f"midblock {args.command}: the evaluation failed: {exc}", file=sys.stderr)
+        return EVAL_FAILED_EXIT
     except KeyboardInterrupt as exc:
         if isinstance(exc, Terminated):
             print(
@@ -65,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"midblock {args.command}: interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, ImportError) as exc:  # WindowError, json and config errors are ValueErrors
-        print(f"midblock {args.command}: error: {user_message(exc)}", file=sys.stderr)
+        print(f"midblock {args.command}: error: {user_message(spelled(exc, parser, args.command))}", file=sys.stderr)
         return 2
 
 
@@ -91,6 +106,27 @@ def install_signal_handlers() -> None:
             signal.signal(sig, _raise_terminated)
         except ValueError:  # not the main thread of the main interpreter
             return
+
+
+def spelled(exc: BaseException, parser: argparse.ArgumentParser, command: str) -> BaseException:
+    """An :class:`~midblock_plugin.rules.OptionError` no surface has spelled yet (raised by the core,
+    e.g. ``num_layers`` by the plan), spelled as ``command`` names its fields: the flag or
+    positional whose destination is the field (``--num-layers``, ``MODEL_DIR``). Anything else as it is."""
+    from midblock_plugin.rules import OptionError, respell
+
+    if not isinstance(exc, OptionError) or exc.spelling is not None:
+        return exc
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    command_parser = sub.choices.get(command) if sub is not None else None
+    names: dict[str, str] = {}
+    for action in getattr(command_parser, "_actions", ()):
+        if action.option_strings:
+            names.setdefault(
+                action.dest, next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+            )
+        elif action.dest != "help":
+            names.setdefault(action.dest, action.metavar if isinstance(action.metavar, str) else action.dest.upper())
+    return respell(exc, names.get) if exc.field in names else exc
 
 
 def user_message(exc: BaseException) -> str:

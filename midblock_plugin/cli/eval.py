@@ -57,6 +57,8 @@ SAVED_BACKENDS = ("hf", "vllm")
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``eval`` subcommand (cheap: imports nothing heavy)."""
+    from midblock_plugin.cli import EXIT_STATUSES
+
     p = subparsers.add_parser(
         "eval",
         help="Evaluate a saved model with lm-eval's GSM8K (or other) task; writes the same JSON as training.",
@@ -64,6 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "Evaluate a saved model (optionally with a PEFT adapter) with lm-eval's own task, exactly as "
             "EvalCallback does at the end of training, and print / write the same JSON."
         ),
+        epilog=EXIT_STATUSES,
     )
     add_dataclass_arguments(p, SavedEvalOptions, only=["model_dir", "adapter"])
     add_dataclass_arguments(

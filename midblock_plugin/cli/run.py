@@ -19,10 +19,13 @@ PER_COMMAND = ("segments", "variants", "seeds", "window_from")
 
 
 def common(p: argparse.ArgumentParser, **defaults) -> None:
-    """The flags every job shares: one per :class:`JobOptions` field but :data:`PER_COMMAND`."""
+    """The flags every job shares: one per :class:`JobOptions` field but :data:`PER_COMMAND`; the exit
+    statuses as the epilog (3: the evaluation failed after training, the trained models kept)."""
+    from midblock_plugin.cli import EXIT_STATUSES
     from midblock_plugin.experiments.options import JobOptions
 
     add_dataclass_arguments(p, JobOptions, skip=PER_COMMAND, required=("output_dir",), defaults=defaults)
+    p.epilog = EXIT_STATUSES
 
 
 def per_command(p: argparse.ArgumentParser, names: tuple[str, ...], defaults: dict, help: dict | None = None) -> None:

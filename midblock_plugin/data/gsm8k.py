@@ -2,6 +2,8 @@
 
 Where: an explicit directory (``--data-dir`` / ``data_dir=``) first, then the one
 environment variable ``MIDBLOCK_GSM8K_DIR``, then the hub (``openai/gsm8k``, ``main``).
+Whether the hub can serve it (online, or a cached copy under ``HF_HUB_OFFLINE`` /
+``HF_DATASETS_OFFLINE``) is known before any work: :func:`require_source`.
 A GSM8K directory holds ``train.jsonl`` and ``test.jsonl``, one JSON object per line with
 ``question`` and ``answer`` keys (the answer ends in ``#### N``).
 
@@ -16,6 +18,7 @@ training the same text followed by the answer.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -53,6 +56,91 @@ def locate(data_dir: str | os.PathLike | None = None, option: str = "data_dir") 
     if env:
         return check_dir(env, option=ENV)
     return None
+
+
+#: The environment variables that keep ``datasets`` / ``huggingface_hub`` off the network.
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+def offline_vars() -> list[str]:
+    """The offline switches set in the environment (``HF_HUB_OFFLINE=1``, ...), as written there."""
+    return [
+        f"{v}={os.environ[v]}"
+        for v in OFFLINE_ENV
+        if os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    ]
+
+
+def _unreachable(timeout: float = 5.0) -> str | None:
+    """Why the hub's endpoint does not answer one HTTP request (proxies from the environment
+    honoured), or ``None`` when it answers at all: a quick probe before ``datasets`` retries for
+    half a minute."""
+    import urllib.error
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (OSError, ValueError) as exc:
+        return f"{endpoint} does not answer ({getattr(exc, 'reason', None) or exc})"
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _hub_problem(offline: tuple[str, ...]) -> str | None:
+    probe = None if offline else _unreachable()  # offline: only the cache counts
+    try:
+        if probe is not None:
+            raise ConnectionError(probe)
+        from datasets import load_dataset
+
+        load_dataset(*HUB_DATASET)  # offline: from the datasets cache; online: fetched once into it
+    except Exception as exc:  # noqa: BLE001 - any failure means the evaluation would fail the same way
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        if offline:
+            return (
+                f"{' and '.join(offline)} {'is' if len(offline) == 1 else 'are'} set (no network) and the Hugging Face datasets cache holds no copy of "
+                f"{HUB_DATASET[0]} ({type(exc).__name__}: {first})"
+            )
+        return (
+            f"the hub is unreachable ({type(exc).__name__}: {first}; a copy in the Hugging Face datasets cache is "
+            "read with HF_DATASETS_OFFLINE=1)"
+        )
+    return None
+
+
+def hub_problem() -> str | None:
+    """Why GSM8K cannot come from the hub now (``None``: it can): the offline switches are set and
+    no cached copy exists, or the hub does not answer. Found by loading ``openai/gsm8k`` as
+    lm-eval and the authors' protocol do (so a copy fetched here is the one they read); asked
+    once per process and offline setting."""
+    return _hub_problem(tuple(offline_vars()))
+
+
+def require_source(
+    data_dir: str | os.PathLike | None = None,
+    option: str = "data_dir",
+    needs: str = "this",
+    fix: str = "",
+) -> Path | None:
+    """The local GSM8K directory :func:`locate` finds (checked), or ``None`` when the hub will serve
+    GSM8K; a ``FileNotFoundError`` when neither can (no local copy, and offline or the hub
+    unreachable: :func:`hub_problem`). ``option``: how the caller spells ``data_dir``; ``needs``:
+    what wants the data (for the message); ``fix``: another way out, appended."""
+    where = locate(data_dir, option)
+    if where is not None:
+        return where
+    problem = hub_problem()
+    if problem is None:
+        return None
+    raise FileNotFoundError(
+        f"{needs} needs GSM8K, which cannot be found: no local copy is given ({option} DIR, or ${ENV}) and "
+        f"{problem}. Give {option} a directory holding GSM8K's train.jsonl and test.jsonl"
+        + (f", or {fix}" if fix else "")
+        + "."
+    )
 
 
 def check_dir(data_dir: str | os.PathLike, option: str = "data_dir") -> Path:

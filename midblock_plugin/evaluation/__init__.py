@@ -16,6 +16,9 @@ One module per concern:
 * ``standalone.py``: the driver of ``midblock eval`` on a saved model (loading, process group,
   the vLLM path); :mod:`midblock_plugin.cli.eval` only parses its flags and calls it.
 * ``authors.py``: the authors' own GSM8K scoring (``protocol="authors"``), without lm-eval.
+* ``preflight.py``: :func:`preflight`, whether the evaluation will find GSM8K, asked before any
+  training; :data:`EVAL_FAILED_EXIT` (3), the exit status of a run whose evaluation failed after
+  its model was saved.
 
 ``EvalSettings.protocol`` is ``"lm-eval"`` (the task's defaults), ``"paper"`` (zero-shot,
 greedy, 64 new tokens, last number, through lm-eval) or ``"authors"`` (the authors' scripts:
@@ -28,6 +31,12 @@ Importing this package is cheap; torch, transformers and lm-eval load on first u
 ['gsm8k']
 """
 
+from midblock_plugin.evaluation.preflight import (  # noqa: F401
+    EVAL_FAILED_EXIT,
+    EvaluationError,
+    EvaluationFailed,
+    preflight,
+)
 from midblock_plugin.evaluation.settings import EvalSettings  # noqa: F401
 
 
@@ -36,6 +45,9 @@ __all__ = [
     "EvalCallback",
     "evaluate_model",
     "EvaluationError",
+    "EvaluationFailed",
+    "EVAL_FAILED_EXIT",
+    "preflight",
     "write_offline_tasks",
     "evaluate_after_save",
 ]
@@ -46,7 +58,7 @@ def __getattr__(name: str):
         from midblock_plugin.evaluation.callback import EvalCallback
 
         return EvalCallback
-    if name in ("evaluate_model", "EvaluationError"):
+    if name == "evaluate_model":
         from midblock_plugin.evaluation import runner
 
         return getattr(runner, name)

@@ -9,7 +9,10 @@ trainer's log (``lm_eval/<task>/<filter>/<metric>``) and to a printed table.
 
 A failing evaluation never fails the training run: the exception is logged with its
 traceback, written to ``<output_dir>/eval/error.json`` and added to the log history
-(``lm_eval/error``); training continues to its end and the model is saved as usual.
+(``lm_eval/error``); training continues to its end and the model is saved as usual. The
+caller then reads :attr:`EvalCallback.errors` and ends with
+:data:`~midblock_plugin.evaluation.preflight.EVAL_FAILED_EXIT` (the TRL example does; the
+Axolotl plugin raises :class:`~midblock_plugin.evaluation.preflight.EvaluationFailed` after the save).
 
 Distributed: see :mod:`midblock_plugin.evaluation.distributed` (DDP ranks score disjoint
 shards; ZeRO-3 / FSDP ranks run in lockstep; rank 0 writes).
@@ -30,6 +33,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from midblock_plugin.evaluation.preflight import preflight
 from midblock_plugin.evaluation.results import error_file_name, flat_metrics, log_prefix, write_error
 from midblock_plugin.evaluation.runner import evaluate_model
 from midblock_plugin.evaluation.settings import EvalSettings
@@ -48,8 +52,9 @@ class EvalCallback(TrainerCallback):
             and so reach every reporter (W&B, TensorBoard, ...). Without it they are only
             appended to ``state.log_history``. :meth:`bind` sets it later.
         output_dir: where ``eval/`` goes; default: the training arguments' ``output_dir``.
-        check: validate the task names against lm-eval's index now (a few seconds), so a
-            typo fails before training rather than after it.
+        check: validate the task names against lm-eval's index now (a few seconds), and that
+            GSM8K can be found (:func:`~midblock_plugin.evaluation.preflight.preflight`), so a
+            typo or a missing dataset fails before training rather than after it.
         final_on_train_end: run the final evaluation at ``on_train_end`` (default). An
             integration that prefers to evaluate after the model is saved (Axolotl's
             ``post_train`` hook) sets ``False`` and calls :meth:`run_final` itself.
@@ -78,7 +83,8 @@ class EvalCallback(TrainerCallback):
         self.reports: dict[str, dict[str, Any]] = {}
         self.errors: dict[str, str] = {}
         if self.settings.enabled and check:
-            plan_tasks(self.settings)  # unknown task / bad data dir: fail now, not after training
+            preflight(self.settings)  # GSM8K nowhere (offline, no local copy): fail now, not after training
+            plan_tasks(self.settings)  # unknown task / bad data dir: fail now too
             if self.settings.backend != "in-memory":
                 from midblock_plugin.evaluation.saved import check_backend
 

@@ -30,11 +30,8 @@ from midblock_plugin.evaluation.distributed import (
     release_after_inference,
     sharded_hflm,
 )
+from midblock_plugin.evaluation.preflight import EvaluationError  # noqa: F401  (its one home; re-exported)
 from midblock_plugin.evaluation.settings import EvalSettings
-
-
-class EvaluationError(RuntimeError):
-    """An evaluation failed for a reason the user can fix (the message says how)."""
 
 
 @contextlib.contextmanager
@@ -123,7 +120,8 @@ def evaluate_model(
 
     Raises:
         ValueError / FileNotFoundError: bad settings (before any forward pass).
-        EvaluationError: GSM8K could not be fetched from the hub (offline) and no data_dir was given.
+        EvaluationError: lm-eval failed once it ran (e.g. GSM8K could not be fetched from the hub,
+            or its data vanished); the cause is chained.
 
     >>> from midblock_plugin.testing import tiny_model, tiny_tokenizer
     >>> rep = evaluate_model(tiny_model(), tiny_tokenizer(), EvalSettings(limit=2, max_gen_toks=8))  # doctest: +SKIP
@@ -186,7 +184,9 @@ def evaluate_model(
                         "Offline or air-gapped? Pass a local GSM8K directory holding train.jsonl and test.jsonl: "
                         f"data_dir=DIR (EvalSettings / YAML) or --data-dir DIR (midblock eval), or set {gsm8k.ENV}."
                     ) from exc
-                raise
+                if lm is None and isinstance(exc, ValueError):
+                    raise  # the inputs (e.g. no tokenizer), before any work
+                raise EvaluationError(f"lm-eval failed: {type(exc).__name__}: {exc}") from exc
             finally:
                 stats = getattr(lm, "stats", None) or {}
                 ctx["rows_per_rank"] = stats.get("rows_per_rank")

@@ -11,7 +11,9 @@ device, dtype) are :class:`SavedEvalOptions`; what to evaluate is an
 flags (:mod:`midblock_plugin.cli.eval`).
 
 Errors about the inputs name them as the command line spells them (``MODEL_DIR``,
-``--adapter``, ``--output``, ``--device``).
+``--adapter``, ``--output``, ``--device``), before any weights load: the model's
+``config.json`` (a decoder; bitsandbytes installed for a quantized checkpoint), the adapter's
+layers and widths against it, and GSM8K's whereabouts (:func:`~.preflight.preflight`).
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def check_inputs(opts: SavedEvalOptions, settings: EvalSettings) -> tuple[str, P
     weights) and the adapter against it. Returns ``(model, adapter)``: the model directory
     or the base model an adapter directory names."""
     from midblock_plugin import checks
+    from midblock_plugin.evaluation.preflight import preflight
     from midblock_plugin.evaluation.saved import check_backend
     from midblock_plugin.evaluation.tasks import plan_tasks
 
@@ -132,6 +135,7 @@ def check_inputs(opts: SavedEvalOptions, settings: EvalSettings) -> tuple[str, P
     if settings.data_dir is None and os.environ.get(gsm8k.ENV):  # EvalSettings checked an explicit data_dir
         checks.check_gsm8k_dir(os.environ[gsm8k.ENV], gsm8k.ENV)
     plan_tasks(settings)  # unknown task names fail here
+    preflight(settings, data_dir="--data-dir", needs="midblock eval")  # GSM8K nowhere (offline, no local copy)
     model_dir, adapter = _check_dirs(opts)
     if adapter is not None:
         checks.check_dependency("peft", "midblock eval --adapter")
@@ -241,7 +245,9 @@ def evaluate_vllm(
 
 def run(opts: SavedEvalOptions, settings: EvalSettings, log: Callable[[str], Any] | None = None) -> int:
     """Evaluate the saved model ``opts`` names as ``settings`` say; returns the exit status
-    (0, or 1 when lm-eval failed). Input errors raise before any weights load."""
+    (0, or :data:`~midblock_plugin.evaluation.preflight.EVAL_FAILED_EXIT` when lm-eval failed).
+    Input errors raise before any weights load."""
+    from midblock_plugin.evaluation.preflight import EVAL_FAILED_EXIT
     from midblock_plugin.evaluation.results import format_table, task_report
     from midblock_plugin.evaluation.runner import EvaluationError, evaluate_model
 
@@ -263,8 +269,8 @@ def run(opts: SavedEvalOptions, settings: EvalSettings, log: Callable[[str], Any
             loaded, tokenizer = load_model(model, adapter, device, opts.dtype, opts.trust_remote_code)
             report = evaluate_model(loaded, tokenizer, settings, label="final", print_table=False)
     except EvaluationError as exc:
-        log(f"midblock eval: error: {exc}")
-        return 1
+        log(f"midblock eval: the evaluation failed: {exc}")
+        return EVAL_FAILED_EXIT
     finally:
         finish_distributed()
     report["backend"] = settings.backend

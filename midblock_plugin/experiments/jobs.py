@@ -11,13 +11,17 @@ untrained layers would make the recommendation circular): the ``11111`` variant 
 (first seed, its chosen rate) where there is one, else a uniform model trained for it alone under
 ``analysis/`` (``midblock run``, or a comparison without ``11111``).
 
-Before any model is loaded: every option is validated (:class:`JobOptions`), every package
+Before any model is loaded: every option is validated (:class:`JobOptions`), every window is
+checked against the model's depth from its ``config.json``, GSM8K is found (a local directory, or
+the hub able to serve it: :func:`~midblock_plugin.evaluation.preflight.preflight`), every package
 the job imports later is checked (:func:`check_dependencies`: a missing one is an error
 naming the extra to install, or, for matplotlib, figures are skipped and the report says
 so), the output directory is locked and checked (:class:`~midblock_plugin.io.RunDirectory`:
 a previous run is refused without ``--overwrite``), and the GSM8K rows are counted against
 ``--heldout`` / ``--num-examples``. Only then is the previous run removed and the run
-marked ``running``; ``midblock-run.json`` says ``complete`` once the report is written.
+marked ``running``; ``midblock-run.json`` says ``complete`` once the report is written. A failure
+after a variant's adapter was saved (its measures or its evaluation) ends the job with exit status 3
+(:data:`~midblock_plugin.evaluation.preflight.EVAL_FAILED_EXIT`), the adapter kept.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Optional
 from midblock_plugin import io, rules
 from midblock_plugin.choices import DEFAULT_SEGMENTS
 from midblock_plugin.data import gsm8k
+from midblock_plugin.evaluation.preflight import after_training, preflight
 from midblock_plugin.experiments import forgetting
 from midblock_plugin.experiments.options import UNIFORM, JobOptions
 from midblock_plugin.experiments.record import SeedRecord
@@ -83,13 +88,14 @@ def check_dependencies(opts: JobOptions, command: str = "midblock run") -> Optio
 
 
 def model_depth(model: str) -> int:
-    """The number of decoder layers of ``--model``, from its ``config.json`` (no weights are read)."""
+    """The number of decoder layers of ``--model``, from its ``config.json`` (no weights are read; that they
+    are there, and the package a quantized checkpoint needs, is checked too)."""
     if str(model) == DEFAULT_MODEL:
         return DEFAULT_MODEL_LAYERS
     from midblock_plugin.architecture import num_layers_from_config
     from midblock_plugin.checks import check_model_dir
 
-    return num_layers_from_config(check_model_dir(str(model), "--model"))
+    return num_layers_from_config(check_model_dir(str(model), "--model", weights=True))
 
 
 def _check(opts: JobOptions, variants: tuple[str, ...], command: str) -> tuple[JobOptions, Optional[str]]:
@@ -98,12 +104,12 @@ def _check(opts: JobOptions, variants: tuple[str, ...], command: str) -> tuple[J
     no_figures = check_dependencies(opts, command)
     if opts.general_text is not None or not opts.skip_forgetting:
         opts = replace(opts, general_text=forgetting.check_source(opts.general_text))
-    opts = opts.resolved(model_depth(opts.model) if opts.recipe == "paper" else None)
-    for v in variants:
-        opts.midblock_config(v)  # every mask is validated before any work
-    if not opts.skip_eval:
-        opts.eval_settings()
-    gsm8k.locate(opts.data_dir, option="--data-dir")  # a named directory exists and holds both splits
+    depth = model_depth(opts.model)  # config.json only: every window is checked against it before any weights
+    opts = opts.resolved(depth if opts.recipe == "paper" else None)
+    opts.check_windows(variants, depth)
+    gsm8k.require_source(opts.data_dir, "--data-dir", f"{command} (its training rows)")  # local, or the hub able to
+    if not opts.skip_eval:  # serve it; and so for the evaluation after training
+        preflight(opts.eval_settings(), data_dir="--data-dir", needs=f"{command}'s evaluation", fix="pass --skip-eval")
     model = str(opts.model)
     if model != DEFAULT_MODEL and model.startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():
         raise FileNotFoundError(
@@ -215,17 +221,18 @@ def _sweep(opts: JobOptions, variants: tuple[str, ...], command: str, title: str
                         + f" ({len(records) + 1}/{total})"
                     )
                     where = _where(out, v, seed, lr, seeds, lrs)
-                    rec, p = train_variant(
-                        replace(opts, seed=seed, lr=lr, lrs=(lr,)),
-                        v,
-                        where,
-                        train_rows,
-                        heldout,
-                        log,
-                        base.get("eval_report"),
-                        general_blocks=blocks,
-                        validation_rows=validation,
-                    )
+                    with after_training(where / "adapter", f"variant {v}"):  # fails after the save: exit 3
+                        rec, p = train_variant(
+                            replace(opts, seed=seed, lr=lr, lrs=(lr,)),
+                            v,
+                            where,
+                            train_rows,
+                            heldout,
+                            log,
+                            base.get("eval_report"),
+                            general_blocks=blocks,
+                            validation_rows=validation,
+                        )
                     records.append(rec)
                     io.write_json(where / "record.json", rec.to_dict())  # every measured number, as soon as it exists
                     plan = plan or p

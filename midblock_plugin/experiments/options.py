@@ -458,6 +458,26 @@ class JobOptions:
             lora_dropout=self.lora_dropout if self.lora_dropout is not None else DEFAULTS["lora_dropout"],
         )
 
+    def check_windows(self, variants: tuple[str, ...], num_layers: int) -> None:
+        """Every variant's window against the model's depth (``num_layers``, read from its config.json
+        before any weights): a mask with more segments than layers, or an analysis.json of another
+        depth, is refused naming the flag (``--segments`` for ``midblock run``, else ``--variants``)."""
+        from midblock_plugin.window import resolve_layers
+
+        names = {
+            "segments": "--segments" if tuple(variants) == (self.segments,) else "--variants",
+            "window_from": "--window-from",
+        }
+        for v in variants:
+            config = self.midblock_config(v)  # validated: the mask's form, the rank, the alpha
+            try:
+                resolve_layers(num_layers, **config.window_kwargs())
+            except rules.OptionError as exc:
+                text = str(rules.respell(exc, names)).rstrip(".")
+                raise ValueError(
+                    f"{text}; --model {str(self.model)!r} has {num_layers} decoder layers (its config.json)."
+                ) from None
+
     def eval_settings(self):
         """The lm-eval settings of this job (validated on construction)."""
         from midblock_plugin.evaluation import EvalSettings

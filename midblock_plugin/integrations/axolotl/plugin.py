@@ -34,7 +34,10 @@ says ``adapter: midblock``, because Axolotl 0.21+ loads installed plugins for ev
   a single process evaluates at the second call, so a crash in the evaluation cannot lose
   the model. Multi-process runs (DDP, ZeRO-3) evaluate at the first call instead, because
   Axolotl destroys the process group before the second one and partitioned / sharded
-  evaluation needs it; the evaluation never raises, so the save still follows.
+  evaluation needs it; the evaluation never raises, so the save still follows. GSM8K that
+  cannot be found is refused before training (:func:`~midblock_plugin.evaluation.preflight.preflight`);
+  an evaluation that failed anyway is logged and, in ``post_train_unload`` (after the save),
+  raised as :class:`~midblock_plugin.evaluation.preflight.EvaluationFailed`: exit status 3.
 
 Saving needs no hook: Axolotl saves a ``PeftModel`` as a standard adapter (which
 ``python -m axolotl.cli.merge_lora`` merges) and a plain model as a full checkpoint.
@@ -275,8 +278,10 @@ class MidBlockPlugin(BasePlugin):
         if not settings.enabled:
             return []
         from midblock_plugin.evaluation.callback import EvalCallback
+        from midblock_plugin.evaluation.preflight import preflight
 
-        try:
+        try:  # GSM8K nowhere to be found (offline, no data_dir) is refused here, before training
+            preflight(settings, needs="the evaluation after training", fix=f"remove {EVAL_KEY}")
             callback = EvalCallback(settings, trainer=trainer, final_on_train_end=False)
         except (ValueError, FileNotFoundError) as exc:
             raise ValueError(f"{EVAL_KEY}: {exc}") from None
@@ -314,6 +319,16 @@ class MidBlockPlugin(BasePlugin):
         if self._eval_state in ("armed", "pending"):  # an Axolotl that calls post_train only once
             self._evaluate("at unload")
         self._release_eval()
+        failed = self.eval_callback.errors.get("final") if self.eval_callback is not None else None
+        if failed:  # the last hook: the model is saved by now; the run ends with the documented status
+            from midblock_plugin.evaluation.preflight import EVAL_FAILED_EXIT, EvaluationFailed
+
+            message = (
+                f"{EVAL_KEY}: the final evaluation failed after training ({failed}); the trained model is saved "
+                f"in {cfg.get('output_dir') or '.'}"
+            )
+            LOG.error(f"midblock: {message}; exit status {EVAL_FAILED_EXIT}")
+            raise EvaluationFailed(message)
 
     def _evaluate(self, when: str) -> None:
         """The final evaluation; never raises (the training run and its saved model are kept)."""
