@@ -36,7 +36,6 @@ import shlex
 import shutil
 import socket
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -136,21 +135,11 @@ def to_json(obj: Any, indent: int | None = 2) -> str:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    mask = os.umask(0)
-    os.umask(mask)
-    os.fchmod(fd, 0o666 & ~mask)  # mkstemp makes 0600 files; outputs are as readable as any other file
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``text`` to ``path`` through a temporary file in the same directory
+    (:func:`midblock_plugin.storage.write_bytes_atomic`: one-line error, nothing partial left)."""
+    from midblock_plugin.storage import write_bytes_atomic
+
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -371,3 +372,122 @@ def test_a_registered_target_exports_end_to_end(adapter, tmp_path, monkeypatch, 
     with pytest.raises(SystemExit):  # the table's copy is gone with the monkeypatch: only registered names parse
         monkeypatch.undo()
         main(["export", str(src), "--target", "fake", "--output", str(tmp_path / "g")])
+
+
+# --------------------------------------------------------------------------- the base it is exported onto
+
+
+def _no_weights(*a, **k):
+    raise AssertionError("a model's weights were loaded")
+
+
+@pytest.mark.parametrize(
+    "arch, layers, says",
+    [
+        ("qwen2", NUM_LAYERS, "the architecture (model_type) differs"),  # same depth and widths: only the kind differs
+        ("llama", NUM_LAYERS + 2, "the depth (num_hidden_layers) differs"),  # the window 1-3 exists in both
+        ("qwen2", NUM_LAYERS + 3, "the architecture (model_type) and the depth (num_hidden_layers) differ"),
+    ],
+)
+def test_a_base_of_another_kind_is_refused_before_any_weight_loads(
+    adapter, tmp_path, monkeypatch, capsys, arch, layers, says
+):
+    """Same module names and widths, so the weights' shapes alone would pass: the adapter's recorded base says
+    what it was trained on, and the message names both models."""
+    from midblock_plugin.export import pipeline
+
+    base, src = adapter
+    other = save_tiny(tmp_path / "other", arch, num_layers=layers)
+    monkeypatch.setattr(pipeline, "_load_base", _no_weights)
+    out = tmp_path / "out"
+    code, err = _cli_error(capsys, src, "--target", "vllm", "--output", out, "--base", other)
+    assert code == 2, err
+    line = err.strip().splitlines()[-1]
+    assert f"was trained on llama, {NUM_LAYERS} layers, hidden size 64 (its recorded base {str(base)!r})" in line
+    assert f"--base {str(other)!r} is {arch}, {layers} layers, hidden size 64" in line and says in line
+    assert not out.exists() and "Traceback" not in err
+
+
+def test_the_plan_beside_the_adapter_says_what_it_was_trained_on_when_its_base_is_gone(adapter, tmp_path):
+    """The recorded base moved away: midblock's plan.json beside the adapter (as `midblock run` and the callback
+    save it) still tells the depth and architecture; without it, the note says only the weights were checked."""
+    from midblock_plugin.export.pipeline import check_request
+
+    base, src = adapter
+    moved = tmp_path / "adapter"
+    shutil.copytree(src, moved)
+    cfg = json.loads((moved / "adapter_config.json").read_text())
+    (moved / "adapter_config.json").write_text(json.dumps(dict(cfg, base_model_name_or_path=str(tmp_path / "gone"))))
+    deeper = save_tiny(tmp_path / "deeper", "llama", num_layers=NUM_LAYERS + 2)
+    source = check_request(moved, "vllm", tmp_path / "o", base=str(deeper))  # nothing to compare with but the weights
+    assert (
+        "cannot be read here" in source.base_note and "checked against the adapter's weights only" in source.base_note
+    )
+    model = __import__("transformers").AutoModelForCausalLM.from_pretrained(base)
+    plan = build_plan(model, MidBlockConfig(rank=8, lora_dropout=0.0)).to_json_dict()
+    (moved / "midblock").mkdir()
+    (moved / "midblock" / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(ValueError, match=r"was trained on llama, 5 layers \(its midblock plan .*plan.json\); --base "):
+        check_request(moved, "vllm", tmp_path / "o", base=str(deeper))
+    # a plan.json of another window is not this adapter's: ignored
+    (moved / "midblock" / "plan.json").write_text(json.dumps(dict(plan, layers=[0, 1])))
+    assert check_request(moved, "vllm", tmp_path / "o", base=str(deeper)).base_note
+
+
+def test_a_fine_tuned_copy_of_the_base_is_allowed_with_a_note_and_recorded(adapter, tmp_path):
+    """Another base of the same architecture, depth and widths (other weights: a fine-tuned copy) exports, says so
+    in one line, and the exported config names the base actually used (what engines and llama.cpp read)."""
+    base, src = adapter
+    copy = save_tiny(tmp_path / "copy", "llama", num_layers=NUM_LAYERS, seed=7)
+    lines = []
+    report = export_adapter(src, "tgi", tmp_path / "t", base=str(copy), log=lines.append)
+    assert report["passed"] and report["base"] == str(copy) and report["recorded_base"] == str(base)
+    notes = [line for line in lines if line.startswith("note:")]
+    assert len(notes) == 1 and f"--base {str(copy)!r} is not the adapter's recorded base" in notes[0]
+    assert "llama, 5 layers, hidden size 64" in notes[0]
+    assert json.loads((tmp_path / "t" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(copy)
+    assert str(copy) in report["command"]
+    # the recorded base itself: no note, and the exported config names it
+    lines.clear()
+    export_adapter(src, "vllm", tmp_path / "v", log=lines.append)
+    assert not [line for line in lines if line.startswith("note:")]
+    assert json.loads((tmp_path / "v" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
+
+
+# --------------------------------------------------------------------------- space, and writes whole or not at all
+
+
+def test_merged_export_without_the_disk_space_is_refused_before_loading(adapter, tmp_path, monkeypatch, capsys):
+    """The merged model's size (parameters x dtype bytes, from the base's safetensors header) is checked against
+    the free space of --output's filesystem before the base is loaded."""
+    from midblock_plugin import storage
+    from midblock_plugin.export import pipeline
+
+    base, src = adapter
+    params = storage.model_parameters(str(base))
+    model = __import__("transformers").AutoModelForCausalLM.from_pretrained(base)
+    assert params == sum(p.numel() for p in model.parameters())  # the header count is the model's
+    usage = shutil.disk_usage(tmp_path)
+    free = usage._replace(free=params)  # room for one byte per parameter, not four
+    monkeypatch.setattr(storage.shutil, "disk_usage", lambda p: free)
+    monkeypatch.setattr(pipeline, "_load_base", _no_weights)
+    capsys.readouterr()
+    out = tmp_path / "m"
+    code, err = _cli_error(capsys, src, "--target", "merged", "--output", out, "--dtype", "float32")
+    assert code == 2 and "not enough disk space for the merged export" in err, err
+    need = storage.human(params * 4 + storage.MARGIN_BYTES + storage.files_bytes(src, pipeline.TOKENIZER_FILES))
+    assert f"it needs about {need}" in err and f"{storage.human(params)} is free" in err
+    assert not out.exists() and len(err.strip().splitlines()) == 1
+
+
+def test_overwrite_replaces_an_export_whole(adapter, tmp_path):
+    """--overwrite: the previous export stays in place until the new one is complete, then is replaced whole."""
+    base, src = adapter
+    out = tmp_path / "o"
+    export_adapter(src, "tgi", out, log=lambda _: None)
+    (out / "stale.txt").write_text("from before")
+    report = export_adapter(src, "vllm", out, overwrite=True, log=lambda _: None)
+    assert sorted(p.name for p in out.iterdir()) == sorted(report["files"]) and report["target"] == "vllm"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no staging or old copy left beside it
+    with pytest.raises(ValueError, match="holds the adapter being exported; --overwrite would remove it"):
+        export_adapter(src, "vllm", src.parent, overwrite=True, log=lambda _: None)

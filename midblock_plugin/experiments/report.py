@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from midblock_plugin import io
+from midblock_plugin import io, storage
 from midblock_plugin.experiments.options import UNIFORM, JobOptions
 from midblock_plugin.experiments.record import METRICS, Metric
 from midblock_plugin.rules import install_hint
@@ -46,7 +46,7 @@ def plots(records: list[dict], out: Path, num_layers: int) -> dict[str, str]:
         xs, ys = zip(*r["loss_curve"]) if r["loss_curve"] else ([], [])
         ax.plot(xs, ys, label=r["variant"], marker=".")
     ax.set_xlabel("step"), ax.set_ylabel("training loss"), ax.set_title("Training loss"), ax.legend()
-    fig.tight_layout(), fig.savefig(out / LOSS_PNG, dpi=110), plt.close(fig)
+    fig.tight_layout(), storage.save_figure(fig, out / LOSS_PNG, dpi=110), plt.close(fig)
     paths["loss"] = LOSS_PNG
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     for r in records:
@@ -57,7 +57,7 @@ def plots(records: list[dict], out: Path, num_layers: int) -> dict[str, str]:
         ax.set_ylabel("||W_t - W_0|| / ||W_0||"),
         ax.set_title("Per-layer drift at the end of training"),
     )
-    ax.legend(), fig.tight_layout(), fig.savefig(out / DRIFT_PNG, dpi=110), plt.close(fig)
+    ax.legend(), fig.tight_layout(), storage.save_figure(fig, out / DRIFT_PNG, dpi=110), plt.close(fig)
     paths["drift"] = DRIFT_PNG
     return paths
 
@@ -98,7 +98,7 @@ def sweep_plots(entries: list[dict], base: dict, out: Path) -> dict[str, str]:
         ),
         ax.legend(),
     )
-    fig.tight_layout(), fig.savefig(out / HELDOUT_PNG, dpi=110), plt.close(fig)
+    fig.tight_layout(), storage.save_figure(fig, out / HELDOUT_PNG, dpi=110), plt.close(fig)
     paths["heldout"] = HELDOUT_PNG
     if all(e.get("forgetting") for e in entries):
         fig, ax = plt.subplots(figsize=(6.5, 4.0))
@@ -112,7 +112,7 @@ def sweep_plots(entries: list[dict], base: dict, out: Path) -> dict[str, str]:
         ax.set_xlabel("forgetting: mean KL(base || tuned) on general text")
         ax.set_ylabel("task gain: base - tuned held-out loss")
         ax.set_title("Task gain against forgetting, every rate (mean over seeds; circled: chosen rate)", fontsize=9)
-        ax.legend(), fig.tight_layout(), fig.savefig(out / TRADEOFF_PNG, dpi=110), plt.close(fig)
+        ax.legend(), fig.tight_layout(), storage.save_figure(fig, out / TRADEOFF_PNG, dpi=110), plt.close(fig)
         paths["tradeoff"] = TRADEOFF_PNG
     panels = [m for m in METRICS if any(_metric(e, m)[1] and not _metric(e, m)[1].get("reference") for e in entries)]
     if panels:
@@ -134,7 +134,7 @@ def sweep_plots(entries: list[dict], base: dict, out: Path) -> dict[str, str]:
             ax.set_xticks(range(len(shown)), [e["mask"] for e in shown])
             ax.set_title(f"{m.label}\nminus uniform's", fontsize=9)
         fig.suptitle("Paired differences to uniform (95% intervals; red: Holm-significant; dots: seeds)", fontsize=9)
-        fig.tight_layout(), fig.savefig(out / PAIRED_PNG, dpi=110), plt.close(fig)
+        fig.tight_layout(), storage.save_figure(fig, out / PAIRED_PNG, dpi=110), plt.close(fig)
         paths["paired"] = PAIRED_PNG
     return paths
 

@@ -1,9 +1,12 @@
 """One export, end to end: :func:`export_adapter`.
 
-Every input is checked before any weight is loaded (the adapter directory, its base model, the
-target's limits, the output directory); then the export is written, checked against the
-original adapter on a few prompts, and ``midblock-export.json`` records what was done, the
-check and the command that serves the result.
+Every input is checked before any weight is loaded (the adapter directory, its base model and
+whether the adapter was trained on that kind of model, the target's limits, the output directory,
+the free disk space a merged model needs); then the export is written into a staging directory
+beside ``--output``, checked against the original adapter on a few prompts, and
+``midblock-export.json`` records what was done, the check and the command that serves the result;
+only then is the staging directory renamed to ``--output`` (:func:`midblock_plugin.storage.atomic_directory`):
+a failed or killed export leaves no partial files under that name.
 
 >>> report = export_adapter("out/adapter", "tgi", "out/tgi")   # doctest: +SKIP
 >>> report["passed"], report["checks"][0]["max_abs_diff"]        # doctest: +SKIP
@@ -17,11 +20,18 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from midblock_plugin import storage
 from midblock_plugin.checks import check_output_dir
 from midblock_plugin.export import REPORT_JSON
 from midblock_plugin.export.options import DEFAULT_MAX_SHARD_SIZE, DEFAULT_MERGED_DTYPE, ExportOptions
 from midblock_plugin.export.source import AdapterSource, read_source
-from midblock_plugin.export.targets import AdapterExport, ExportTarget, check_servable, get_target
+from midblock_plugin.export.targets import (
+    AdapterExport,
+    ExportTarget,
+    check_servable,
+    get_target,
+    step_pad_every_layer,
+)
 from midblock_plugin.export.verify import DEFAULT_PROMPTS, Check, compare, logits, prompt_ids
 from midblock_plugin.io import write_json
 
@@ -52,10 +62,31 @@ def _check(opts: ExportOptions) -> AdapterSource:
     out = Path(os.fspath(opts.output)).expanduser()
     if out.resolve() == source.path.resolve():
         raise ValueError(f"--output {os.fspath(opts.output)!r} is the adapter directory itself; give a new directory.")
+    if opts.overwrite and out.resolve() in source.path.resolve().parents:
+        raise ValueError(
+            f"--output {os.fspath(opts.output)!r} holds the adapter being exported; --overwrite would remove it. "
+            "Give a new directory."
+        )
     check_output_dir(opts.output, "--output")
-    if out.is_dir() and any(out.iterdir()) and not opts.overwrite:
+    if out.is_dir() and any(p for p in out.iterdir() if not p.name.endswith(".tmp")) and not opts.overwrite:
         raise ValueError(f"--output {os.fspath(opts.output)!r} is not empty; give a new directory or add --overwrite.")
+    storage.check_free_space(out, export_bytes(source, opts), f"the {opts.target} export")  # before any loading
     return source
+
+
+def export_bytes(source: AdapterSource, opts: ExportOptions) -> int:
+    """Bytes the export will write: a merged model (the base's parameters in ``--dtype``), or the adapter
+    (padded to every layer where the target pads), with the tokenizer files and a margin."""
+    spec = get_target(opts.target)
+    copied = storage.files_bytes(source.path, TOKENIZER_FILES)
+    if spec.merges:
+        return storage.model_bytes(source.base, opts.dtype or DEFAULT_MERGED_DTYPE) + copied
+    size = source.weights_file.stat().st_size
+    window = source.config.get("layers_to_transform")
+    window = [window] if isinstance(window, int) else window
+    if step_pad_every_layer in spec.steps and window:
+        size = size * source.layout.num_layers // len(window)
+    return size + copied + storage.MARGIN_BYTES
 
 
 def export_adapter(
@@ -82,41 +113,43 @@ def export_adapter(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     prompts = opts.prompts or DEFAULT_PROMPTS
     out = Path(os.fspath(output)).expanduser()
-    if out.is_dir() and opts.overwrite:
-        for child in out.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    if source.base_note:
+        log(source.base_note)
     report: dict[str, Any] = {
         "target": spec.name,
         "engine": spec.engine,
         "adapter": str(source.path),
         "base": source.base,
+        "recorded_base": source.recorded_base,
         "output": str(out),
         "adapter_rank": source.rank,
         "adapter_alpha": source.alpha,
         "use_rslora": source.use_rslora,
         "layers_to_transform": source.config.get("layers_to_transform"),
     }
-    if spec.merges:
-        checks = _merged(
-            source,
-            spec,
-            out,
-            report,
-            opts.dtype or DEFAULT_MERGED_DTYPE,
-            opts.max_shard_size or DEFAULT_MAX_SHARD_SIZE,
-            opts.tolerance,
-            device,
-            prompts,
-            log,
-        )
-    else:
-        checks = _adapter_target(source, spec, out, report, opts.tolerance, device, prompts, log)
-    report["checks"] = [c.to_dict() for c in checks]
-    report["passed"] = all(c.passed for c in checks)
-    report["command"] = spec.serve(str(out), source.base, report)
-    report["files"] = sorted(p.name for p in out.iterdir()) + [REPORT_JSON]
-    write_json(out / REPORT_JSON, report)
+    need = export_bytes(source, opts)
+    # written whole under a staging name, renamed to --output at the end (an --overwrite'n export stays until then)
+    with storage.atomic_directory(out, need=need, replace=opts.overwrite) as staging:
+        if spec.merges:
+            checks = _merged(
+                source,
+                spec,
+                staging,
+                report,
+                opts.dtype or DEFAULT_MERGED_DTYPE,
+                opts.max_shard_size or DEFAULT_MAX_SHARD_SIZE,
+                opts.tolerance,
+                device,
+                prompts,
+                log,
+            )
+        else:
+            checks = _adapter_target(source, spec, staging, report, opts.tolerance, device, prompts, log)
+        report["checks"] = [c.to_dict() for c in checks]
+        report["passed"] = all(c.passed for c in checks)
+        report["command"] = spec.serve(str(out), source.base, report)
+        report["files"] = sorted(p.name for p in staging.iterdir()) + [REPORT_JSON]
+        write_json(staging / REPORT_JSON, report)
     return report
 
 
@@ -154,7 +187,8 @@ def _adapter_target(
     )
     for step in spec.steps:
         step(work)
-    tensors, config = work.tensors, work.config
+    tensors = work.tensors
+    config = {**work.config, "base_model_name_or_path": source.base}  # the base it was checked against
     save_file(
         {k: v.contiguous() for k, v in tensors.items()},
         str(out / "adapter_model.safetensors"),
