@@ -17,9 +17,19 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from midblock_plugin.io import ANALYSIS_CSV, ANALYSIS_JSON, ANALYSIS_PNG, read_json, to_json, write_json
+from midblock_plugin.window import WindowError, describe_window, segments_to_layers
 
 
-__all__ = ["load_analysis", "summary_table", "to_json", "write_csv", "write_png", "write_reports"]
+__all__ = [
+    "analysis_figure",
+    "load_analysis",
+    "summary_table",
+    "to_json",
+    "window_words",
+    "write_csv",
+    "write_png",
+    "write_reports",
+]
 
 #: Figure panels: (title, [(column, label), ...]); columns missing from the data are skipped.
 PAIR_PANELS = (
@@ -80,69 +90,130 @@ def write_csv(doc: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def _runs(layers: Sequence[int]) -> list[tuple[int, int]]:
-    runs: list[tuple[int, int]] = []
-    for i in sorted(layers):
-        if runs and i == runs[-1][1]:
-            runs[-1] = (runs[-1][0], i + 1)
-        else:
-            runs.append((i, i + 1))
-    return runs
+def exact_mask(mask: Optional[str], layers: Sequence[int], num_layers: int) -> Optional[str]:
+    """``mask`` when it selects exactly ``layers`` of an ``num_layers``-layer model, else ``None``
+    (``01111`` on 30 layers is layers 6-29: it does not describe layers 6-27)."""
+    if not mask or not num_layers:
+        return None
+    try:
+        return mask if segments_to_layers(str(mask), int(num_layers)) == sorted(layers) else None
+    except WindowError:
+        return None
 
 
-def write_png(doc: dict, path: str | os.PathLike, title: Optional[str] = None) -> Path:
-    """Plot every metric over relative depth, the recommended window shaded, to a PNG."""
-    import matplotlib
+def window_words(rec: dict, num_layers: Optional[int] = None) -> str:
+    """A window in words: ``layers 2-7 (mask 01110)``, the mask only when it is exact (:func:`exact_mask`)."""
+    layers = list(rec.get("layers") or [])
+    mask = exact_mask(rec.get("segments"), layers, num_layers or rec.get("num_layers") or 0)
+    return f"layers {rec.get('window') or describe_window(0, layers)}" + (f" (mask {mask})" if mask else "")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    path = Path(path)
+#: Line style of a series by the model it describes (the suffix of its column).
+_STYLES = {
+    "_base": dict(ls="-", marker="o", mfc=None),
+    "_tuned": dict(ls="--", marker="s", mfc="none"),
+    "_cross": dict(ls=":", marker="^", mfc="none"),
+}
+
+
+def _style(column: str, colors: dict[str, str]) -> dict:
+    """Base solid with filled dots, tuned dashed with open squares, base-vs-tuned dotted; one colour per
+    measure, so a base and a tuned series that coincide are still both visible."""
+    suffix = next((s for s in _STYLES if column.endswith(s)), "")
+    family = column[: -len(suffix)] if suffix else column
+    color = colors.setdefault(family, f"C{len(colors)}")
+    style = dict(_STYLES.get(suffix, dict(ls="-", marker="o", mfc=None)))
+    if style["mfc"] is None:
+        style.pop("mfc")
+    return dict(color=color, ms=3.5, lw=1.4, **style)
+
+
+def trained_layers(doc: dict) -> list[int]:
+    """The layers the TUNED model trained (every layer for a full model or an every-layer adapter);
+    none in single-model mode."""
+    if doc.get("mode") != "pair":
+        return []
+    tuned = doc.get("tuned_layers")
+    return sorted(tuned) if tuned is not None else list(range(int(doc["model"]["num_layers"])))
+
+
+def analysis_figure(doc: dict, title: Optional[str] = None):
+    """Every metric over relative depth, one panel per group of metrics; the TRAINED window shaded
+    and the RECOMMENDED one a hatched outline, both labelled with their layers in a legend below the
+    panels; each panel's series legend to its right, outside the data."""
+    from midblock_plugin.figures import legend_outside, outline_recommended, pyplot, shade_trained
+
+    plt = pyplot()
     rows = doc["layers"]
     num_layers = doc["model"]["num_layers"]
     rec = doc["recommendation"]
     panels = PAIR_PANELS if doc["mode"] == "pair" else SINGLE_PANELS
     panels = [(t, [(c, lab) for c, lab in series if c in doc["columns"]]) for t, series in panels]
     panels = [(t, s) for t, s in panels if s]
-    ncols = 3 if len(panels) > 4 else 2
+    ncols = 2
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.0 * ncols, 3.4 * nrows), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(6.4 * ncols, 2.9 * nrows + 1.0), squeeze=False, sharex=True, layout="constrained"
+    )
     depth = [r["relative_depth"] for r in rows]
+    trained = trained_layers(doc)
+    recommended = [] if rec.get("refused") else list(rec.get("layers") or [])
     for ax, (panel_title, series) in zip(axes.flat, panels):
-        for lo, hi in _runs(rec["layers"]):
-            ax.axvspan(lo / num_layers, hi / num_layers, color="tab:green", alpha=0.15, lw=0)
+        shade_trained(ax, trained, scale=1 / num_layers)
+        outline_recommended(ax, recommended, scale=1 / num_layers)
+        colors: dict[str, str] = {}
         for col, label in series:
             ys = [float("nan") if r.get(col) is None else r[col] for r in rows]
-            ax.plot(depth, ys, marker="o", ms=3, lw=1.4, label=label)
+            ax.plot(depth, ys, label=label, zorder=3, **_style(col, colors))
         ax.set_title(panel_title, fontsize=10)
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
-        if len(series) > 1:
-            ax.legend(fontsize=7, loc="best")
+        handles, labels = ax.get_legend_handles_labels()
+        keep = [(h, lab) for h, lab in zip(handles, labels) if not lab.startswith(("trained:", "recommended:"))]
+        if len(keep) > 1:
+            legend_outside(ax, handles=[h for h, _ in keep], labels=[lab for _, lab in keep], fontsize=7)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    for ax in axes[-1]:
-        ax.set_xlabel("relative depth")
+    for col in range(ncols):  # the lowest panel of each column carries the depth axis
+        shown = [axes[r][col] for r in range(nrows) if r * ncols + col < len(panels)]
+        if shown:
+            shown[-1].xaxis.set_tick_params(labelbottom=True)
+            shown[-1].set_xlabel("relative depth")
+    marks, names = axes.flat[0].get_legend_handles_labels()
+    marks = [(h, n) for h, n in zip(marks, names) if n.startswith(("trained:", "recommended:"))]
+    if marks:
+        fig.legend([h for h, _ in marks], [n for _, n in marks], loc="outside lower center", ncols=2, fontsize=9)
     if title is None:
         who = Path(str(doc["base"])).name
         if doc["mode"] == "pair":
             who += f" vs {Path(str(doc['tuned'])).name} ({doc.get('tuned_kind')})"
+        what = [f"trained: layers {describe_window(0, trained)} (shaded)"] if trained else []
         if rec.get("refused"):
-            what = "no window recommended (window-tuned TUNED)"
+            what.append("no window recommended (window-tuned TUNED)")
         else:
-            what = (
-                f"window {rec['window']} (shaded, from {rec.get('signal_name')})"
-                + (f", segments {rec['segments']}" if rec.get("segments") else "")
+            what.append(
+                f"recommended: {window_words(rec, num_layers)} (hatched, from {rec.get('signal_name')}"
                 + (", paper default" if rec.get("fallback") else "")
+                + ")"
             )
         probe = doc.get("probe")
-        title = f"midblock analyze: {who}\nL={num_layers}, {what}" + (
-            f"; probe window {probe['window']}" if probe else ""
+        title = (
+            f"midblock analyze: {who}\nL={num_layers}; "
+            + "; ".join(what)
+            + (f"; probe window {window_words(probe, num_layers)}" if probe else "")
         )
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    return fig
+
+
+def write_png(doc: dict, path: str | os.PathLike, title: Optional[str] = None) -> Path:
+    """Write :func:`analysis_figure` to a PNG."""
+    from midblock_plugin.figures import pyplot
+
+    path = Path(path)
+    fig = analysis_figure(doc, title)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -182,9 +253,10 @@ def summary_table(doc: dict) -> str:
     if rec.get("refused"):
         lines.append(f"NO WINDOW RECOMMENDED: {rec['refused']}.")
     else:
+        mask = exact_mask(rec.get("segments"), rec["layers"], rec["num_layers"])  # a mask only when it is exact
         lines.append(
             f"recommended window: layers {rec['window']} of {rec['num_layers']}"
-            + (f" (mask {rec['segments']})" if rec.get("segments") else "")
+            + (f" (mask {mask})" if mask else "")
             + (f", signal {rec['signal_name']}" if rec.get("signal_name") else "")
             + (
                 f", holds {rec['captured_share']:.1%} of the change on {rec['layer_share']:.1%} of the layers"
@@ -197,8 +269,7 @@ def summary_table(doc: dict) -> str:
     if probe:
         vs = probe.get("vs_recommendation")
         lines.append(
-            f"probe (before training, {probe['signal_name']}): window {probe['window']}"
-            + (f" (mask {probe['segments']})" if probe.get("segments") else "")
+            f"probe (before training, {probe['signal_name']}): window {window_words(probe, rec.get('num_layers'))}"
             + (f"; paper default because {probe['fallback']}" if probe.get("fallback") else "")
             + (
                 f"; overlap with the recommendation {vs['jaccard']:.2f}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import logging
 import os
 import random
 import time
@@ -51,6 +52,46 @@ def preserved_rng() -> Iterator[None]:
         torch.random.set_rng_state(cpu)
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
+
+
+#: lm-eval messages that mislead next to an evaluation of a model in memory, by logger: the gen_kwargs
+#: notice ends "Ensure 'do_sample=True' for non-greedy decoding!" beside an evaluation that is greedy
+#: (no gen_kwargs here sets do_sample; one that did keeps the notice), and HFLM's two notes on an
+#: already-built model warn about launch modes (accelerate, parallelize=True) this code never uses.
+MISLEADING_LM_EVAL_MESSAGES = {
+    "lm_eval.evaluator": ("generation_kwargs: ",),
+    "lm_eval.models.huggingface": (
+        "`pretrained` model kwarg is not of type `str`",
+        "Passed an already-initialized model through `pretrained`",
+    ),
+}
+
+
+class _MisleadingMessages(logging.Filter):
+    """Drops a record whose message starts with one of ``prefixes`` (a greedy gen_kwargs notice only)."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefixes):
+            return True
+        args = record.args if isinstance(record.args, tuple) else (record.args,)  # one dict argument: the dict itself
+        return any(isinstance(a, dict) and bool(a.get("do_sample")) for a in args)
+
+
+@contextlib.contextmanager
+def _misleading_lm_eval_messages_off() -> Iterator[None]:
+    """:data:`MISLEADING_LM_EVAL_MESSAGES` filtered for one evaluation; every other lm-eval message is kept."""
+    added = [(logging.getLogger(name), _MisleadingMessages(p)) for name, p in MISLEADING_LM_EVAL_MESSAGES.items()]
+    for lg, f in added:
+        lg.addFilter(f)
+    try:
+        yield
+    finally:
+        for lg, f in added:
+            lg.removeFilter(f)
 
 
 def _tokenizer_of(processing_class: Any) -> Any:
@@ -160,7 +201,7 @@ def evaluate_model(
     raw: dict[str, Any] | None = None
     t1 = time.perf_counter()
     try:
-        with preserved_rng():
+        with preserved_rng(), _misleading_lm_eval_messages_off():
             lm = None
             try:
                 lm = model if isinstance(model, LM) else _make_lm(model, tokenizer, settings, ctx)

@@ -133,16 +133,20 @@ def _adapter_disabled(model):
         yield model
 
 
-def block_losses(model, blocks_: list[list[int]], batch_size: int = 4) -> list[float]:
-    """Mean next-token loss of ``model`` on each block (one model, one pass)."""
+def block_losses(model, blocks_: list[list[int]], batch_size: int = 4, progress: Optional[str] = None) -> list[float]:
+    """Mean next-token loss of ``model`` on each block (one model, one pass). ``progress``: the
+    title of a progress bar on stderr (none when ``None``)."""
     import torch
+
+    from midblock_plugin.training.progress import bar
 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out: list[float] = []
-    with torch.no_grad():
+    with torch.no_grad(), bar(len(blocks_), progress, unit="block", disable=progress is None) as shown:
         for i in range(0, len(blocks_), batch_size):
+            shown.update(len(blocks_[i : i + batch_size]))
             ids = torch.tensor(blocks_[i : i + batch_size], device=device)
             lp = torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), dim=-1)
             out += (-lp.gather(-1, ids[:, 1:].unsqueeze(-1))).squeeze(-1).mean(dim=1).tolist()
@@ -151,13 +155,18 @@ def block_losses(model, blocks_: list[list[int]], batch_size: int = 4) -> list[f
     return out
 
 
-def measure(tuned, blocks_: list[list[int]], base=None, batch_size: int = 4) -> dict[str, Any]:
+def measure(
+    tuned, blocks_: list[list[int]], base=None, batch_size: int = 4, progress: Optional[str] = None
+) -> dict[str, Any]:
     """Base vs tuned on ``blocks_`` (lists of token ids of equal length).
 
     ``base``: the untouched model; ``None`` means ``tuned`` is a PEFT model whose base is
     ``tuned`` with its adapter disabled. Returns ``loss_base``, ``loss_tuned``, ``delta_loss``,
-    ``kl`` (means over predicted tokens) and their per-block values (``per_block``)."""
+    ``kl`` (means over predicted tokens) and their per-block values (``per_block``).
+    ``progress``: the title of a progress bar on stderr (none when ``None``)."""
     import torch
+
+    from midblock_plugin.training.progress import bar
 
     peft_base = base is None
     if peft_base and not hasattr(tuned, "disable_adapter"):
@@ -168,8 +177,9 @@ def measure(tuned, blocks_: list[list[int]], base=None, batch_size: int = 4) -> 
     if base is not None:
         base.eval()
     per = {"loss_base": [], "loss_tuned": [], "kl": []}
-    with torch.no_grad():
+    with torch.no_grad(), bar(len(blocks_), progress, unit="block", disable=progress is None) as shown:
         for i in range(0, len(blocks_), batch_size):
+            shown.update(len(blocks_[i : i + batch_size]))
             ids = torch.tensor(blocks_[i : i + batch_size], device=device)
             with _adapter_disabled(tuned) if peft_base else contextlib.nullcontext(base) as b:
                 lp_b = torch.log_softmax(b(input_ids=ids).logits[:, :-1].float(), dim=-1)

@@ -49,20 +49,26 @@ class PeakMemory:
         return False
 
 
-def heldout_row_losses(model, tok, rows: list[dict], max_length: int = 256) -> tuple[list[float], list[int]]:
+def heldout_row_losses(
+    model, tok, rows: list[dict], max_length: int = 256, progress: Optional[str] = None
+) -> tuple[list[float], list[int]]:
     """Per held-out row: the summed token loss of its gold answer (the question is context only)
     and its number of answer tokens (0 for a row whose answer is cut off by ``max_length``).
 
-    Rows keep their index, so two models measured on the same rows can be paired row by row."""
+    Rows keep their index, so two models measured on the same rows can be paired row by row.
+    ``progress``: the title of a progress bar on stderr (none when ``None``)."""
     import torch
+
+    from midblock_plugin.training.progress import bar
 
     was_training = model.training
     model.eval()
     sums: list[float] = []
     counts: list[int] = []
     device = next(model.parameters()).device
-    with torch.no_grad():
+    with torch.no_grad(), bar(len(rows), progress, unit="row", disable=progress is None) as shown:
         for row in rows:
+            shown.update(1)
             p_ids = tok(gsm8k.prompt(row), add_special_tokens=False)["input_ids"]
             full = tok(gsm8k.training_text(row), add_special_tokens=False)["input_ids"][:max_length]
             if len(full) <= len(p_ids):

@@ -288,6 +288,14 @@ class JobOptions:
     )
     #: Skip the forgetting measure.
     skip_forgetting: bool = field(default=False, metadata={"help": "no forgetting measure"})
+    #: Print the per-layer drift at every training step (always in drift.json, the trainer's logs and reporters).
+    verbose: bool = field(
+        default=False,
+        metadata={
+            "help": "print each training step's per-layer weight change and gradient norm under its one-line "
+            "summary (they are always in each variant's midblock/drift.json)"
+        },
+    )
     #: Learning rates every variant x seed is trained at; each variant is reported at the one its validation loss picks.
     lrs: Optional[tuple] = field(
         default=None,

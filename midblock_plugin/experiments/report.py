@@ -13,9 +13,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from midblock_plugin import io, storage
+from midblock_plugin import io
+from midblock_plugin.analysis.report import window_words
 from midblock_plugin.experiments.options import UNIFORM, JobOptions
 from midblock_plugin.experiments.record import METRICS, Metric
+from midblock_plugin.figures import legend_outside, pyplot
 from midblock_plugin.rules import install_hint
 
 
@@ -33,22 +35,23 @@ PAIRED_PNG = io.JOB_PAIRED_PNG
 MIN_SEEDS = 3
 
 
-def plots(records: list[dict], out: Path, num_layers: int) -> dict[str, str]:
-    """Training-loss curves and final per-layer drift of every variant; paths relative to ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = {}
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+def loss_figure(records: list[dict]):
+    """Training loss per step of every variant (legend outside the axes)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
     for r in records:
         xs, ys = zip(*r["loss_curve"]) if r["loss_curve"] else ([], [])
         ax.plot(xs, ys, label=r["variant"], marker=".")
-    ax.set_xlabel("step"), ax.set_ylabel("training loss"), ax.set_title("Training loss"), ax.legend()
-    fig.tight_layout(), storage.save_figure(fig, out / LOSS_PNG, dpi=110), plt.close(fig)
-    paths["loss"] = LOSS_PNG
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    ax.set_xlabel("step"), ax.set_ylabel("training loss"), ax.set_title("Training loss")
+    legend_outside(ax, title="variant")
+    fig.tight_layout()
+    return fig
+
+
+def drift_figure(records: list[dict], num_layers: int):
+    """Final per-layer relative weight change of every variant over the decoder layers (legend outside)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
     for r in records:
         xs = list(range(num_layers))
         ax.plot(xs, [r["drift"].get(str(i), 0.0) for i in xs], label=r["variant"], marker="o", ms=3)
@@ -57,7 +60,20 @@ def plots(records: list[dict], out: Path, num_layers: int) -> dict[str, str]:
         ax.set_ylabel("||W_t - W_0|| / ||W_0||"),
         ax.set_title("Per-layer drift at the end of training"),
     )
-    ax.legend(), fig.tight_layout(), storage.save_figure(fig, out / DRIFT_PNG, dpi=110), plt.close(fig)
+    legend_outside(ax, title="variant")
+    fig.tight_layout()
+    return fig
+
+
+def plots(records: list[dict], out: Path, num_layers: int) -> dict[str, str]:
+    """Training-loss curves and final per-layer drift of every variant; paths relative to ``out``."""
+    plt = pyplot()
+    paths = {}
+    fig = loss_figure(records)
+    fig.savefig(out / LOSS_PNG, dpi=110), plt.close(fig)
+    paths["loss"] = LOSS_PNG
+    fig = drift_figure(records, num_layers)
+    fig.savefig(out / DRIFT_PNG, dpi=110), plt.close(fig)
     paths["drift"] = DRIFT_PNG
     return paths
 
@@ -76,67 +92,97 @@ def sweep_plots(entries: list[dict], base: dict, out: Path) -> dict[str, str]:
     """The paper's two claims as figures: held-out answer loss per variant (mean, 95% interval when
     there are 3 seeds, every seed, the base as a line); task gain against forgetting (KL on general text)
     for every variant and learning rate; and the paired differences to uniform with their intervals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     paths = {}
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
-    for i, e in enumerate(entries):
-        h = e["heldout_loss"]
-        ax.errorbar([i], [h["mean"]], yerr=_err(h["mean"], h["ci95"]), fmt="o", capsize=4, color="C0")
-        ax.scatter([i] * len(h["per_seed"]), h["per_seed"], s=10, color="C1", zorder=3)
-    ax.axhline(base["heldout_loss"], color="grey", ls="--", label="base (no tuning)")
-    ax.set_xticks(range(len(entries)), [f"{e['mask']}\nlr {e['best_lr']:g}" for e in entries])
-    ax.set_xlabel("variant at its chosen learning rate"), ax.set_ylabel("held-out answer loss")
-    (
-        ax.set_title(
-            "Held-out answer loss: mean"
-            + (" and 95% interval" if entries[0]["seeds"] >= MIN_SEEDS else "")
-            + " (dots: seeds)"
-        ),
-        ax.legend(),
-    )
-    fig.tight_layout(), storage.save_figure(fig, out / HELDOUT_PNG, dpi=110), plt.close(fig)
+    fig = heldout_figure(entries, base)
+    fig.savefig(out / HELDOUT_PNG, dpi=110), plt.close(fig)
     paths["heldout"] = HELDOUT_PNG
     if all(e.get("forgetting") for e in entries):
-        fig, ax = plt.subplots(figsize=(6.5, 4.0))
-        for i, e in enumerate(entries):
-            pts = [(b["kl"], b["task_gain"], b["lr"]) for b in e["by_lr"] if b["kl"] is not None]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=f"C{i}", label=e["mask"])
-            for kl, gain, lr in pts:
-                ax.annotate(f"{lr:g}", (kl, gain), fontsize=7, xytext=(3, 3), textcoords="offset points")
-                if lr == e["best_lr"]:
-                    ax.scatter([kl], [gain], s=90, facecolors="none", edgecolors=f"C{i}")
-        ax.set_xlabel("forgetting: mean KL(base || tuned) on general text")
-        ax.set_ylabel("task gain: base - tuned held-out loss")
-        ax.set_title("Task gain against forgetting, every rate (mean over seeds; circled: chosen rate)", fontsize=9)
-        ax.legend(), fig.tight_layout(), storage.save_figure(fig, out / TRADEOFF_PNG, dpi=110), plt.close(fig)
+        fig = tradeoff_figure(entries)
+        fig.savefig(out / TRADEOFF_PNG, dpi=110), plt.close(fig)
         paths["tradeoff"] = TRADEOFF_PNG
     panels = [m for m in METRICS if any(_metric(e, m)[1] and not _metric(e, m)[1].get("reference") for e in entries)]
     if panels:
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
-        for ax, m in zip(axes[0], panels):
-            shown = [e for e in entries if _metric(e, m)[1] and not _metric(e, m)[1].get("reference")]
-            for i, e in enumerate(shown):
-                d = _metric(e, m)[1]
-                ax.errorbar(
-                    [i],
-                    [d["mean_diff"]],
-                    yerr=_err(d["mean_diff"], d["ci95"]),
-                    fmt="o",
-                    capsize=4,
-                    color="C3" if d.get("significant") else "C0",
-                )
-                ax.scatter([i] * len(d.get("per_seed") or []), d.get("per_seed") or [], s=10, color="C1", zorder=3)
-            ax.axhline(0.0, color="grey", ls="--")
-            ax.set_xticks(range(len(shown)), [e["mask"] for e in shown])
-            ax.set_title(f"{m.label}\nminus uniform's", fontsize=9)
-        fig.suptitle("Paired differences to uniform (95% intervals; red: Holm-significant; dots: seeds)", fontsize=9)
-        fig.tight_layout(), storage.save_figure(fig, out / PAIRED_PNG, dpi=110), plt.close(fig)
+        fig = paired_figure(entries, panels)
+        fig.savefig(out / PAIRED_PNG, dpi=110), plt.close(fig)
         paths["paired"] = PAIRED_PNG
     return paths
+
+
+def heldout_figure(entries: list[dict], base: dict):
+    """Held-out answer loss per variant: the mean, its interval (3+ seeds), every seed, the base as a line."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    for i, e in enumerate(entries):
+        h = e["heldout_loss"]
+        ax.errorbar(
+            [i],
+            [h["mean"]],
+            yerr=_err(h["mean"], h["ci95"]),
+            fmt="o",
+            capsize=4,
+            color="C0",
+            label="mean" + (" and 95% interval" if e["seeds"] >= MIN_SEEDS else "") if i == 0 else None,
+        )
+        ax.scatter(
+            [i] * len(h["per_seed"]), h["per_seed"], s=10, color="C1", zorder=3, label="seeds" if i == 0 else None
+        )
+    ax.axhline(base["heldout_loss"], color="grey", ls="--", label="base (no tuning)")
+    ax.set_xticks(range(len(entries)), [f"{e['mask']}\nlr {e['best_lr']:g}" for e in entries])
+    ax.set_xlabel("variant at its chosen learning rate"), ax.set_ylabel("held-out answer loss")
+    ax.set_title(
+        "Held-out answer loss: mean"
+        + (" and 95% interval" if entries[0]["seeds"] >= MIN_SEEDS else "")
+        + " (dots: seeds)"
+    )
+    legend_outside(ax)
+    fig.tight_layout()
+    return fig
+
+
+def tradeoff_figure(entries: list[dict]):
+    """Task gain against forgetting (KL on general text) for every variant and rate, the chosen rate circled."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    for i, e in enumerate(entries):
+        pts = [(b["kl"], b["task_gain"], b["lr"]) for b in e["by_lr"] if b["kl"] is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=f"C{i}", label=e["mask"])
+        for kl, gain, lr in pts:
+            ax.annotate(f"{lr:g}", (kl, gain), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            if lr == e["best_lr"]:
+                ax.scatter([kl], [gain], s=90, facecolors="none", edgecolors=f"C{i}")
+    ax.set_xlabel("forgetting: mean KL(base || tuned) on general text")
+    ax.set_ylabel("task gain: base - tuned held-out loss")
+    ax.set_title("Task gain against forgetting, every rate (mean over seeds; circled: chosen rate)", fontsize=9)
+    legend_outside(ax, title="variant")
+    fig.tight_layout()
+    return fig
+
+
+def paired_figure(entries: list[dict], panels: list[Metric]):
+    """Paired differences to uniform of every metric in ``panels`` with their intervals (no legend: the
+    title says what the colours mean)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], panels):
+        shown = [e for e in entries if _metric(e, m)[1] and not _metric(e, m)[1].get("reference")]
+        for i, e in enumerate(shown):
+            d = _metric(e, m)[1]
+            ax.errorbar(
+                [i],
+                [d["mean_diff"]],
+                yerr=_err(d["mean_diff"], d["ci95"]),
+                fmt="o",
+                capsize=4,
+                color="C3" if d.get("significant") else "C0",
+            )
+            ax.scatter([i] * len(d.get("per_seed") or []), d.get("per_seed") or [], s=10, color="C1", zorder=3)
+        ax.axhline(0.0, color="grey", ls="--")
+        ax.set_xticks(range(len(shown)), [e["mask"] for e in shown])
+        ax.set_title(f"{m.label}\nminus uniform's", fontsize=9)
+    fig.suptitle("Paired differences to uniform (95% intervals; red: Holm-significant; dots: seeds)", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def _fmt_acc(g: Optional[dict], filt: str) -> str:
@@ -303,8 +349,8 @@ def write_report(
         )
     else:
         eval_line = (
-            f"- GSM8K via lm-eval's own task: {limit}, "
-            f"{'task default' if opts.num_fewshot is None else opts.num_fewshot}-shot, greedy, {opts.max_gen_toks} new tokens; "
+            f"- GSM8K via lm-eval's own task: {limit}, {_shots(opts, base, entries)}, greedy, up to "
+            f"{opts.max_gen_toks} new tokens; "
         )
     gt = base.get("general_text")
     lr_line = (
@@ -552,8 +598,7 @@ def write_report(
             lines += [f"No window is recommended: {rec['refused']}", ""]
         else:
             lines += [
-                f"Recommended window: layers {rec['window']}"
-                + (f" (mask {rec['segments']})" if rec.get("segments") else "")  # a mask only when it is exact
+                f"Recommended window: {window_words(rec, num_layers)}"  # a mask only when it is exact
                 + f" (signal: {rec.get('signal_name') or 'own_output'}); rule: {rec['rule'].rstrip('.')}. "
                 f"Test it against the defaults on fresh seeds: `midblock sweep --variants recommended,11111,01110 "
                 f"--window-from {os.path.relpath(analysis['paths']['json'], out)}`.",
@@ -579,6 +624,22 @@ def write_report(
         },
     )
     return io.write_text_atomic(out / io.REPORT_MD, "\n".join(lines) + "\n")
+
+
+def _shots(opts: JobOptions, base: dict, entries: list[dict]) -> str:
+    """The few-shot count the evaluations ran with (lm-eval reports it per task), e.g. ``5-shot (the
+    task's default)``; the option's value when no evaluation reported one."""
+    ran = sorted(
+        {
+            g.get("num_fewshot")
+            for g in [base.get("eval") or {}] + [e.get("gsm8k") or {} for e in entries]
+            if g.get("num_fewshot") is not None
+        }
+    )
+    if not ran:
+        return "the task's default number of shots" if opts.num_fewshot is None else f"{opts.num_fewshot}-shot"
+    shots = " / ".join(f"{n}-shot" for n in ran)
+    return shots + (" (the task's default)" if opts.num_fewshot is None else "")
 
 
 def _base_gsm(base: dict) -> Optional[dict]:

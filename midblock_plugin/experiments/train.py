@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from midblock_plugin import io, storage
+from midblock_plugin import io
 from midblock_plugin.data import gsm8k
+from midblock_plugin.experiments.console import stage
 from midblock_plugin.experiments.measures import PeakMemory, StepTimer, heldout_row_losses
 from midblock_plugin.experiments.options import UNIFORM, JobOptions
 from midblock_plugin.experiments.record import SeedRecord
@@ -35,6 +36,18 @@ def load_base(opts: JobOptions, out: Path, log):
     dtype = torch.bfloat16 if opts.bf16 else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     return model_dir, model, tok
+
+
+def _checkpointing(config_class: type, on: bool) -> dict[str, bool]:
+    """The activation-checkpointing argument of ``config_class``: ``activation_checkpointing`` where
+    it exists (transformers 5; its old name ``gradient_checkpointing`` then warns), else the old name."""
+    names = getattr(config_class, "__dataclass_fields__", {})
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
+
+
+def _mean_loss(sums: list[float], counts: list[int]) -> str:
+    """The mean token loss of per-row summed losses, and the rows it is over, in words."""
+    return f"{sum(sums) / max(sum(counts), 1):.4f} on {len(sums)} rows"
 
 
 def final_drift(monitor) -> dict[str, Optional[float]]:
@@ -69,14 +82,16 @@ def gsm8k_correct(report: dict) -> Optional[dict[str, list[int]]]:
     return {f: [int(float((r["scores"].get(f) or {}).get("exact_match") or 0) > 0) for r in rows] for f in filters}
 
 
-def _row_losses(model, tok, rows: list[dict], opts: JobOptions) -> tuple[list[float], list[int]]:
+def _row_losses(
+    model, tok, rows: list[dict], opts: JobOptions, progress: Optional[str] = None
+) -> tuple[list[float], list[int]]:
     """Per row: the summed answer-token loss and the answer tokens (for pairing row by row)."""
-    return heldout_row_losses(model, tok, rows, max_length=opts.max_length * 2)
+    return heldout_row_losses(model, tok, rows, max_length=opts.max_length * 2, progress=progress)
 
 
 def _heldout(rec: dict[str, Any], model, tok, rows: list[dict], opts: JobOptions) -> None:
     """Held-out answer loss of the base ``model``: the mean, and per row (summed loss, answer tokens)."""
-    sums, counts = _row_losses(model, tok, rows, opts)
+    sums, counts = _row_losses(model, tok, rows, opts, progress="base model: held-out answer loss")
     rec["heldout_loss"] = sum(sums) / max(sum(counts), 1)
     rec["heldout_row_loss"] = sums
     rec["heldout_row_tokens"] = counts
@@ -101,10 +116,12 @@ def train_variant(
     only trains and saves the adapter (the uniform model a ``midblock run`` analyses)."""
     import torch
     from datasets import Dataset
+    from transformers import ProgressCallback
     from trl import SFTConfig, SFTTrainer
 
     from midblock_plugin.plan import build_plan
     from midblock_plugin.training import MidBlockCallback
+    from midblock_plugin.training.progress import ConsoleProgress
 
     mb = opts.midblock_config(segments)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +143,7 @@ def train_variant(
         logging_steps=1,
         save_strategy="no",
         report_to=[],
-        gradient_checkpointing=not cpu,
+        **_checkpointing(SFTConfig, not cpu),
         disable_tqdm=False,
     )
     timer = StepTimer()
@@ -140,18 +157,17 @@ def train_variant(
         peft_config=plan.lora_config(),
         callbacks=[cb, timer.callback],
     )
+    trainer.pop_callback(ProgressCallback)  # transformers' bar and its long line per step: ours instead
+    trainer.add_callback(ConsoleProgress(verbose=opts.verbose, desc=f"training {segments}"))
     cb.bind(trainer)
-    need = storage.adapter_bytes(plan.trainable_params, model_dir)
-    storage.check_free_space(out, need, f"the adapter of variant {segments}")  # before training, not after
     with PeakMemory() as mem:
         trainer.train()
+    trainer.save_model(str(out / "adapter"))
+    tok.save_pretrained(str(out / "adapter"))
     plan = cb.plan
     from midblock_plugin.training.model_card import write_model_card
 
-    with storage.atomic_directory(out / "adapter", need=need) as staging:  # whole or absent, even if killed
-        trainer.save_model(str(staging))
-        tok.save_pretrained(str(staging))
-        write_model_card(staging, plan)
+    write_model_card(out / "adapter", plan)
     record = SeedRecord(
         variant=segments,
         seed=opts.seed,
@@ -174,16 +190,36 @@ def train_variant(
     if not measure:
         del trainer, model
         return record, plan
-    record.heldout_row_loss, record.heldout_row_tokens = _row_losses(trainer.model, tok, heldout_rows, opts)
-    if validation_rows is not None:
-        record.validation_row_loss, record.validation_row_tokens = _row_losses(
-            trainer.model, tok, validation_rows, opts
+    with stage(log) as done:
+        record.heldout_row_loss, record.heldout_row_tokens = _row_losses(
+            trainer.model, tok, heldout_rows, opts, progress=f"{segments}: held-out answer loss"
         )
+        done(f"{segments}: held-out answer loss {_mean_loss(record.heldout_row_loss, record.heldout_row_tokens)}")
+    if validation_rows is not None:
+        with stage(log) as done:
+            record.validation_row_loss, record.validation_row_tokens = _row_losses(
+                trainer.model, tok, validation_rows, opts, progress=f"{segments}: validation answer loss"
+            )
+            done(
+                f"{segments}: validation answer loss "
+                f"{_mean_loss(record.validation_row_loss, record.validation_row_tokens)}"
+            )
     if general_blocks is not None:
         from midblock_plugin.experiments.forgetting import measure as forgetting
 
-        per_block = forgetting(trainer.model, general_blocks, batch_size=opts.eval_batch_size // 2 or 1)["per_block"]
-        record.general_delta_loss, record.general_kl = per_block["delta_loss"], per_block["kl"]
+        with stage(log) as done:
+            found = forgetting(
+                trainer.model,
+                general_blocks,
+                batch_size=opts.eval_batch_size // 2 or 1,
+                progress=f"{segments}: forgetting (KL to the base on general text)",
+            )
+            per_block = found["per_block"]
+            record.general_delta_loss, record.general_kl = per_block["delta_loss"], per_block["kl"]
+            done(
+                f"{segments}: forgetting KL(base || tuned) {found['kl']:.5f}, general-text loss change "
+                f"{found['delta_loss']:+.4f} on {found['blocks']} blocks"
+            )
     if not opts.skip_eval:
         from midblock_plugin.evaluation import evaluate_model
 
@@ -204,22 +240,31 @@ def evaluate_base(
     tokenized here (``general_blocks``) and the base model's loss on them recorded."""
     _, model, tok = load_base(opts, out, log)
     rec: dict[str, Any] = {"variant": "base (no tuning)"}
-    _heldout(rec, model, tok, heldout_rows, opts)
+    with stage(log) as done:
+        _heldout(rec, model, tok, heldout_rows, opts)
+        done(f"base model: held-out answer loss {rec['heldout_loss']:.4f} on {len(heldout_rows)} GSM8K test rows")
     if general is not None:
         from midblock_plugin.experiments.forgetting import blocks
 
-        rec["general_blocks"] = blocks(
-            tok, general[0], block_tokens=opts.max_length, num_blocks=opts.forgetting_blocks
-        )
-        from midblock_plugin.experiments.forgetting import block_losses
+        with stage(log) as done:
+            rec["general_blocks"] = blocks(
+                tok, general[0], block_tokens=opts.max_length, num_blocks=opts.forgetting_blocks
+            )
+            from midblock_plugin.experiments.forgetting import block_losses
 
-        losses = block_losses(model, rec["general_blocks"], batch_size=opts.eval_batch_size // 2 or 1)
-        rec["general_text"] = {
-            "source": general[1],
-            "blocks": len(losses),
-            "block_tokens": opts.max_length,
-            "loss": sum(losses) / len(losses),
-        }
+            losses = block_losses(
+                model,
+                rec["general_blocks"],
+                batch_size=opts.eval_batch_size // 2 or 1,
+                progress="base model: general-text loss (the forgetting reference)",
+            )
+            rec["general_text"] = {
+                "source": general[1],
+                "blocks": len(losses),
+                "block_tokens": opts.max_length,
+                "loss": sum(losses) / len(losses),
+            }
+            done(f"base model: general-text loss {rec['general_text']['loss']:.4f} on {len(losses)} blocks")
     if not opts.skip_eval:
         from midblock_plugin.evaluation import evaluate_model
 

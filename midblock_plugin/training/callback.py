@@ -32,6 +32,7 @@ from midblock_plugin.config import MidBlockConfig
 from midblock_plugin.plan import MidBlockPlan, build_plan
 from midblock_plugin.training.drift import DriftMonitor
 from midblock_plugin.training.model_card import write_model_card
+from midblock_plugin.training.progress import hide_drift_on_console
 from midblock_plugin.training.resume import (
     check_model_matches_plan,
     check_resume,
@@ -83,6 +84,7 @@ class MidBlockCallback(TrainerCallback):
                 "MidBlockCallback.bind: this callback is not among the trainer's callbacks; "
                 "pass it in callbacks=[...] (or trainer.add_callback) first."
             )
+        hide_drift_on_console(trainer)  # the per-layer entries stay in the logs, off the console line
         return self
 
     # ------------------------------------------------------------------ setup
@@ -225,27 +227,9 @@ class MidBlockCallback(TrainerCallback):
 
 def _plot_drift(data: dict, path: str) -> None:
     """Final per-layer relative weight change over depth, shaded window (skipped without matplotlib)."""
-    try:
-        import matplotlib
+    from midblock_plugin.figures import plot_drift
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    try:
+        plot_drift(data, path)
+    except ImportError:  # matplotlib is optional
         return
-    last = data["history"][-1]["weight_change"] if data["history"] else {}
-    if not last:
-        return
-    L = data.get("num_layers") or (max(int(k) for k in last) + 1)
-    xs = list(range(L))
-    ys = [last.get(str(i), 0.0) for i in xs]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.bar(xs, ys, color="#3b6ea5")
-    layers = data["layers"]
-    ax.axvspan(layers[0] - 0.5, layers[-1] + 0.5, color="orange", alpha=0.15, label="trained window")
-    ax.set_xlabel("decoder layer")
-    ax.set_ylabel("||W_t - W_0|| / ||W_0||")
-    ax.set_title(f"midblock drift ({data['mode']}), step {data['history'][-1]['step']}")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
