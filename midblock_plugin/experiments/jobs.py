@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from midblock_plugin import io, rules
+from midblock_plugin import io, rules, storage
 from midblock_plugin.analysis.report import window_words
 from midblock_plugin.choices import DEFAULT_SEGMENTS
 from midblock_plugin.data import gsm8k
@@ -130,6 +130,23 @@ def _check_model(opts: JobOptions) -> None:
     check_model_dir(str(opts.model), "--model", weights=True)
 
 
+def _space_needed(opts: JobOptions, variants: tuple[str, ...], runs: int) -> int:
+    """Bytes the job will write: an adapter per variant x seed x rate (and the analysis's uniform model),
+    each sized from the plan on the model's config (no weights), plus the reports and figures."""
+    from midblock_plugin.plan import build_plan
+
+    model_dir = io.cache_dir() / "SmolLM2-135M-Instruct" if str(opts.model) == DEFAULT_MODEL else str(opts.model)
+    extra = () if opts.skip_analysis or UNIFORM in variants else (UNIFORM,)
+    total = storage.MARGIN_BYTES
+    try:
+        for v in variants + extra:
+            params = build_plan(str(model_dir), opts.midblock_config(v)).trainable_params
+            total += storage.adapter_bytes(params, model_dir) * (runs if v in variants else 1)
+    except (OSError, ValueError, RuntimeError, ImportError, TypeError):  # e.g. the default model not fetched yet
+        pass  # an estimate only: the reports' margin is still checked, and each adapter before its training
+    return total
+
+
 @dataclass
 class Rows:
     """The GSM8K rows of a job and their line numbers (0-based) in ``train.jsonl`` / ``test.jsonl``."""
@@ -201,6 +218,8 @@ def _sweep(opts: JobOptions, variants: tuple[str, ...], command: str, title: str
         data = _load_data(opts, log)
         train_rows, validation, heldout, source = data.train, data.validation, data.heldout, data.source
         _check_model(opts)
+        need = _space_needed(opts, variants, len(seeds) * len(lrs))
+        storage.check_free_space(run.path, need, f"the adapters and reports of {command}")  # before any model loads
         run.start()
         out = run.path
         base = evaluate_base(opts, out, heldout, log, general=general)

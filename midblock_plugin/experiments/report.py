@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from midblock_plugin import io
+from midblock_plugin import io, storage
 from midblock_plugin.analysis.report import window_words
 from midblock_plugin.experiments.options import UNIFORM, JobOptions
 from midblock_plugin.experiments.record import METRICS, Metric
@@ -70,10 +70,10 @@ def plots(records: list[dict], out: Path, num_layers: int) -> dict[str, str]:
     plt = pyplot()
     paths = {}
     fig = loss_figure(records)
-    fig.savefig(out / LOSS_PNG, dpi=110), plt.close(fig)
+    storage.save_figure(fig, out / LOSS_PNG, dpi=110), plt.close(fig)
     paths["loss"] = LOSS_PNG
     fig = drift_figure(records, num_layers)
-    fig.savefig(out / DRIFT_PNG, dpi=110), plt.close(fig)
+    storage.save_figure(fig, out / DRIFT_PNG, dpi=110), plt.close(fig)
     paths["drift"] = DRIFT_PNG
     return paths
 
@@ -95,16 +95,16 @@ def sweep_plots(entries: list[dict], base: dict, out: Path) -> dict[str, str]:
     plt = pyplot()
     paths = {}
     fig = heldout_figure(entries, base)
-    fig.savefig(out / HELDOUT_PNG, dpi=110), plt.close(fig)
+    storage.save_figure(fig, out / HELDOUT_PNG, dpi=110), plt.close(fig)
     paths["heldout"] = HELDOUT_PNG
     if all(e.get("forgetting") for e in entries):
         fig = tradeoff_figure(entries)
-        fig.savefig(out / TRADEOFF_PNG, dpi=110), plt.close(fig)
+        storage.save_figure(fig, out / TRADEOFF_PNG, dpi=110), plt.close(fig)
         paths["tradeoff"] = TRADEOFF_PNG
     panels = [m for m in METRICS if any(_metric(e, m)[1] and not _metric(e, m)[1].get("reference") for e in entries)]
     if panels:
         fig = paired_figure(entries, panels)
-        fig.savefig(out / PAIRED_PNG, dpi=110), plt.close(fig)
+        storage.save_figure(fig, out / PAIRED_PNG, dpi=110), plt.close(fig)
         paths["paired"] = PAIRED_PNG
     return paths
 

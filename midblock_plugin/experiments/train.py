@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from midblock_plugin import io
+from midblock_plugin import io, storage
 from midblock_plugin.data import gsm8k
 from midblock_plugin.experiments.console import stage
 from midblock_plugin.experiments.measures import PeakMemory, StepTimer, heldout_row_losses
@@ -160,14 +160,17 @@ def train_variant(
     trainer.pop_callback(ProgressCallback)  # transformers' bar and its long line per step: ours instead
     trainer.add_callback(ConsoleProgress(verbose=opts.verbose, desc=f"training {segments}"))
     cb.bind(trainer)
+    need = storage.adapter_bytes(plan.trainable_params, model_dir)
+    storage.check_free_space(out, need, f"the adapter of variant {segments}")  # before training, not after
     with PeakMemory() as mem:
         trainer.train()
-    trainer.save_model(str(out / "adapter"))
-    tok.save_pretrained(str(out / "adapter"))
     plan = cb.plan
     from midblock_plugin.training.model_card import write_model_card
 
-    write_model_card(out / "adapter", plan)
+    with storage.atomic_directory(out / "adapter", need=need) as staging:  # whole or absent, even if killed
+        trainer.save_model(str(staging))
+        tok.save_pretrained(str(staging))
+        write_model_card(staging, plan)
     record = SeedRecord(
         variant=segments,
         seed=opts.seed,
