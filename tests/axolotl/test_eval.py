@@ -109,10 +109,12 @@ def test_eval_equals_midblock_eval_of_the_saved_adapter(workspace, eval_run, tmp
     ]
 
 
-def test_failed_eval_is_recorded_and_the_run_still_succeeds(workspace, tmp_path):
+def test_failed_eval_keeps_the_model_and_exits_3(workspace, tmp_path):
     """A GSM8K copy that is whole when the config is checked (every line is read then) and gets a
     broken line after training, before the save (the test plugin of hook_recorder.py breaks it):
-    the final evaluation fails."""
+    the final evaluation fails; the model is saved first and the run ends with exit status 3
+    (``EVAL_FAILED_EXIT``), raised in ``post_train_unload``."""
+    from midblock_plugin.evaluation import EVAL_FAILED_EXIT
     from midblock_plugin.testing import GSM8K_DIR
 
     data = tmp_path / "gsm8k-broken"
@@ -126,7 +128,8 @@ def test_failed_eval_is_recorded_and_the_run_still_succeeds(workspace, tmp_path)
         plugins=[PLUGIN, RECORDER],
         midblock_eval=_eval_settings(data),
     )
-    assert run.returncode == 0, run.output[-4000:]
+    assert run.returncode == EVAL_FAILED_EXIT == 3, run.output[-4000:]
+    assert f"exit status {EVAL_FAILED_EXIT}" in run.output
     out = run.output_dir
     assert (out / "adapter_model.safetensors").exists() and (out / "adapter_config.json").exists()
     assert not (out / "eval" / "gsm8k.json").exists()
