@@ -400,3 +400,12 @@ def test_registering_the_cli_is_cheap():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=OFFLINE_ENV)
+
+
+def test_protocol_description_says_the_overrides_that_ran():
+    """results.json's protocol description names --num-fewshot / --max-gen-toks when given, not the defaults."""
+    from midblock_plugin.evaluation.settings import EvalSettings
+
+    assert "5-shot" in EvalSettings().protocol_info()["description"]
+    text = EvalSettings(num_fewshot=0, max_gen_toks=32).protocol_info()["description"]
+    assert "0-shot" in text and "up to 32 new tokens" in text and "5-shot" not in text and "256" not in text

@@ -492,9 +492,20 @@ class EvalSettings:
                 else "the authors' scripts: 100 test questions shuffled with seed 42, zero-shot, greedy, 64 new tokens, "
                 "no stop sequence, last number compared as a float (HF generate, no lm-eval)"
                 if self.protocol == "authors"
-                else "lm-eval's task defaults (gsm8k: 5-shot, greedy, up to 256 new tokens)"
+                else self._lm_eval_description()
             ),
         }
+
+    def _lm_eval_description(self) -> str:
+        """The lm-eval protocol as it runs: the task's defaults, with the overrides actually given."""
+        given = []
+        if self.num_fewshot is not None:
+            given.append(f"{self.num_fewshot}-shot")
+        if self.max_gen_toks:
+            given.append(f"up to {self.max_gen_toks} new tokens")
+        if not given:
+            return "lm-eval's task defaults (gsm8k: 5-shot, greedy, up to 256 new tokens)"
+        return f"lm-eval's task, greedy, {', '.join(given)} (given); the rest the task's defaults"
 
     @property
     def multiturn(self) -> bool:
