@@ -111,6 +111,8 @@ def plot_drift(data: dict, path: str) -> Optional[str]:
     fig = drift_figure(data)
     if fig is None:
         return None
-    fig.savefig(path, dpi=110)
+    from midblock_plugin.storage import save_figure
+
+    save_figure(fig, path, dpi=110)
     pyplot().close(fig)
     return path

@@ -80,9 +80,11 @@ def load_analysis(path: str | os.PathLike) -> dict:
 
 def write_csv(doc: dict, path: str | os.PathLike) -> Path:
     """Write one row per layer with the document's columns (empty cell = undefined)."""
+    from midblock_plugin.storage import atomic_file
+
     path = Path(path)
     columns = list(doc["columns"])
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)
         for row in doc["layers"]:
@@ -211,8 +213,10 @@ def write_png(doc: dict, path: str | os.PathLike, title: Optional[str] = None) -
     from midblock_plugin.figures import pyplot
 
     path = Path(path)
+    from midblock_plugin.storage import save_figure
+
     fig = analysis_figure(doc, title)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     pyplot().close(fig)
     return path
 

@@ -78,5 +78,7 @@ def write_model_card(adapter_dir: str | os.PathLike, plan: Any) -> Path:
         text = head + section.rstrip("\n") + rest.split(END, 1)[1]
     else:
         text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + section
-    path.write_text(text, encoding="utf-8")
+    from midblock_plugin.io import write_text_atomic
+
+    write_text_atomic(path, text)
     return path
