@@ -305,8 +305,12 @@ def layer_ranges(spec: Any) -> list[tuple[int, int]]:
     if isinstance(spec, int):
         return [(spec, spec)]
     if not isinstance(spec, str):
+        try:
+            spec_items = list(spec)
+        except TypeError:
+            raise WindowOptionError("layers", spec, "is not a layer list; use e.g. '3-11' or [3, 4, 5]") from None
         items = []
-        for x in spec:
+        for x in spec_items:
             try:
                 if isinstance(x, bool):
                     raise ValueError

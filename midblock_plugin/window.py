@@ -124,45 +124,18 @@ def segments_to_layers(mask: str, num_layers: int) -> list[int]:
 
 
 def explicit_layers(spec: str | int | Iterable[int], num_layers: int) -> list[int]:
-    """Parse ``"3-11"``, ``"3,4,9-12"``, ``"-4--1"``, an int or a list of ints."""
+    """Parse ``"3-11"``, ``"3,4,9-12"``, ``"-4--1"``, an int or a list of ints, against the model's
+    depth. The text is read by :func:`midblock_plugin.rules.layer_ranges` (the one parser, also run
+    at construction); here each index is resolved and checked against ``num_layers``."""
+    from midblock_plugin.rules import layer_ranges
+
     items: list[int] = []
-    if isinstance(spec, bool):
-        raise WindowOptionError("layers", spec, "is not a layer list; use e.g. '3-11' or [3, 4, 5]")
-    if isinstance(spec, int):
-        items = [spec]
-    elif isinstance(spec, str):
-        text = spec.strip().strip("[]")
-        if not text:
-            raise WindowOptionError("layers", "", "names no layer; use e.g. '3-11' or '3,4,9-12'")
-        for part in text.split(","):
-            part = part.strip()
-            m = re.fullmatch(r"(-?\d+)\s*(?:-\s*(-?\d+))?", part)
-            if not m:
-                raise WindowOptionError(
-                    "layers",
-                    spec,
-                    f": cannot read {part!r}; write indices and inclusive ranges "
-                    "separated by commas, e.g. '3,4,9-12' (negative indices count from the top)",
-                )
-            lo = _norm_index(int(m.group(1)), num_layers, spec)
-            hi = _norm_index(int(m.group(2)), num_layers, spec) if m.group(2) else lo
-            if hi < lo:
-                raise WindowOptionError("layers", spec, f": range {part!r} runs backwards; write it as lo-hi")
-            items.extend(range(lo, hi + 1))
-        return _check_nonempty(sorted(set(items)), spec)
-    else:
-        try:
-            raw = list(spec)
-        except TypeError:
-            raise WindowOptionError("layers", spec, "is not a layer list; use e.g. '3-11' or [3, 4, 5]") from None
-        for x in raw:
-            if isinstance(x, bool) or not isinstance(x, int):
-                try:
-                    x = int(str(x))
-                except ValueError:
-                    raise WindowOptionError("layers", spec, f": {x!r} is not a layer index") from None
-            items.append(x)
-    return _check_nonempty(sorted({_norm_index(i, num_layers, spec) for i in items}), spec)
+    for lo, hi in layer_ranges(spec):
+        a, b = _norm_index(lo, num_layers, spec), _norm_index(hi, num_layers, spec)
+        if b < a:  # a range mixing signs that runs backwards on this model, e.g. '20--15' on 30 layers
+            raise WindowOptionError("layers", spec, f": range '{lo}-{hi}' runs backwards; write it as lo-hi")
+        items.extend(range(a, b + 1))
+    return _check_nonempty(sorted(set(items)), spec)
 
 
 def _norm_index(i: int, num_layers: int, spec: Any) -> int:
