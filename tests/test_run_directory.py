@@ -147,6 +147,16 @@ def test_overwrite_removes_the_previous_run_first(race, tiny, tmp_path):
     assert st["status"] == "complete" and st["replaced"]["status"] == "complete"
 
 
+def _wait_for_a_training_step(p, out, log) -> None:
+    """Until the run is marked running and has printed a training step line (or 300 s, or it exits)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and p.poll() is None:
+        running = (out / io.RUN_STATUS_JSON).exists() and _status(out)["status"] == "running"
+        if running and "  loss " in log.read_text(errors="replace"):  # a training step line was printed
+            return
+        time.sleep(0.2)
+
+
 def test_interrupted_run_is_marked_incomplete_and_a_rerun_refused(tiny, tmp_path):
     out = tmp_path / "run"
     log = tmp_path / "log.txt"
@@ -160,12 +170,7 @@ def test_interrupted_run_is_marked_incomplete_and_a_rerun_refused(tiny, tmp_path
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline and p.poll() is None:
-                running = (out / io.RUN_STATUS_JSON).exists() and _status(out)["status"] == "running"
-                if running and "  loss " in log.read_text(errors="replace"):  # a training step line was printed
-                    break
-                time.sleep(0.2)
+            _wait_for_a_training_step(p, out, log)
             assert p.poll() is None, log.read_text()[-3000:]
             p.send_signal(signal.SIGINT)
             p.wait(timeout=120)
@@ -340,12 +345,7 @@ def test_sigterm_during_a_run_is_recorded_with_the_signal(tiny, tmp_path):
     with open(log, "w") as fh:
         p = subprocess.Popen(_cmd(*args), stdout=fh, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline and p.poll() is None:
-                running = (out / io.RUN_STATUS_JSON).exists() and _status(out)["status"] == "running"
-                if running and "  loss " in log.read_text(errors="replace"):  # a training step line was printed
-                    break
-                time.sleep(0.2)
+            _wait_for_a_training_step(p, out, log)
             assert p.poll() is None, log.read_text()[-3000:]
             p.send_signal(signal.SIGTERM)
             p.wait(timeout=120)
