@@ -53,35 +53,24 @@ def legend_outside(ax: Any, handles: Optional[list] = None, labels: Optional[lis
     return ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kwargs)
 
 
+def _bands(ax: Any, layers: Sequence[int], what: str, style: dict, scale: float, offset: float, label: bool):
+    """One ``axvspan`` per contiguous run of ``layers``; the first is labelled ``"<what>: layers ..."``."""
+    text = f"{what}: layers {describe_window(0, sorted(layers))}" if label else None
+    return [
+        ax.axvspan((lo + offset) * scale, (hi + offset) * scale, label=text if k == 0 else None, **style)
+        for k, (lo, hi) in enumerate(runs(layers))
+    ]
+
+
 def shade_trained(ax: Any, layers: Sequence[int], scale: float = 1.0, offset: float = 0.0, label: bool = True):
     """Shade the trained layers: x from ``(first + offset) * scale`` to ``(last + 1 + offset) * scale``
     (``scale=1/L`` for relative depth; ``offset=-0.5`` for bars centred on layer indices)."""
-    patches = []
-    for k, (lo, hi) in enumerate(runs(layers)):
-        patches.append(
-            ax.axvspan(
-                (lo + offset) * scale,
-                (hi + offset) * scale,
-                label=f"trained: layers {describe_window(0, sorted(layers))}" if label and k == 0 else None,
-                **TRAINED_STYLE,
-            )
-        )
-    return patches
+    return _bands(ax, layers, "trained", TRAINED_STYLE, scale, offset, label)
 
 
 def outline_recommended(ax: Any, layers: Sequence[int], scale: float = 1.0, offset: float = 0.0, label: bool = True):
     """Outline the recommended layers with a hatched, unfilled band (drawn over the trained shading)."""
-    patches = []
-    for k, (lo, hi) in enumerate(runs(layers)):
-        patches.append(
-            ax.axvspan(
-                (lo + offset) * scale,
-                (hi + offset) * scale,
-                label=f"recommended: layers {describe_window(0, sorted(layers))}" if label and k == 0 else None,
-                **RECOMMENDED_STYLE,
-            )
-        )
-    return patches
+    return _bands(ax, layers, "recommended", RECOMMENDED_STYLE, scale, offset, label)
 
 
 def drift_figure(data: dict) -> Optional[Any]:
