@@ -14,6 +14,11 @@ A run directory (a trainer's ``output_dir``, or ``midblock run --output-dir``) h
 ``.midblock.lock``              held (``flock``) while a job runs in the directory (:data:`RUN_LOCK`)
 ==============================  ==================================================
 
+A trainer's ``output_dir`` (TRL, HF ``Trainer``, Axolotl) gets the same ``midblock-run.json`` and
+``.midblock.lock`` while ``MidBlockCallback`` trains there
+(:class:`midblock_plugin.training.output_dir.TrainingDirectory`); what such a run writes is
+:data:`TRAINER_ARTIFACTS`.
+
 Every JSON file is written atomically (a temporary file, then ``os.replace``), so a
 reader never sees half a file, and with NaN / infinity written as ``null``.
 
@@ -82,6 +87,31 @@ JOB_ARTIFACTS = (
     f"{VARIANT_PREFIX}*",
     RUN_SUBDIR,
     EVAL_SUBDIR,
+    ".*.tmp",
+)
+#: What a training run (TRL / HF ``Trainer`` / Axolotl with ``MidBlockCallback``) writes at the top of
+#: its ``output_dir``: midblock's files, the checkpoints, the saved adapter or model and its config,
+#: lm-eval results, Axolotl's ``merged/``. A previous run's are removed when a run overwrites the
+#: directory; tokenizer files and anything else are left alone.
+TRAINER_ARTIFACTS = (
+    RUN_STATUS_JSON,
+    RUN_SUBDIR,
+    EVAL_SUBDIR,
+    "checkpoint-*",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+    "config.json",
+    "generation_config.json",
+    "training_args.bin",
+    "trainer_state.json",
+    "README.md",
+    "merged",
     ".*.tmp",
 )
 
@@ -195,6 +225,11 @@ class RunDirectoryError(ValueError):
     """A run directory that cannot be used now: another run holds it, or it holds a previous run."""
 
 
+#: ``check_previous(run, files)`` of :class:`RunDirectory`: ``None`` accepts the previous run's
+#: ``files`` (they stay), a message refuses the directory.
+PreviousCheck = Callable[["RunDirectory", list], Optional[str]]
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -270,14 +305,15 @@ class RunDirectory:
     ``<out>/.midblock.lock`` (non-blocking: a second concurrent run fails at once, naming
     the directory and the other run's pid) and refuses a directory that holds a previous
     run's files (any of ``artifacts``: a finished run, an incomplete one, or files of a run
-    without a status file) unless ``overwrite``. Nothing is written yet, so checks that
-    can still fail (e.g. the data) go here. ``run.start()`` then removes the previous
-    run's files (``overwrite``) and marks the run ``running`` (pid, host, start time,
-    command line). On leaving the block the status becomes ``complete`` (with what
+    without a status file) unless ``overwrite``; ``check_previous`` replaces that rule (it
+    returns ``None`` to keep and accept the files, or the refusal). Nothing is written yet,
+    so checks that can still fail (e.g. the data) go here. ``run.start()`` then removes the
+    previous run's files (``overwrite``) and marks the run ``running`` (pid, host, start
+    time, command line). On leaving the block the status becomes ``complete`` (with what
     :meth:`finish` recorded), or ``incomplete`` with the error (an exception, or
-    ``KeyboardInterrupt``) after a started run failed; the lock is released either way.
-    A run killed outright stays ``running`` with a dead pid, which :func:`run_status`
-    reads as ``incomplete``.
+    ``KeyboardInterrupt``) after a started run failed; the lock is released either way
+    (:meth:`end` does the same outside a ``with`` block). A run killed outright stays
+    ``running`` with a dead pid, which :func:`run_status` reads as ``incomplete``.
 
     Files that are not a run's (not in ``artifacts``) are never removed and never block.
     """
@@ -292,6 +328,7 @@ class RunDirectory:
         overwrite_flag: str = "--overwrite",
         elsewhere: str = "another --output-dir",
         log: Optional[Callable[[str], None]] = None,
+        check_previous: Optional[PreviousCheck] = None,
     ):
         if not str(path).strip():
             raise RunDirectoryError("the output directory is empty; give a directory, e.g. --output-dir runs/first.")
@@ -302,6 +339,7 @@ class RunDirectory:
         self.overwrite_flag = overwrite_flag
         self.elsewhere = elsewhere
         self.log = log
+        self.check_previous = check_previous
         self.status_path = self.path / RUN_STATUS_JSON
         self.lock_path = self.path / RUN_LOCK
         self.previous: Optional[dict] = None
@@ -352,11 +390,14 @@ class RunDirectory:
             text = self.lock_path.read_text(encoding="utf-8").split()
         except OSError:
             text = []
-        pid = text[0] if text else None
+        pid, host = (text[0], text[1] if len(text) > 1 else None) if text else (None, None)
         if pid is None:
             st = run_status(self.path)
-            pid = st.get("pid") if st and st.get("status") == RUNNING else None
-        return f"pid {pid}" if pid else "pid unknown"
+            if st and st.get("status") == RUNNING:
+                pid, host = st.get("pid"), st.get("host")
+        if not pid:
+            return "pid unknown"
+        return f"pid {pid}" + (f" on {host}" if host else "")
 
     def acquire(self) -> "RunDirectory":
         """Lock the directory (creating it) and check it holds no previous run (unless ``overwrite``)."""
@@ -382,7 +423,9 @@ class RunDirectory:
             self.previous = run_status(self.path)
             files = self.previous_files()
             if files and not self.overwrite:
-                raise RunDirectoryError(self._refusal(files))
+                refusal = self._refusal(files) if self.check_previous is None else self.check_previous(self, files)
+                if refusal:
+                    raise RunDirectoryError(refusal)
         except BaseException:
             self.release()
             raise
@@ -410,7 +453,7 @@ class RunDirectory:
         if self.started:
             return self
         removed = []
-        for p in self.previous_files():
+        for p in self.previous_files() if self.overwrite else []:
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
             else:
@@ -441,16 +484,22 @@ class RunDirectory:
     def __enter__(self) -> "RunDirectory":
         return self.acquire()
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def end(self, error: BaseException | str | None = None) -> None:
+        """Write the final status of a started run (``complete``, or ``incomplete`` with ``error``: an
+        exception or a reason) and release the lock."""
         try:
             if self.started:
-                if exc_type is None:
+                if error is None:
                     status = {**self._status, **self.info, "status": COMPLETE, "finished": _now()}
                 else:
-                    error = exc_type.__name__ + (f": {exc}" if str(exc) else "")
+                    if isinstance(error, BaseException):
+                        error = type(error).__name__ + (f": {error}" if str(error) else "")
                     status = {**self._status, **self.info, "status": INCOMPLETE, "finished": _now(), "error": error}
                 self._status = status
                 write_json(self.status_path, status)
         finally:
             self.release()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.end(None if exc_type is None else (exc if exc is not None else exc_type.__name__))
         return False

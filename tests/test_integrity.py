@@ -116,16 +116,17 @@ def test_resume_with_another_window_or_rank_is_refused_before_loading(checkpoint
         )
 
 
-def test_resume_through_train_with_another_window_stops_before_a_step(checkpointed):
+def test_resume_through_train_with_another_window_stops_before_loading(checkpointed, tmp_path):
     out, _ = checkpointed
     model = tiny_model("llama", num_layers=L)
     plan = build_plan(model, MidBlockConfig(rank=4, layers="2-4"))  # same rank, other layers: the weights load
-    trainer = _trainer(
-        out, MidBlockCallback(plan=plan, verbose=False), peft_config=plan.lora_config(), model=model, max_steps=3
-    )
+    callback = MidBlockCallback(plan=plan, verbose=False)
+    # another output_dir: into `out` itself (which holds the layers 1-3 run) the trainer is refused at init
+    trainer = _trainer(tmp_path, callback, peft_config=plan.lora_config(), model=model, max_steps=3)
+    callback.bind(trainer)  # bind() checks a checkpoint given to trainer.train before it loads
     with pytest.raises(PlanMismatch, match="cannot resume from .*checkpoint-2"):
         trainer.train(resume_from_checkpoint=str(out / "checkpoint-2"))
-    assert trainer.state.global_step == 2  # the checkpoint's step: no step was taken after the resume
+    assert trainer.state.global_step == 0  # the checkpoint's state was not loaded, no step taken
 
 
 def test_resume_with_the_same_plan_continues(checkpointed):

@@ -17,6 +17,14 @@ installed DeepSpeed before the model loads, and keep it after TRL built the trai
 >>> keep_checkpointing_mode(trainer, use_reentrant)                 # doctest: +SKIP
 
 ``midblock_lora_config(model, config)`` remains for one-line use; it builds the same plan.
+
+The run owns its ``output_dir`` (:mod:`midblock_plugin.training.output_dir`): the callback
+refuses, at trainer init, a directory another run holds or whose previous midblock run was
+trained with another plan (``MidBlockCallback(plan=plan, overwrite=True)`` replaces that run),
+and records ``midblock-run.json``. A script can ask the same before loading any weights:
+
+>>> plan = build_plan("path/to/model", config)                      # doctest: +SKIP
+>>> check_output_dir(sft_config.output_dir, plan)                   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import Any
 from midblock_plugin.config import MidBlockConfig
 from midblock_plugin.plan import MidBlockPlan, build_plan
 from midblock_plugin.training.callback import MidBlockCallback
+from midblock_plugin.training.output_dir import CALLBACK_OVERWRITE, TrainingDirectory, main_process
 
 
 __all__ = [
@@ -33,6 +42,7 @@ __all__ = [
     "MidBlockConfig",
     "MidBlockPlan",
     "build_plan",
+    "check_output_dir",
     "checkpointing_mode",
     "keep_checkpointing_mode",
     "midblock_lora_config",
@@ -47,6 +57,18 @@ def midblock_lora_config(model_or_config: Any, config: MidBlockConfig | None = N
     if config.mode != "lora":
         raise ValueError("midblock_lora_config is for mode='lora'; in mode='full' pass only MidBlockCallback.")
     return build_plan(model_or_config, config).lora_config(**overrides)
+
+
+def check_output_dir(
+    output_dir: Any, plan: MidBlockPlan, overwrite: bool = False, overwrite_hint: str = CALLBACK_OVERWRITE
+) -> None:
+    """What :class:`MidBlockCallback` checks at trainer init, before any weights load: raise
+    :class:`~midblock_plugin.io.RunDirectoryError` (a ``ValueError``) naming the other run (pid,
+    host) if one holds ``output_dir``, or naming both plans if the previous midblock run there was
+    trained with another plan and not ``overwrite``. Nothing is written; a no-op on ranks other
+    than 0 (``RANK``). ``overwrite_hint``: how the error names the switch (e.g. ``--overwrite``)."""
+    if main_process():
+        TrainingDirectory(output_dir, plan, overwrite=overwrite, overwrite_hint=overwrite_hint).check()
 
 
 def zero3_enabled(training_args: Any) -> bool:

@@ -4,12 +4,18 @@ One callback serves every Trainer-based framework (TRL's ``SFTTrainer``, Axolotl
 trainers, the plain HF ``Trainer``):
 
 * ``on_init_end`` (before the optimizer and before ``deepspeed.initialize``): resolve the
-  plan against the model, freeze in full mode, check that only the window trains, log a
-  one-screen summary and write ``<output_dir>/midblock/plan.json``;
+  plan against the model, freeze in full mode, check that only the window trains, check the
+  output directory (another run holding it, a previous run with another plan:
+  :mod:`midblock_plugin.training.output_dir`), log a one-screen summary and write
+  ``<output_dir>/midblock/plan.json``;
+* the start of ``trainer.train()`` (:meth:`MidBlockCallback.bind` wraps it; else
+  ``on_train_begin``): a checkpoint to resume from is compared with the plan before it
+  loads, and the run takes the output directory (lock, ``midblock-run.json`` ``running``);
 * ``on_train_begin`` (after the Trainer enabled gradient checkpointing): backward
   truncation and the drift monitor's snapshot;
 * logging steps: per-layer relative weight change and gradient norm into the logs;
-* ``on_train_end``: ``<output_dir>/midblock/drift.json`` (and ``drift.png``).
+* ``on_train_end``: ``<output_dir>/midblock/drift.json`` (and ``drift.png``), then
+  ``midblock-run.json`` ``complete`` (``incomplete`` with the error if ``train()`` raises).
 
 Build the plan once and hand it over (``MidBlockCallback(plan=plan)``, with
 ``peft_config=plan.lora_config()``); given only a config, the callback builds the plan
@@ -19,6 +25,8 @@ the drift metrics reach W&B / TensorBoard in the step they are logged.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import sys
 from typing import Any
@@ -32,6 +40,7 @@ from midblock_plugin.config import MidBlockConfig
 from midblock_plugin.plan import MidBlockPlan, build_plan
 from midblock_plugin.training.drift import DriftMonitor
 from midblock_plugin.training.model_card import write_model_card
+from midblock_plugin.training.output_dir import CALLBACK_OVERWRITE, TrainingDirectory
 from midblock_plugin.training.progress import hide_drift_on_console
 from midblock_plugin.training.resume import (
     check_model_matches_plan,
@@ -54,11 +63,22 @@ RESUME_FIX = (
 class MidBlockCallback(TrainerCallback):
     """Mid-Block Efficient Tuning hooks for any HF ``Trainer``.
 
+    ``overwrite=True``: a previous midblock run in ``output_dir`` trained with another plan is
+    replaced (its files removed when training starts) instead of refused. ``overwrite_hint``:
+    how that refusal names the switch (the integrations set their own spelling).
+
     >>> from midblock_plugin import MidBlockConfig
     >>> cb = MidBlockCallback(MidBlockConfig(segments="01110", rank=16))
     """
 
-    def __init__(self, config: MidBlockConfig | None = None, plan: MidBlockPlan | None = None, verbose: bool = True):
+    def __init__(
+        self,
+        config: MidBlockConfig | None = None,
+        plan: MidBlockPlan | None = None,
+        verbose: bool = True,
+        overwrite: bool = False,
+        overwrite_hint: str = CALLBACK_OVERWRITE,
+    ):
         if config is not None and plan is not None and config != plan.config:
             raise ValueError(
                 "MidBlockCallback got a config and a plan built from a different config; pass only "
@@ -73,11 +93,18 @@ class MidBlockCallback(TrainerCallback):
         self._pending_grads: dict[int, float] | None = None
         self._bound = False
         self._warned_reporters = False
+        self.overwrite = bool(overwrite)
+        self.overwrite_hint = overwrite_hint
+        #: the guard of output_dir (main process only), from on_init_end
+        self.directory: TrainingDirectory | None = None
+        self._plan_json_pending: dict | None = None
 
     def bind(self, trainer: Any) -> "MidBlockCallback":
         """Run first among ``trainer``'s callbacks, so the drift metrics this callback adds
         to the logs reach the reporters (W&B, TensorBoard), which run before user callbacks.
-        Returns ``self``. The integrations (Axolotl, ``midblock run``, the TRL example) call it."""
+        Also checks a checkpoint given to ``trainer.train(resume_from_checkpoint=...)`` before it
+        loads (:meth:`_guard_train`). Returns ``self``. The integrations (Axolotl, ``midblock
+        run``, the TRL example) call it."""
         self._bound = move_callback_to_front(trainer, self)
         if not self._bound:
             raise ValueError(
@@ -85,7 +112,68 @@ class MidBlockCallback(TrainerCallback):
                 "pass it in callbacks=[...] (or trainer.add_callback) first."
             )
         hide_drift_on_console(trainer)  # the per-layer entries stay in the logs, off the console line
+        self._guard_train(trainer)
         return self
+
+    def _guard_train(self, trainer: Any) -> None:
+        """Wrap ``trainer.train`` (this trainer only) so that, before anything loads, a checkpoint to
+        resume from is compared with the plan and the run takes its output directory; an exception
+        out of ``train()`` records the run ``incomplete`` with that error."""
+        original = trainer.train
+        if getattr(original, "__midblock_callback__", None) is self:
+            return
+        try:
+            signature = inspect.signature(original)
+        except (TypeError, ValueError):  # pragma: no cover
+            signature = None
+
+        @functools.wraps(original)
+        def train(*args, **kwargs):
+            resume = kwargs.get("resume_from_checkpoint")
+            if signature is not None:
+                try:
+                    resume = signature.bind_partial(*args, **kwargs).arguments.get("resume_from_checkpoint")
+                except TypeError:
+                    pass  # train() itself reports its wrong arguments
+            self._before_train(trainer, resume)
+            try:
+                return original(*args, **kwargs)
+            except BaseException as exc:
+                if self.directory is not None and self.directory.claimed:
+                    self.directory.end(exc)
+                raise
+
+        train.__midblock_callback__ = self
+        # Monkeypatch (this instance only): Trainer.train loads the checkpoint (_load_from_checkpoint)
+        # before the first callback event of training (on_train_begin), so no hook runs early enough.
+        trainer.train = train
+
+    def _before_train(self, trainer: Any, resume: Any) -> None:
+        """The resume check and the claim of the output directory, at the start of ``trainer.train``."""
+        args = trainer.args
+        checkpoint = None
+        if resume is not None and resume is not False:
+            if resume is True:
+                found = last_checkpoint(args.output_dir)
+                if found is None:
+                    return  # the Trainer says "No valid checkpoint found" itself, before loading anything
+                checkpoint = str(found)
+            else:
+                checkpoint = str(resume)
+            if self.plan is not None:
+                check_resume(checkpoint, self.plan, fix=RESUME_FIX)
+        self.claim_output_dir(args, checkpoint)
+
+    def claim_output_dir(self, args: Any, checkpoint: Any = None) -> None:
+        """Take ``args.output_dir`` for this run (lock, ``running``; ``overwrite`` removes the previous
+        run's files) on the main process; a no-op once taken, and on other processes. Called when
+        training starts; the Axolotl plugin calls it when the trainer is built."""
+        if self.directory is None or self.directory.claimed:
+            return
+        self.directory.claim(checkpoint)
+        if self._plan_json_pending is not None:
+            self._write_json(args, io.PLAN_JSON, self._plan_json_pending)
+            self._plan_json_pending = None
 
     # ------------------------------------------------------------------ setup
     def on_init_end(self, args, state, control, model=None, **kwargs):
@@ -103,13 +191,22 @@ class MidBlockCallback(TrainerCallback):
         if checkpoint is not None:
             check_resume(checkpoint, self.plan, fix=RESUME_FIX)
         if state.is_world_process_zero:
+            if getattr(args, "output_dir", None) and not (self.directory and self.directory.claimed):
+                directory = TrainingDirectory(
+                    args.output_dir, self.plan, overwrite=self.overwrite, overwrite_hint=self.overwrite_hint
+                )
+                directory.check(checkpoint)  # another run holding it, a previous run with another plan
+                self.directory = directory
             if self.verbose:
                 partitioned = any(hasattr(p, "ds_id") for p in model.parameters())
                 extra = "\n  deepspeed      ZeRO-3, parameters partitioned" if partitioned else ""
                 print(self.plan.summary() + extra, file=sys.stderr, flush=True)
-            self._write_json(
-                args, io.PLAN_JSON, {**self.plan.to_json_dict(), "trainable_params_on_model": self.trainable_params}
-            )
+            plan_json = {**self.plan.to_json_dict(), "trainable_params_on_model": self.trainable_params}
+            self._plan_json_pending = None
+            if self.directory is not None and self.directory.pending_removal:
+                self._plan_json_pending = plan_json  # written once the previous run's files are removed
+            else:
+                self._write_json(args, io.PLAN_JSON, plan_json)
         return control
 
     @staticmethod
@@ -153,6 +250,9 @@ class MidBlockCallback(TrainerCallback):
                     state.global_step,
                     args.output_dir,
                 )
+        if self.directory is not None and not self.directory.claimed:  # not bound: train() was not wrapped
+            resumed = io.artifact(args.output_dir, f"checkpoint-{state.global_step}") if state.global_step else None
+            self.claim_output_dir(args, resumed if resumed is not None and resumed.is_dir() else None)
         if self.config.truncate_backward and checkpointing_on(args) and self.truncation is None:
             self.truncation = BackwardTruncation(plan.first_layer, reentrant=is_reentrant(args, model))
             if self.truncation.install(model):
@@ -205,16 +305,17 @@ class MidBlockCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.truncation is not None:
             self.truncation.remove()
-        if self.monitor is None:
-            return control
-        if not self.monitor.history or self.monitor.history[-1]["step"] != state.global_step:
-            self.monitor.record(state.global_step)
-        if state.is_world_process_zero:
-            data = self.monitor.to_json_dict()
-            data["num_layers"] = self.plan.num_layers if self.plan else None
-            path = self._write_json(args, io.DRIFT_JSON, data)
-            if path:
-                _plot_drift(data, str(io.artifact(args.output_dir, io.DRIFT_PNG)))
+        if self.monitor is not None:
+            if not self.monitor.history or self.monitor.history[-1]["step"] != state.global_step:
+                self.monitor.record(state.global_step)
+            if state.is_world_process_zero:
+                data = self.monitor.to_json_dict()
+                data["num_layers"] = self.plan.num_layers if self.plan else None
+                path = self._write_json(args, io.DRIFT_JSON, data)
+                if path:
+                    _plot_drift(data, str(io.artifact(args.output_dir, io.DRIFT_PNG)))
+        if self.directory is not None and self.directory.claimed:  # training ended normally
+            self.directory.end()
         return control
 
     # ------------------------------------------------------------------ io

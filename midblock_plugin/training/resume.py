@@ -125,8 +125,9 @@ def checkpoint_plan(checkpoint: str | os.PathLike) -> tuple[dict | None, Path]:
     return (io.read_json(path) if path.is_file() else None), path
 
 
-def plan_mismatches(saved: dict, plan: Any) -> list[str]:
-    """Fields of :data:`RESUME_FIELDS` where a saved plan (``plan.json``) and ``plan`` differ."""
+def plan_mismatches(saved: dict, plan: Any, what: str = "checkpoint") -> list[str]:
+    """Fields of :data:`RESUME_FIELDS` where a saved plan (``plan.json``) and ``plan`` differ,
+    as ``"<field>: <what> <saved> vs now <current>"``."""
     now = plan.to_json_dict()
     out = []
     for key in RESUME_FIELDS:
@@ -134,8 +135,36 @@ def plan_mismatches(saved: dict, plan: Any) -> list[str]:
         if key == "lora_alpha" and old is not None and new is not None and math.isclose(float(old), float(new)):
             continue
         if old != new:
-            out.append(f"{key}: checkpoint {old!r} vs now {new!r}")
+            out.append(f"{key}: {what} {old!r} vs now {new!r}")
     return out
+
+
+def describe_plan(saved: dict) -> str:
+    """``"layers 2-5 of 8, lora rank 16 per layer"``: the window and rank of a plan (``plan.json``
+    or ``plan.to_json_dict()``), as the errors name it."""
+    mode = saved.get("mode")
+    text = f"layers {saved.get('window') or saved.get('layers')} of {saved.get('num_layers')}"
+    if mode == "lora":
+        return f"{text}, lora rank {saved.get('layer_rank')} per layer"
+    return f"{text}, {mode} mode"
+
+
+def saved_plan(output_dir: str | os.PathLike) -> tuple[dict | None, Path | None]:
+    """The plan of the midblock run in ``output_dir``: its ``midblock/plan.json``, else that of its
+    last checkpoint; ``(None, None)`` when neither exists or can be read."""
+    candidates = [io.artifact(output_dir, io.PLAN_JSON)]
+    last = last_checkpoint(output_dir)
+    if last is not None:
+        candidates.append(io.artifact(last, io.PLAN_JSON))
+    for path in candidates:
+        if path.is_file():
+            try:
+                data = io.read_json(path)
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict):
+                return data, path
+    return None, None
 
 
 def resume_mismatches(checkpoint: str | os.PathLike, plan: Any) -> tuple[list[str], list[str]]:
@@ -165,9 +194,15 @@ def check_resume(checkpoint: str | os.PathLike, plan: Any, fix: str) -> None:
         return  # the Trainer reports a missing checkpoint itself
     problems, sources = resume_mismatches(checkpoint, plan)
     if problems:
+        saved, _ = checkpoint_plan(checkpoint)
+        plans = (
+            f" (the checkpoint: {describe_plan(saved)}; this run: {describe_plan(plan.to_json_dict())})"
+            if saved is not None
+            else ""
+        )
         raise PlanMismatch(
-            f"cannot resume from {checkpoint}: it was trained with a different window, rank or mode "
-            f"({'; '.join(problems)}; recorded in {' and '.join(sources)}). {fix}"
+            f"cannot resume from {checkpoint}: it was trained with a different window, rank or mode{plans}: "
+            f"{'; '.join(problems)}; recorded in {' and '.join(sources)}. {fix}"
         )
 
 

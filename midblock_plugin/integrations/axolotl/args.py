@@ -89,6 +89,15 @@ class MidBlockArgs(BaseModel):
         ),
     )
 
+    midblock_overwrite: bool | None = Field(
+        default=None,
+        description=(
+            "true: a previous midblock run in output_dir trained with another window, rank or mode is replaced "
+            "(its checkpoints, adapter or model, midblock/ and eval/ are removed when training starts) instead of "
+            "refused. A resume, or a run with the same plan, never needs it. Default false."
+        ),
+    )
+
     @field_validator(EVAL_KEY, mode="before")
     @classmethod
     def check_eval_settings(cls, value: Any) -> Any:

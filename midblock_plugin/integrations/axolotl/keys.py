@@ -47,9 +47,11 @@ MIDBLOCK_KEYS: dict[str, str] = {
 #: The YAML spelling of each window form (``midblock_window``, ...), for the one-window rule.
 WINDOW_KEYS: dict[str, str] = {form: KEY_PREFIX + form for form in WINDOW_FORMS}
 
-#: Plugin keys that are not MidBlockConfig fields (and work with any adapter).
+#: Plugin keys that are not MidBlockConfig fields: the evaluation (works with any adapter), and
+#: whether a run replaces a previous midblock run with another plan in ``output_dir``.
 EVAL_KEY = "midblock_eval"
-EXTRA_KEYS: tuple[str, ...] = (EVAL_KEY,)
+OVERWRITE_KEY = "midblock_overwrite"
+EXTRA_KEYS: tuple[str, ...] = (EVAL_KEY, OVERWRITE_KEY)
 
 #: MidBlockConfig field -> its YAML key: the spelling :func:`~midblock_plugin.rules.respell` gives the core's errors.
 SPELLING: dict[str, str] = {

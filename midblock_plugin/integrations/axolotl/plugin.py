@@ -15,7 +15,9 @@ says ``adapter: midblock``, because Axolotl 0.21+ loads installed plugins for ev
 * ``pre_model_load``: resolves the plan from the model *config* (no weights), prints it,
   and refuses a checkpoint to resume from, or a ``lora_model_dir`` adapter, that was trained with
   another window, rank or mode (:func:`check_before_training`: the checks of
-  :mod:`midblock_plugin.training.resume`, against the checkpoint's own ``midblock/plan.json``);
+  :mod:`midblock_plugin.training.resume`, against the checkpoint's own ``midblock/plan.json``),
+  and an ``output_dir`` that another run holds or whose previous midblock run has another plan
+  (:func:`check_output_dir`; ``midblock_overwrite: true`` replaces that run);
 * ``post_model_build``: on a quantized base, PEFT's ``prepare_model_for_kbit_training`` (which
   Axolotl runs for ``lora`` / ``qlora`` only), before Axolotl's dtype pass;
 * ``load_adapter``: Axolotl hands ``adapter: midblock`` to the plugin. The plan of the run is
@@ -26,7 +28,9 @@ says ``adapter: midblock``, because Axolotl 0.21+ loads installed plugins for ev
   with that plan (plan summary and ``plan.json``, backward truncation, drift monitor), the same
   code as the TRL path;
 * ``post_trainer_create``: ``callback.bind(trainer)``, so the drift metrics reach the
-  reporters (W&B, TensorBoard);
+  reporters (W&B, TensorBoard) and a checkpoint given to ``trainer.train`` is checked before it
+  loads; then the run takes ``output_dir`` (lock, ``midblock-run.json``; ``midblock_overwrite``
+  removes the previous run's files), before Axolotl pre-saves its configs there;
 * ``add_callbacks_post_trainer`` / ``post_train`` / ``post_train_unload`` (``midblock_eval``,
   any adapter): an :class:`~midblock_plugin.evaluation.EvalCallback` (baseline at train start
   if asked) and the final lm-eval evaluation of the model in memory. Axolotl calls
@@ -56,6 +60,7 @@ from midblock_plugin import io
 from midblock_plugin.integrations.axolotl.keys import (
     ADAPTER_NAME,
     EVAL_KEY,
+    OVERWRITE_KEY,
     eval_settings_from,
     is_midblock,
     midblock_config_from_cfg,
@@ -86,6 +91,8 @@ RESUME_FIX = (
     "Restore the midblock_* / lora_* settings of that run, or train into a fresh output_dir without "
     "resume_from_checkpoint / auto_resume_from_checkpoints."
 )
+#: How the errors name the switch that replaces a previous run in ``output_dir``.
+OVERWRITE_HINT = f"{OVERWRITE_KEY}: true"
 #: What to change when ``lora_model_dir`` holds an adapter for another window or rank.
 ADAPTER_FIX = (
     "Use the midblock_* / lora_r settings it was trained with, or remove lora_model_dir to start a new adapter."
@@ -179,6 +186,7 @@ class MidBlockPlugin(BasePlugin):
             + " (the full plan is printed when the trainer is built)"
         )
         check_before_training(cfg, plan)
+        check_output_dir(cfg, plan)
         self._checked_before_load = True
 
     def post_model_build(self, cfg, model) -> None:
@@ -250,10 +258,11 @@ class MidBlockPlugin(BasePlugin):
         from midblock_plugin.training import MidBlockCallback
 
         # Without load_adapter (no plan yet), the callback builds the plan from the model at trainer init.
+        overwrite = {"overwrite": bool(cfg.get(OVERWRITE_KEY)), "overwrite_hint": OVERWRITE_HINT}
         self.callback = (
-            MidBlockCallback(plan=self.plan)
+            MidBlockCallback(plan=self.plan, **overwrite)
             if self.plan is not None
-            else MidBlockCallback(midblock_config_from_cfg(cfg))
+            else MidBlockCallback(midblock_config_from_cfg(cfg), **overwrite)
         )
         return [self.callback]
 
@@ -266,6 +275,9 @@ class MidBlockPlugin(BasePlugin):
             self.callback.bind(trainer)
         except ValueError as exc:  # the trainer was built without our pre-trainer callbacks
             LOG.warning(f"midblock: {exc} The drift metrics reach {io.DRIFT_JSON} and the trainer's logs only.")
+        # Training only (Axolotl's evaluate builds a trainer without this hook), and before
+        # Axolotl pre-saves the adapter config, tokenizer and model config into output_dir.
+        self.callback.claim_output_dir(trainer.args, _resume_checkpoint(cfg))
 
     # ------------------------------------------------------------------ evaluation (midblock_eval)
     def add_callbacks_post_trainer(self, cfg, trainer) -> list:
@@ -521,6 +533,26 @@ def _resume_checkpoint(cfg) -> str | None:
         found = last_checkpoint(cfg.output_dir)
         return str(found) if found is not None else None
     return None
+
+
+def check_output_dir(cfg, plan) -> None:
+    """Before the model loads, on the main process of a run that trains: refuse an ``output_dir``
+    that another run holds (naming its pid and host), or whose previous midblock run was trained
+    with another plan, unless ``midblock_overwrite: true``
+    (:class:`~midblock_plugin.training.output_dir.TrainingDirectory`; nothing is written)."""
+    from midblock_plugin.io import RunDirectoryError
+    from midblock_plugin.training.output_dir import TrainingDirectory, main_process
+
+    if cfg.get("inference") or not cfg.get("output_dir") or not main_process():
+        return
+
+    guard = TrainingDirectory(
+        cfg.output_dir, plan, overwrite=bool(cfg.get(OVERWRITE_KEY)), overwrite_hint=OVERWRITE_HINT, log=LOG.warning
+    )
+    try:
+        guard.check(_resume_checkpoint(cfg))
+    except RunDirectoryError as exc:
+        raise RunDirectoryError(f"adapter: midblock: output_dir: {exc}") from None
 
 
 def check_before_training(cfg, plan) -> None:
