@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from midblock_plugin.evaluation import EvalSettings  # noqa: E402
+from midblock_plugin.rules import install_hint  # noqa: E402
 from midblock_plugin.testing import GSM8K_DIR  # noqa: E402
 
 
@@ -322,7 +323,7 @@ def test_adapter_is_merged_into_a_temporary_copy(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not HAS_VLLM, reason="vLLM not installed (pip install 'midblock-plugin[vllm]')")
+@pytest.mark.skipif(not HAS_VLLM, reason=f"vLLM not installed ({install_hint('vllm')})")
 @needs_gsm8k
 def test_vllm_backend_on_a_saved_model_with_adapter(tmp_path):
     """Run on a GPU machine with vLLM: ``midblock eval --backend vllm`` on a saved base model

@@ -83,8 +83,8 @@ def check_dependencies(opts: JobOptions, command: str = "midblock run") -> Optio
             )
     if not rules.installed("matplotlib"):
         return (
-            "Figures were skipped: matplotlib is not installed. Install it with "
-            f"`{rules.install_hint('matplotlib')}` to get the loss, drift and analysis plots."
+            "Figures were skipped: matplotlib is not installed. Install it "
+            f"({rules.install_hint('matplotlib')}) to get the loss, drift and analysis plots."
         )
     return None
 

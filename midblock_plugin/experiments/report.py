@@ -321,8 +321,8 @@ def write_report(
             figs.update(sweep_plots(entries, base, out))
         except ImportError as exc:  # found at start, yet it does not import: say so, keep the results
             no_figures = (
-                f"Figures were skipped: matplotlib could not be imported ({exc}). Reinstall it with "
-                f"`{install_hint('matplotlib')}` to get the loss, drift and analysis plots."
+                f"Figures were skipped: matplotlib could not be imported ({exc}). Reinstall it "
+                f"({install_hint('matplotlib')}) to get the loss, drift and analysis plots."
             )
     skipped = "Figure skipped (see the note under Setup)."
     seeds = entries[0]["seeds"]
