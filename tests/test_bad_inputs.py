@@ -624,6 +624,22 @@ EXAMPLE = [
         **_EX,
     ),
     C("example-data-empty", "example", "--data", "{emptyfile}", needles=["--data", "{emptyfile}"], **_EX),
+    C(
+        "example-output-dir-holds-a-run-with-another-plan",
+        "example",
+        "--segments",
+        "01110",
+        "--output-dir",
+        "{finished_other}",
+        needles=[
+            "{finished_other} holds a finished midblock run",
+            "layers 0-7 of 8",
+            "layers 1-5 of 8",
+            "--overwrite",
+        ],
+        if_reached="silent",  # before issue 23: both runs exit 0, one adapter in the directory
+        **_EX,
+    ),
     C("example-data-is-a-directory", "example", "--data", "{empty}", needles=["--data", "{empty}"], **_EX),
     C(
         "example-num-examples-zero",
@@ -1451,12 +1467,26 @@ def dirs(tmp_path_factory) -> dict[str, str]:
     d["data_late_bad"] = _jsonl(root / "latebad.jsonl", rows[:4] + ["{oops"] + rows[4:])
     d["data_missing_keys"] = _jsonl(root / "missingkeys.jsonl", rows[:1] + ['{"prompt": "no answer"}'] + rows[1:])
     d["prompts_row42"] = _jsonl(root / "prompts42.jsonl", ['{"text": "fine"}', "42", '{"text": "also fine"}'])
+    d["finished_other"] = _finished_run(root / "finished_other", segments="11111")
     gsm = root / "gsm_badline"
     gsm.mkdir()
     _jsonl(gsm / "train.jsonl", rows[:3])
     _jsonl(gsm / "test.jsonl", [json.dumps(r) for r in gsm8k_rows("test", 3)] + ["{broken"])
     d["gsm_badline"] = str(gsm)
     return d
+
+
+def _finished_run(path: Path, segments: str) -> str:
+    """An output_dir holding a finished midblock run (plan.json and status) on the example's 8-layer tiny Llama."""
+    from midblock_plugin import MidBlockConfig, io
+    from midblock_plugin.plan import build_plan
+    from midblock_plugin.training.resume import describe_plan
+
+    plan = build_plan(tiny_config("llama", num_layers=8), MidBlockConfig(segments=segments, rank=16))
+    io.write_json(io.artifact(path, io.PLAN_JSON), plan.to_json_dict())
+    status = {"status": io.COMPLETE, "kind": "training", "plan": describe_plan(plan.to_json_dict())}
+    io.write_json(path / io.RUN_STATUS_JSON, {**status, "started": "2026-12-01T00:00:00+00:00"})
+    return str(path)
 
 
 class Reached(BaseException):

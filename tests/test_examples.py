@@ -49,6 +49,28 @@ def test_example_trains_and_saves_a_midblock_adapter(tmp_path):
     assert r.stderr.count("gradient checkpointing: non-reentrant (the default)") == 1  # midblock's choice, said once
     drift = json.loads((out / "midblock" / "drift.json").read_text())
     assert drift["history"][-1]["step"] == 2
+    status = json.loads((out / "midblock-run.json").read_text())
+    assert status["status"] == "complete" and status["plan"] == "layers 1-5 of 8, lora rank 12 per layer"
+    assert status["finished"] >= status["started"]
+
+
+def test_example_refuses_a_directory_trained_with_another_plan_unless_overwrite(tmp_path):
+    """Two example runs into one --output-dir with different windows: the second is refused before any
+    weights load, naming both plans and --overwrite; with --overwrite it replaces the first run."""
+    out = tmp_path / "run"
+    common = ["--data", str(GSM8K_DIR / "train.jsonl"), "--max-steps", "1", "--batch-size", "2", "--rank", "8"]
+    assert run(*common, "--segments", "01110", "--output-dir", str(out)).returncode == 0
+    first = (out / "adapter_model.safetensors").read_bytes()
+    r = run(*common, "--segments", "11111", "--output-dir", str(out))
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "layers 1-5 of 8" in r.stderr and "layers 0-7 of 8" in r.stderr and "--overwrite" in r.stderr
+    assert "Traceback" not in r.stderr and "Tokenizing" not in r.stderr  # refused before the data and model
+    assert (out / "adapter_model.safetensors").read_bytes() == first
+    r = run(*common, "--segments", "11111", "--output-dir", str(out), "--overwrite")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((out / "adapter_config.json").read_text())["layers_to_transform"] == list(range(8))
+    status = json.loads((out / "midblock-run.json").read_text())
+    assert status["status"] == "complete" and status["plan"].startswith("layers 0-7 of 8")
 
 
 def test_example_full_mode_with_chat_data(tmp_path):

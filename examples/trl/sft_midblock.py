@@ -8,6 +8,11 @@
 ``from_pretrained`` (a local directory or a hub id). ``--data`` is a JSONL of GSM8K
 ``question``/``answer`` rows (trained as "Question: ...\\nAnswer: ..." text, as in the paper)
 or chat ``messages`` rows.
+
+The run owns ``--output-dir`` (``midblock-run.json``, ``.midblock.lock``): another run there at the
+same time, or a finished run trained with another window or rank, is refused before anything loads
+(``--overwrite`` replaces that run). Exit status: 0 trained and saved; 2 bad input, nothing loaded;
+3 the evaluation after training (``--eval-limit``) failed, the trained model is saved.
 """
 
 from __future__ import annotations
@@ -94,6 +99,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--logging-steps", type=int, default=1)
     p.add_argument("--output-dir", required=True)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a previous midblock run in --output-dir that was trained with another plan (its files are "
+        "removed when training starts); without it such a directory is refused before any weights load",
+    )
     p.add_argument(
         "--deepspeed", help="ZeRO-3: 'zero3', 'zero3_offload' (configs shipped with midblock) or a JSON path"
     )
@@ -282,6 +293,10 @@ def main(argv=None) -> int:
             plan = build_plan(tiny_config("llama", num_layers=TINY_LAYERS), mb)
         else:
             plan = build_plan(args.model, mb)
+        # Another run holding --output-dir, or a finished run there with another plan: refused now.
+        from midblock_plugin.integrations.trl import check_output_dir
+
+        check_output_dir(args.output_dir, plan, overwrite=args.overwrite, overwrite_hint="--overwrite")
     except (ValueError, OSError, ImportError) as exc:
         print(f"sft_midblock.py: error: {exc}", file=sys.stderr)
         return 2
@@ -349,7 +364,7 @@ def main(argv=None) -> int:
         tok.pad_token = tok.eos_token
 
     peft_config = plan.lora_config() if plan.mode == "lora" else None
-    callback = midblock_trl.MidBlockCallback(plan=plan)
+    callback = midblock_trl.MidBlockCallback(plan=plan, overwrite=args.overwrite, overwrite_hint="--overwrite")
     trainer = SFTTrainer(
         model=model,
         args=sft,
