@@ -501,5 +501,13 @@ class RunDirectory:
             self.release()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self.end(None if exc_type is None else (exc if exc is not None else exc_type.__name__))
+        try:
+            self.end(None if exc_type is None else (exc if exc is not None else exc_type.__name__))
+        except OSError as write_error:
+            if exc_type is None:
+                raise
+            # The run's own error (often the same full disk) is the one to report; the status keeps
+            # 'running' with this pid, which run_status reads as incomplete once the process is gone.
+            if self.log:
+                self.log(f"midblock: could not record the run's end in {self.status_path}: {write_error}")
         return False

@@ -324,6 +324,8 @@ def test_the_target_table_is_the_only_source():
         if path == ROOT / "midblock_plugin" / "export" / "targets.py":
             continue
         names = set(TARGETS) if path in export_code else set(TARGETS) - {"vllm"}
+        if path == ROOT / "midblock_plugin" / "io.py":
+            names -= {"merged"}  # TRAINER_ARTIFACTS: Axolotl merge-lora's <output_dir>/merged, not the target
         found = names & string_literals(path)
         assert not found, f"{path.relative_to(ROOT)} writes the target name(s) {found}; read export.targets.TARGETS"
 
