@@ -28,6 +28,7 @@ import torch
 from midblock_plugin import MidBlockConfig, io
 from midblock_plugin.integrations.trl import MidBlockCallback, build_plan
 from midblock_plugin.testing import GSM8K_DIR, tiny_model, tiny_tokenizer
+from midblock_plugin.testing.launch import hold_run_directory
 from midblock_plugin.training.resume import PlanMismatch
 from tests.test_trl import L, _dataset
 
@@ -84,6 +85,13 @@ def _trainer(out, config=None, *, overwrite=False, bind=True, callbacks=(), **kw
     return trainer
 
 
+def _train(trainer, **kw):
+    """Train, then save the final model into output_dir, as scripts do: a bound run is complete then."""
+    trainer.train(**kw)
+    trainer.save_model(trainer.args.output_dir)
+    return trainer
+
+
 def _status(out) -> dict:
     return json.loads((Path(out) / io.RUN_STATUS_JSON).read_text())
 
@@ -132,6 +140,49 @@ def test_a_finished_run_is_recorded_complete_and_releases_the_directory(finished
     assert json.loads((finished / io.PLAN_JSON).read_text())["layers"] == [1, 2, 3]
 
 
+def test_a_bound_run_is_complete_once_its_final_model_is_saved(tmp_path):
+    """Between the end of training and the saved model the run still holds the directory (a kill
+    there leaves 'running' with a dead pid, read as incomplete); the save_model after training
+    completes it, and a save that fails records incomplete with its error."""
+    out = tmp_path / "run"
+    trainer = _trainer(out)
+    trainer.train()
+    assert _status(out)["status"] == "running" and not _lock_is_free(out)
+    trainer.save_model(str(out))
+    assert _status(out)["status"] == "complete" and _lock_is_free(out)
+
+    out = tmp_path / "full-disk"
+    trainer = _trainer(out)
+    trainer.train()
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    trainer.model.save_pretrained = no_space  # what PEFT's save hits on a full disk
+    with pytest.raises(OSError, match="No space left"):
+        trainer.save_model(str(out))
+    status = _status(out)
+    assert status["status"] == "incomplete" and "No space left on device" in status["error"], status
+    assert _lock_is_free(out)
+
+
+def test_a_run_that_saves_no_final_model_is_complete_at_exit(tmp_path):
+    """Checkpoints only, no save_model after training: the process's exit records complete."""
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from tests.test_dir_ownership import _status, _trainer
+        _trainer({str(tmp_path / "ckpt")!r}, max_steps=1, save_strategy="steps", save_steps=1).train()
+        print(_status({str(tmp_path / "ckpt")!r})["status"])
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "running"  # until the process ends
+    assert _status(tmp_path / "ckpt")["status"] == "complete" and (tmp_path / "ckpt" / "checkpoint-1").is_dir()
+
+
 def test_an_exception_in_training_records_incomplete_with_the_error(tmp_path):
     out = tmp_path / "run"
     trainer = _trainer(out, max_steps=2, callbacks=[_raise_at_first_step()])
@@ -140,7 +191,7 @@ def test_an_exception_in_training_records_incomplete_with_the_error(tmp_path):
     status = _status(out)
     assert status["status"] == "incomplete" and status["error"] == "Boom: at step 1", status
     assert _lock_is_free(out)
-    _trainer(out).train()  # the same plan again: accepted, and it ends complete
+    _train(_trainer(out))  # the same plan again: accepted, and it ends complete
     assert _status(out)["status"] == "complete"
 
 
@@ -175,32 +226,16 @@ def test_unbound_callback_failure_is_taken_over_in_process_and_recorded_at_exit(
 
 def test_a_second_concurrent_run_fails_at_once_naming_the_other(tmp_path):
     out = tmp_path / "run"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from midblock_plugin import io; "
-            "r = io.RunDirectory(sys.argv[1]).acquire(); r.start(); print('ready', flush=True); time.sleep(300)",
-            str(out),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with hold_run_directory(out) as holder:
         with pytest.raises(io.RunDirectoryError) as info:
             _trainer(out)  # refused at trainer init, before the optimizer or a step
         message = str(info.value)
         assert f"is in use: another midblock run (pid {holder.pid} on {socket.gethostname()})" in message, message
         assert "choose another output_dir" in message
         assert not (out / io.PLAN_JSON).exists()
-    finally:
-        holder.kill()
-        holder.wait()
     # killed: its 'running' record reads as incomplete, and the directory can be trained into
     assert io.run_status(out)["status"] == "incomplete" and io.run_status(out)["stale"]
-    _trainer(out).train()
+    _train(_trainer(out))
     assert _status(out)["status"] == "complete" and _status(out)["pid"] == os.getpid()
 
 
@@ -226,8 +261,7 @@ def test_a_new_run_with_another_plan_is_refused_naming_both_plans(finished, tmp_
 
 def test_the_same_plan_is_accepted_and_a_resume_continues(finished, tmp_path):
     out = _copy(finished, tmp_path)
-    trainer = _trainer(out, max_steps=3)
-    trainer.train(resume_from_checkpoint=True)
+    trainer = _train(_trainer(out, max_steps=3), resume_from_checkpoint=True)
     assert trainer.state.global_step == 3  # steps 1-2 came from checkpoint-2
     status = _status(out)
     assert status["status"] == "complete" and status["resumed_from"] == str(out / "checkpoint-2")
@@ -243,6 +277,7 @@ def test_overwrite_removes_the_previous_run_when_training_starts(finished, tmp_p
     trainer.train()
     assert not list(out.glob("checkpoint-*")) and not (out / "adapter_config.json").exists()
     assert json.loads((out / io.PLAN_JSON).read_text())["layers"] == [2, 3, 4]
+    trainer.save_model(str(out))
     assert (out / "notes.txt").read_text() == "mine"
     status = _status(out)
     assert status["status"] == "complete" and status["plan"] == "layers 2-4 of 6, lora rank 8 per layer"
@@ -317,3 +352,39 @@ def test_ddp_rank_zero_owns_the_directory_and_a_refusal_stops_every_rank(tmp_pat
     assert "holds a finished midblock run" in r.stderr, r.stderr[-4000:]
     assert "this run's plan is layers 1-2 of 8" in r.stderr
     assert _status(out) == status
+
+
+# --------------------------------------------------------------------------- checkpoint space
+
+
+def test_a_checkpoint_that_would_not_fit_is_refused_before_it_is_written(tmp_path, monkeypatch):
+    """Free space is checked at train start and before each checkpoint is due, from the model's
+    size: a disk too small for checkpoint-2 stops training at step 2 with one line naming it,
+    checkpoint-1 stays whole, and the run is recorded incomplete."""
+    from midblock_plugin import storage
+
+    out = tmp_path / "run"
+    trainer = _trainer(out, max_steps=3, save_strategy="steps", save_steps=1)
+    free = {"bytes": 10**12}
+    monkeypatch.setattr(storage, "free_bytes", lambda path: free["bytes"])
+
+    from transformers import TrainerCallback
+
+    class DiskFillsAfterStep1(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            free["bytes"] = 1024  # the first checkpoint filled the disk
+
+    trainer.add_callback(DiskFillsAfterStep1())
+    with pytest.raises(storage.NotEnoughSpace) as info:
+        trainer.train()
+    message = str(info.value)
+    assert message.startswith("not enough disk space for checkpoint-2: it needs about"), message
+    assert str(out) in message and "1.0 KiB is free" in message, message
+    assert (out / "checkpoint-1" / "adapter_model.safetensors").is_file() and not (out / "checkpoint-2").exists()
+    assert _status(out)["status"] == "incomplete" and "NotEnoughSpace" in _status(out)["error"]
+
+    out = tmp_path / "never"
+    trainer = _trainer(out, max_steps=2, save_strategy="steps", save_steps=1)
+    with pytest.raises(storage.NotEnoughSpace, match="checkpoint-1"):
+        trainer.train()  # free is still 1 KiB: refused before the first step
+    assert trainer.state.global_step == 0 and not list(out.glob("checkpoint-*"))

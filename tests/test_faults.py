@@ -138,9 +138,10 @@ if sys.argv[1:2] == ["--trainer"]:
     )
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tiny_tokenizer(),
-        peft_config=plan.lora_config(), callbacks=[MidBlockCallback(plan=plan)],
+        peft_config=plan.lora_config(), callbacks=[callback := MidBlockCallback(plan=plan)],
     )
-    trainer.train()
+    callback.bind(trainer)
+    trainer.train(resume_from_checkpoint=True if "--resume" in sys.argv else None)
     sys.exit(0)
 
 from midblock_plugin.cli import main
@@ -289,6 +290,12 @@ def test_a_checkpoint_save_killed_midway_leaves_the_previous_checkpoint_whole(tm
     assert _whole(first / "adapter_model.safetensors") and (first / "adapter_config.json").is_file()
     assert not (second / "trainer_state.json").exists() and not (second / "adapter_config.json").exists()
     assert contradictions(out) == []
+    # resuming with resume_from_checkpoint=True (the Trainer picks checkpoint-2) is refused before it loads
+    r = _driver("none@", "--trainer", out, "--resume")
+    assert r.returncode == 1 and "IncompleteCheckpoint" in r.stderr, r.stderr[-3000:]
+    assert f"cannot resume from {second}: it is incomplete (no trainer_state.json" in r.stderr
+    assert f"remove it to resume from {first} (the last whole checkpoint)" in r.stderr
+    assert not (second / "trainer_state.json").exists() and contradictions(out) == []
 
 
 def test_an_export_killed_while_writing_leaves_nothing_under_its_name(adapter, tmp_path):

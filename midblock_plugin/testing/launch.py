@@ -3,10 +3,12 @@ started at once, and the comparison of their adapter with a single process's."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -75,3 +77,24 @@ def adapter_difference(out: Path, single: Path, layers: set[int], atol: float) -
     assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)  # it trained
     print(f"{out.name}: max |{out.name} - 1 process| = {worst:.3g}")
     return worst
+
+
+@contextlib.contextmanager
+def hold_run_directory(path: str | os.PathLike):
+    """Another process that holds ``path``'s run lock and records ``running`` (a concurrent run), for
+    as long as the ``with`` block lasts; yields its ``Popen`` (its ``pid`` is what errors name)."""
+    root = Path(__file__).resolve().parents[2]  # this checkout, whatever the caller's sys.path
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}
+    code = (
+        "import sys, time; from midblock_plugin import io; "
+        "r = io.RunDirectory(sys.argv[1]).acquire(); r.start(); print('ready', flush=True); time.sleep(300)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        if holder.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the process meant to hold {path} exited with {holder.wait()}")
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()

@@ -33,7 +33,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from midblock_plugin import io
+from midblock_plugin import io, storage
 from midblock_plugin.adapters import apply_full_mode, verify_trainable
 from midblock_plugin.compat import checkpointing_on, is_reentrant, move_callback_to_front
 from midblock_plugin.config import MidBlockConfig
@@ -98,6 +98,10 @@ class MidBlockCallback(TrainerCallback):
         #: the guard of output_dir (main process only), from on_init_end
         self.directory: TrainingDirectory | None = None
         self._plan_json_pending: dict | None = None
+        #: bound: "complete" waits for the save_model after training (see _guard_save)
+        self._complete_after_save = False
+        #: bytes of one checkpoint (checked before each save is due), when the trainer saves checkpoints
+        self._checkpoint_bytes: int | None = None
 
     def bind(self, trainer: Any) -> "MidBlockCallback":
         """Run first among ``trainer``'s callbacks, so the drift metrics this callback adds
@@ -113,6 +117,7 @@ class MidBlockCallback(TrainerCallback):
             )
         hide_drift_on_console(trainer)  # the per-layer entries stay in the logs, off the console line
         self._guard_train(trainer)
+        self._guard_save(trainer)
         return self
 
     def _guard_train(self, trainer: Any) -> None:
@@ -147,6 +152,41 @@ class MidBlockCallback(TrainerCallback):
         # Monkeypatch (this instance only): Trainer.train loads the checkpoint (_load_from_checkpoint)
         # before the first callback event of training (on_train_begin), so no hook runs early enough.
         trainer.train = train
+
+    def _guard_save(self, trainer: Any) -> None:
+        """Wrap ``trainer.save_model`` (this trainer only) so that the run is recorded ``complete``
+        once the model saved after training is written, not when training ends: a run killed
+        while saving its final model stays ``running`` with a dead pid, read as incomplete. A save
+        that raises records ``incomplete`` with its error. With no save after training, the run is
+        recorded ``complete`` at interpreter exit (:mod:`~midblock_plugin.training.output_dir`)."""
+        original = trainer.save_model
+        if getattr(original, "__midblock_callback__", None) is self:
+            return
+
+        @functools.wraps(original)
+        def save_model(*args, **kwargs):
+            directory = self.directory
+            after_training = directory is not None and directory.claimed and directory.trained
+            try:
+                result = original(*args, **kwargs)
+            except BaseException as exc:
+                if after_training and directory.claimed:
+                    directory.end(exc)
+                raise
+            if after_training and directory.claimed:
+                directory.end()
+            return result
+
+        save_model.__midblock_callback__ = self
+        # Monkeypatch (this instance only): the Trainer has no callback event after its final save_model.
+        trainer.save_model = save_model
+        self._complete_after_save = True
+
+    def finish(self, error: BaseException | str | None = None) -> None:
+        """Record the run ``complete`` (or ``incomplete`` with ``error``) now and release ``output_dir``;
+        for integrations whose final save does not go through ``trainer.save_model``."""
+        if self.directory is not None and self.directory.claimed:
+            self.directory.end(error)
 
     def _before_train(self, trainer: Any, resume: Any) -> None:
         """The resume check and the claim of the output directory, at the start of ``trainer.train``."""
@@ -266,6 +306,33 @@ class MidBlockCallback(TrainerCallback):
             self.monitor = DriftMonitor(model, plan.layers, plan.mode)
             self.monitor.snapshot()
         self._check_reporters(args)
+        self._checkpoint_bytes = None
+        if _saves_checkpoints(args) and state.is_local_process_zero:  # before the first step, not at the first save
+            self._checkpoint_bytes = storage.checkpoint_bytes(model, save_only_model=bool(args.save_only_model))
+            self._check_checkpoint_space(args, state.global_step + (state.save_steps or 1))
+        return control
+
+    def _check_checkpoint_space(self, args, step: int) -> None:
+        storage.check_free_space(args.output_dir, self._checkpoint_bytes, f"checkpoint-{step}")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        """Before a checkpoint is due: refuse it (NotEnoughSpace) rather than leave a partial one."""
+        save_steps = state.save_steps
+        if (
+            self._checkpoint_bytes is not None
+            and str(getattr(args.save_strategy, "value", args.save_strategy)) == "steps"
+            and save_steps
+            and state.global_step % int(save_steps) == 0
+        ):
+            self._check_checkpoint_space(args, state.global_step)
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if (
+            self._checkpoint_bytes is not None
+            and str(getattr(args.save_strategy, "value", args.save_strategy)) == "epoch"
+        ):
+            self._check_checkpoint_space(args, state.global_step)
         return control
 
     # ------------------------------------------------------------------ drift
@@ -315,7 +382,10 @@ class MidBlockCallback(TrainerCallback):
                 if path:
                     _plot_drift(data, str(io.artifact(args.output_dir, io.DRIFT_PNG)))
         if self.directory is not None and self.directory.claimed:  # training ended normally
-            self.directory.end()
+            if self._complete_after_save:
+                self.directory.trained = True  # complete once the final save_model returns (or at exit)
+            else:
+                self.directory.end()
         return control
 
     # ------------------------------------------------------------------ io
@@ -324,6 +394,11 @@ class MidBlockCallback(TrainerCallback):
         if not out:
             return None
         return str(io.write_json(io.artifact(out, name), data))
+
+
+def _saves_checkpoints(args) -> bool:
+    strategy = str(getattr(args.save_strategy, "value", args.save_strategy))
+    return bool(getattr(args, "output_dir", None)) and strategy in ("steps", "epoch", "best")
 
 
 def _plot_drift(data: dict, path: str) -> None:

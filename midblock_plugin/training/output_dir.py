@@ -13,8 +13,9 @@ from the start of ``trainer.train()`` to its end, in three steps:
   is built, before Axolotl pre-saves its configs there): the lock is held, ``overwrite``
   removes the previous run's files (:data:`~midblock_plugin.io.TRAINER_ARTIFACTS`; other files
   stay) and ``midblock-run.json`` says ``running`` (pid, host, start, command line);
-* **ended** (:meth:`TrainingDirectory.end`): ``complete`` when training ended normally,
-  ``incomplete`` with the error otherwise. A process that dies keeps ``running`` with its pid,
+* **ended** (:meth:`TrainingDirectory.end`): ``complete`` when training ended normally (with
+  ``MidBlockCallback.bind``: once the ``trainer.save_model`` after training returned, or at exit
+  if none came), ``incomplete`` with the error otherwise. A process that dies keeps ``running`` with its pid,
   which :func:`~midblock_plugin.io.run_status` reads as ``incomplete``; one that exits
   normally with training unfinished records ``incomplete`` at exit.
 
@@ -78,6 +79,8 @@ class TrainingDirectory:
         self.run: io.RunDirectory | None = None
         #: the previous run's files that ``claim`` will remove (known after ``check``)
         self.pending_removal: list[str] = []
+        #: training ended normally; the run is complete once its final model is saved
+        self.trained = False
 
     @property
     def key(self) -> str:
@@ -133,15 +136,20 @@ class TrainingDirectory:
             "(its files are removed first); or choose another output_dir."
         )
 
+    def _acquire(self, resume: Any) -> io.RunDirectory:
+        """The directory's lock, taken (refusals raise here): a claim of this process is ended first."""
+        self._take_over()
+        guard = self._guard(resume)
+        guard.acquire()
+        return guard
+
     # ------------------------------------------------------------------ the three steps
     def check(self, resume: Any = None) -> "TrainingDirectory":
         """Refuse (``RunDirectoryError``) a directory another run holds, or one whose previous run
         has another plan (unless ``overwrite``). Takes the lock only for the check."""
         if self.claimed:
             return self
-        self._take_over()
-        guard = self._guard(resume)
-        guard.acquire()
+        guard = self._acquire(resume)
         try:
             self.pending_removal = [p.name for p in guard.previous_files()] if guard.overwrite else []
         finally:
@@ -153,9 +161,7 @@ class TrainingDirectory:
         ``running``. A second call is a no-op; ``overwrite`` applies to the first claim only."""
         if self.claimed:
             return self
-        self._take_over()
-        guard = self._guard(resume)
-        guard.acquire()
+        guard = self._acquire(resume)
         try:
             if resume is not None:
                 info["resumed_from"] = str(resume)
@@ -206,9 +212,13 @@ def _register_exit() -> None:
 
 
 def _end_at_exit() -> None:
-    """At interpreter exit, a claim whose training never ended is recorded ``incomplete``."""
+    """At interpreter exit, a claim whose training never ended is recorded ``incomplete``; one whose
+    training ended and that saved no final model after it (checkpoints only) is ``complete``."""
     for guard in list(_HELD.values()):
         try:
-            guard.end("the process exited before training ended (an exception or an exit during trainer.train)")
+            if guard.trained:
+                guard.end()
+            else:
+                guard.end("the process exited before training ended (an exception or an exit during trainer.train)")
         except Exception:  # noqa: BLE001 - at exit: a status that cannot be written reads as stale later
             pass

@@ -192,6 +192,7 @@ def check_resume(checkpoint: str | os.PathLike, plan: Any, fix: str) -> None:
     ``fix`` says what the user should change (it differs between TRL and Axolotl)."""
     if not Path(checkpoint).is_dir():
         return  # the Trainer reports a missing checkpoint itself
+    check_checkpoint_whole(checkpoint)
     problems, sources = resume_mismatches(checkpoint, plan)
     if problems:
         saved, _ = checkpoint_plan(checkpoint)
@@ -206,12 +207,49 @@ def check_resume(checkpoint: str | os.PathLike, plan: Any, fix: str) -> None:
         )
 
 
+class IncompleteCheckpoint(ValueError):
+    """A checkpoint whose save never finished (killed or failed while the Trainer wrote it)."""
+
+
+def check_checkpoint_whole(checkpoint: str | os.PathLike) -> None:
+    """The Trainer writes ``trainer_state.json`` last into a checkpoint; one without it was cut off
+    while saving (and the Trainer would load its partial weights, or fail on them, when resuming)."""
+    path = Path(checkpoint)
+    if (path / TRAINER_STATE).is_file():
+        return
+    earlier = (
+        [p for p in _checkpoints(path.parent) if p[0] < _step(path) and (p[1] / TRAINER_STATE).is_file()]
+        if _CHECKPOINT.match(path.name)
+        else []
+    )
+    instead = (
+        f"remove it to resume from {max(earlier)[1]} (the last whole checkpoint), or pass that path as "
+        "resume_from_checkpoint"
+        if earlier
+        else "remove it, or resume from a whole checkpoint"
+    )
+    raise IncompleteCheckpoint(
+        f"cannot resume from {checkpoint}: it is incomplete (no {TRAINER_STATE}, which the Trainer writes last: its "
+        f"save was interrupted, e.g. the process was killed or the disk filled); {instead}."
+    )
+
+
+TRAINER_STATE = "trainer_state.json"
+
+
+def _step(path: Path) -> int:
+    return int(_CHECKPOINT.match(path.name).group(1))
+
+
+def _checkpoints(root: Path) -> list[tuple[int, Path]]:
+    if not root.is_dir():
+        return []
+    return [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
+
+
 def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The highest-numbered ``checkpoint-N`` directory in ``output_dir``, or ``None``."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
+    found = _checkpoints(Path(output_dir))
     return max(found)[1] if found else None
 
 

@@ -151,6 +151,20 @@ def test_bad_eval_key_fails_validation_in_axolotl_train(workspace):
     assert "Loading weights" not in run.output and not (workspace.root / "eval-typo").exists()
 
 
+def test_eval_without_findable_gsm8k_is_refused_before_the_model_loads(workspace, tmp_path):
+    """midblock_eval with no data_dir, no $MIDBLOCK_GSM8K_DIR and the hub offline (empty caches): refused
+    in pre_model_load, before the weights load, naming the key and how to fix it."""
+    cfg = workspace.config("eval-offline", midblock_eval={"limit": 2, "num_fewshot": 1})
+    env = {"MIDBLOCK_GSM8K_DIR": "", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    run = workspace.axolotl("train", workspace.write(cfg, "eval-offline"), env=env)
+    assert run.returncode != 0
+    assert "midblock_eval: the evaluation after training needs GSM8K, which cannot be found" in run.output, run.output[
+        -3000:
+    ]
+    assert "or remove midblock_eval" in run.output
+    assert "Loading weights" not in run.output and "Starting trainer" not in run.output
+
+
 # --------------------------------------------------------------------------- the pydantic model itself
 
 

@@ -9,12 +9,11 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 
 import pytest
 
-from tests.axolotl.helpers import MATCHED_RANK, PLUGIN, ROOT
+from midblock_plugin.testing.launch import hold_run_directory
+from tests.axolotl.helpers import MATCHED_RANK, PLUGIN
 
 
 pytestmark = pytest.mark.axolotl
@@ -77,24 +76,8 @@ def test_midblock_overwrite_replaces_the_previous_run(workspace, lora_run):
 
 def test_a_concurrent_run_fails_at_once_naming_the_other(workspace):
     out = workspace.root / "owned-busy"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from midblock_plugin import io; "
-            "r = io.RunDirectory(sys.argv[1]).acquire(); r.start(); print('ready', flush=True); time.sleep(300)",
-            str(out),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with hold_run_directory(out) as holder:
         run = workspace.train("owned-busy")
-    finally:
-        holder.kill()
-        holder.wait()
     assert run.returncode != 0
     assert f"is in use: another midblock run (pid {holder.pid} on {socket.gethostname()})" in run.output, run.output[
         -3000:

@@ -118,6 +118,7 @@ def _checkpoint(root, name="checkpoint-1", **plan_json):
 
     path = root / name
     path.mkdir(parents=True)
+    (path / "trainer_state.json").write_text("{}")  # written last by the Trainer: a whole checkpoint
     if plan_json:
         write_checkpoint_plan(path, plan_json)
     return path
@@ -176,3 +177,22 @@ def test_lora_model_dir_for_another_window_is_refused(workspace, lora_run):
     check_before_training(
         DictDefault(workspace.config("x", lora_model_dir=str(lora_run.output_dir))), _plan(workspace)
     )
+
+
+def test_a_checkpoint_cut_off_while_saving_is_refused_naming_the_last_whole_one(workspace, tmp_path):
+    """auto_resume_from_checkpoints picks the highest checkpoint; one without trainer_state.json was
+    cut off while saving: refused before the model loads, naming the last whole checkpoint."""
+    from axolotl.utils.dict import DictDefault
+
+    from midblock_plugin.integrations.axolotl.plugin import check_before_training
+    from midblock_plugin.training.resume import IncompleteCheckpoint
+
+    full = {"midblock_mode": "full"}
+    whole = _checkpoint(tmp_path, "checkpoint-9", **_plan(workspace, **full).to_json_dict())
+    cut = _checkpoint(tmp_path, "checkpoint-10", **_plan(workspace, **full).to_json_dict())
+    (cut / "trainer_state.json").unlink()
+    cfg = DictDefault(workspace.config("x", **full, output_dir=str(tmp_path), auto_resume_from_checkpoints=True))
+    with pytest.raises(IncompleteCheckpoint) as info:
+        check_before_training(cfg, _plan(workspace, **full))
+    assert f"cannot resume from {cut}: it is incomplete (no trainer_state.json" in str(info.value)
+    assert f"remove it to resume from {whole} (the last whole checkpoint)" in str(info.value)

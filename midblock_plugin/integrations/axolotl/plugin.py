@@ -113,6 +113,7 @@ class MidBlockPlugin(BasePlugin):
         self.callback = None  # the MidBlockCallback of this run, bound to the trainer in post_trainer_create
         self.eval_callback = None  # the EvalCallback of this run (midblock_eval)
         self._eval_trainer = None
+        self._post_train_calls = 0
         self._eval_state = "off"  # off | armed (post_train not yet seen) | pending (after the save) | done
         self._checked_before_load = False  # the resume / lora_model_dir checks ran in pre_model_load
 
@@ -166,6 +167,7 @@ class MidBlockPlugin(BasePlugin):
 
     # ------------------------------------------------------------------ model
     def pre_model_load(self, cfg) -> None:
+        self._check_eval_data(cfg)  # midblock_eval with any adapter: GSM8K not found fails before the model loads
         if not self._ours(cfg):
             return
         config = midblock_config_from_cfg(cfg)
@@ -280,6 +282,20 @@ class MidBlockPlugin(BasePlugin):
         self.callback.claim_output_dir(trainer.args, _resume_checkpoint(cfg))
 
     # ------------------------------------------------------------------ evaluation (midblock_eval)
+    def _check_eval_data(self, cfg) -> None:
+        """The GSM8K ``midblock_eval`` will read is found (or refused) before the model loads;
+        ``add_callbacks_post_trainer`` checks again (cheap) where it builds the callback."""
+        values = cfg.get(EVAL_KEY)
+        if values is None or values is False or self._shadowed():
+            return
+        from midblock_plugin.evaluation.preflight import preflight
+
+        settings = eval_settings_from({} if values is True else values)  # its errors name midblock_eval
+        try:
+            preflight(settings, needs="the evaluation after training", fix=f"remove {EVAL_KEY}")
+        except (ValueError, FileNotFoundError) as exc:
+            raise ValueError(f"{EVAL_KEY}: {exc}") from None
+
     def add_callbacks_post_trainer(self, cfg, trainer) -> list:
         """``midblock_eval``: an EvalCallback bound to the trainer (any adapter). Task names are
         checked against lm-eval here, before training starts."""
@@ -310,6 +326,11 @@ class MidBlockPlugin(BasePlugin):
 
     def post_train(self, cfg, model) -> None:
         self._write_model_card(cfg)
+        # Axolotl calls post_train after training and again after saving the model (through
+        # model.save_pretrained, not trainer.save_model): the run is complete at the second call.
+        if self._post_train_calls and self._trained():
+            self.callback.finish()
+        self._post_train_calls += 1
         if self._eval_state == "armed":
             after_save = self.eval_callback is not None and self.eval_callback.settings.backend != "in-memory"
             if _process_group_active() and not after_save:  # backend hf / vllm: always after the save
@@ -318,6 +339,11 @@ class MidBlockPlugin(BasePlugin):
                 self._eval_state = "pending"  # Axolotl calls post_train again once the model is saved
         elif self._eval_state == "pending":
             self._evaluate("after the model was saved")
+
+    def _trained(self) -> bool:
+        """This process owns output_dir and training ended normally (the run awaits its final save)."""
+        directory = self.callback.directory if self.callback is not None else None
+        return directory is not None and directory.claimed and directory.trained
 
     def _write_model_card(self, cfg) -> None:
         """The midblock section of the saved adapter's README.md (what was trained; the rsLoRA trap)."""
@@ -328,6 +354,8 @@ class MidBlockPlugin(BasePlugin):
             write_model_card(out, self.plan)
 
     def post_train_unload(self, cfg) -> None:
+        if self._trained():
+            self.callback.finish()  # an Axolotl that calls post_train only once: the model is saved by now
         if self._eval_state in ("armed", "pending"):  # an Axolotl that calls post_train only once
             self._evaluate("at unload")
         self._release_eval()
