@@ -52,7 +52,7 @@ def _raise_at_first_step():
     return RaiseAtFirstStep()
 
 
-def _trainer(out, config=None, *, overwrite=False, bind=True, callbacks=(), **kw):
+def _trainer(out, config=None, *, overwrite=False, bind=True, callbacks=(), set_args=None, **kw):
     """A bound SFTTrainer with MidBlockCallback on a tiny 6-layer Llama into ``out``."""
     from trl import SFTConfig, SFTTrainer
 
@@ -71,6 +71,8 @@ def _trainer(out, config=None, *, overwrite=False, bind=True, callbacks=(), **kw
         disable_tqdm=True,
         **{"max_steps": 1, "save_strategy": "no", **kw},
     )
+    for name, value in (set_args or {}).items():  # attributes this transformers' arguments no longer have
+        setattr(args, name, value)
     callback = MidBlockCallback(plan=plan, verbose=False, overwrite=overwrite)
     trainer = SFTTrainer(
         model=model,
@@ -283,6 +285,20 @@ def test_overwrite_removes_the_previous_run_when_training_starts(finished, tmp_p
     assert status["status"] == "complete" and status["plan"] == "layers 2-4 of 6, lora rank 8 per layer"
     assert {"checkpoint-1", "checkpoint-2", "adapter_config.json", "midblock"} <= set(status["replaced"]["files"])
     assert status["replaced"]["status"] == "complete"
+
+
+def test_transformers_overwrite_output_dir_replaces_the_previous_run(finished, tmp_path):
+    """transformers 4's TrainingArguments(overwrite_output_dir=True) is the framework's own switch."""
+    out = _copy(finished, tmp_path)
+    trainer = _train(_trainer(out, MidBlockConfig(rank=RANK, layers="2-4"), set_args={"overwrite_output_dir": True}))
+    assert not list(out.glob("checkpoint-*")) and trainer.state.global_step == 1
+    assert _status(out)["plan"] == "layers 2-4 of 6, lora rank 8 per layer"
+
+
+@pytest.mark.parametrize("value", ["no", 1, None, ""])
+def test_overwrite_is_true_or_false_only(value):
+    with pytest.raises(ValueError, match=r"overwrite=.*: must be True or False"):
+        MidBlockCallback(MidBlockConfig(), overwrite=value)
 
 
 # --------------------------------------------------------------------------- resume through trainer.train

@@ -40,7 +40,7 @@ from midblock_plugin.config import MidBlockConfig
 from midblock_plugin.plan import MidBlockPlan, build_plan
 from midblock_plugin.training.drift import DriftMonitor
 from midblock_plugin.training.model_card import write_model_card
-from midblock_plugin.training.output_dir import CALLBACK_OVERWRITE, TrainingDirectory
+from midblock_plugin.training.output_dir import CALLBACK_OVERWRITE, TrainingDirectory, overwrite_switch
 from midblock_plugin.training.progress import hide_drift_on_console
 from midblock_plugin.training.resume import (
     check_model_matches_plan,
@@ -93,7 +93,7 @@ class MidBlockCallback(TrainerCallback):
         self._pending_grads: dict[int, float] | None = None
         self._bound = False
         self._warned_reporters = False
-        self.overwrite = bool(overwrite)
+        self.overwrite = overwrite_switch(overwrite, overwrite_hint)
         self.overwrite_hint = overwrite_hint
         #: the guard of output_dir (main process only), from on_init_end
         self.directory: TrainingDirectory | None = None
@@ -232,8 +232,10 @@ class MidBlockCallback(TrainerCallback):
             check_resume(checkpoint, self.plan, fix=RESUME_FIX)
         if state.is_world_process_zero:
             if getattr(args, "output_dir", None) and not (self.directory and self.directory.claimed):
+                # transformers 4's own switch, where the installed version still has it
+                overwrite = self.overwrite or getattr(args, "overwrite_output_dir", False) is True
                 directory = TrainingDirectory(
-                    args.output_dir, self.plan, overwrite=self.overwrite, overwrite_hint=self.overwrite_hint
+                    args.output_dir, self.plan, overwrite=overwrite, overwrite_hint=self.overwrite_hint
                 )
                 directory.check(checkpoint)  # another run holding it, a previous run with another plan
                 self.directory = directory

@@ -73,7 +73,7 @@ class TrainingDirectory:
     ):
         self.path = Path(output_dir)
         self.plan = plan
-        self.overwrite = bool(overwrite)
+        self.overwrite = overwrite_switch(overwrite, overwrite_hint)
         self.overwrite_hint = overwrite_hint
         self.log = log or logger.warning
         self.run: io.RunDirectory | None = None
@@ -193,6 +193,15 @@ class TrainingDirectory:
                 "training did not end (an exception in trainer.train, or the trainer was abandoned) before "
                 "another trainer in the same process started into this output_dir"
             )
+
+
+def overwrite_switch(value: Any, hint: str = CALLBACK_OVERWRITE) -> bool:
+    """``value`` as the overwrite switch: ``True`` or ``False`` only (``"no"`` must not replace a run)."""
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"overwrite={value!r}: must be True or False ({hint} replaces a previous run with another plan)."
+        )
+    return value
 
 
 def main_process() -> bool:
