@@ -165,22 +165,26 @@ class MidBlockCallback(TrainerCallback):
 
         @functools.wraps(original)
         def save_model(*args, **kwargs):
-            directory = self.directory
-            after_training = directory is not None and directory.claimed and directory.trained
+            after_training = self.awaiting_save
             try:
                 result = original(*args, **kwargs)
             except BaseException as exc:
-                if after_training and directory.claimed:
-                    directory.end(exc)
+                if after_training:
+                    self.finish(exc)
                 raise
-            if after_training and directory.claimed:
-                directory.end()
+            if after_training:
+                self.finish()
             return result
 
         save_model.__midblock_callback__ = self
         # Monkeypatch (this instance only): the Trainer has no callback event after its final save_model.
         trainer.save_model = save_model
         self._complete_after_save = True
+
+    @property
+    def awaiting_save(self) -> bool:
+        """This process owns ``output_dir`` and training ended normally: the run awaits its final save."""
+        return self.directory is not None and self.directory.claimed and self.directory.trained
 
     def finish(self, error: BaseException | str | None = None) -> None:
         """Record the run ``complete`` (or ``incomplete`` with ``error``) now and release ``output_dir``;
@@ -309,7 +313,8 @@ class MidBlockCallback(TrainerCallback):
             self.monitor.snapshot()
         self._check_reporters(args)
         self._checkpoint_bytes = None
-        if _saves_checkpoints(args) and state.is_local_process_zero:  # before the first step, not at the first save
+        saves = _strategy(args, "save_strategy") in ("steps", "epoch", "best") and getattr(args, "output_dir", None)
+        if saves and state.is_local_process_zero:  # before the first step, not at the first save
             self._checkpoint_bytes = storage.checkpoint_bytes(model, save_only_model=bool(args.save_only_model))
             self._check_checkpoint_space(args, state.global_step + (state.save_steps or 1))
         return control
@@ -319,30 +324,25 @@ class MidBlockCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         """Before a checkpoint is due: refuse it (NotEnoughSpace) rather than leave a partial one."""
-        save_steps = state.save_steps
-        if (
-            self._checkpoint_bytes is not None
-            and str(getattr(args.save_strategy, "value", args.save_strategy)) == "steps"
-            and save_steps
-            and state.global_step % int(save_steps) == 0
-        ):
-            self._check_checkpoint_space(args, state.global_step)
+        every = state.save_steps
+        if self._checkpoint_bytes is not None and _strategy(args, "save_strategy") == "steps" and every:
+            if state.global_step % int(every) == 0:
+                self._check_checkpoint_space(args, state.global_step)
         return control
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        if (
-            self._checkpoint_bytes is not None
-            and str(getattr(args.save_strategy, "value", args.save_strategy)) == "epoch"
-        ):
+        if self._checkpoint_bytes is not None and _strategy(args, "save_strategy") == "epoch":
             self._check_checkpoint_space(args, state.global_step)
         return control
 
     # ------------------------------------------------------------------ drift
     def _will_log(self, args, state) -> bool:
         steps = state.logging_steps or getattr(args, "logging_steps", 0)
-        strategy = getattr(args, "logging_strategy", "steps")
-        strategy = str(getattr(strategy, "value", strategy))
-        return strategy == "steps" and bool(steps) and (state.global_step + 1) % int(steps) == 0
+        return (
+            _strategy(args, "logging_strategy", "steps") == "steps"
+            and bool(steps)
+            and (state.global_step + 1) % int(steps) == 0
+        )
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if self.monitor is not None and self._will_log(args, state):
@@ -398,9 +398,11 @@ class MidBlockCallback(TrainerCallback):
         return str(io.write_json(io.artifact(out, name), data))
 
 
-def _saves_checkpoints(args) -> bool:
-    strategy = str(getattr(args.save_strategy, "value", args.save_strategy))
-    return bool(getattr(args, "output_dir", None)) and strategy in ("steps", "epoch", "best")
+def _strategy(args, name: str, default: str = "no") -> str:
+    """A strategy of the training arguments (``save_strategy``, ``logging_strategy``) as its name;
+    transformers gives an enum, other arguments a string (absent: ``default``)."""
+    value = getattr(args, name, default)
+    return str(getattr(value, "value", value))
 
 
 def _plot_drift(data: dict, path: str) -> None:

@@ -32,6 +32,8 @@ RESUME_FIELDS = (
 )
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+#: What the Trainer writes last into a checkpoint: a checkpoint without it was cut off while saving.
+TRAINER_STATE = "trainer_state.json"
 #: adapter_config.json key -> the plan.json field it states
 _SAME_FIELD = {"layers_to_transform": "layers", "r": "layer_rank"}
 
@@ -217,11 +219,11 @@ def check_checkpoint_whole(checkpoint: str | os.PathLike) -> None:
     path = Path(checkpoint)
     if (path / TRAINER_STATE).is_file():
         return
-    earlier = (
-        [p for p in _checkpoints(path.parent) if p[0] < _step(path) and (p[1] / TRAINER_STATE).is_file()]
-        if _CHECKPOINT.match(path.name)
-        else []
-    )
+    match = _CHECKPOINT.match(path.name)
+    step = int(match.group(1)) if match else None
+    earlier = [
+        c for c in _checkpoints(path.parent) if step is not None and c[0] < step and (c[1] / TRAINER_STATE).is_file()
+    ]
     instead = (
         f"remove it to resume from {max(earlier)[1]} (the last whole checkpoint), or pass that path as "
         "resume_from_checkpoint"
@@ -232,13 +234,6 @@ def check_checkpoint_whole(checkpoint: str | os.PathLike) -> None:
         f"cannot resume from {checkpoint}: it is incomplete (no {TRAINER_STATE}, which the Trainer writes last: its "
         f"save was interrupted, e.g. the process was killed or the disk filled); {instead}."
     )
-
-
-TRAINER_STATE = "trainer_state.json"
-
-
-def _step(path: Path) -> int:
-    return int(_CHECKPOINT.match(path.name).group(1))
 
 
 def _checkpoints(root: Path) -> list[tuple[int, Path]]:

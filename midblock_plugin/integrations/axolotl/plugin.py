@@ -260,7 +260,7 @@ class MidBlockPlugin(BasePlugin):
         from midblock_plugin.training import MidBlockCallback
 
         # Without load_adapter (no plan yet), the callback builds the plan from the model at trainer init.
-        overwrite = {"overwrite": bool(cfg.get(OVERWRITE_KEY)), "overwrite_hint": OVERWRITE_HINT}
+        overwrite = {"overwrite": _overwrite(cfg), "overwrite_hint": OVERWRITE_HINT}
         self.callback = (
             MidBlockCallback(plan=self.plan, **overwrite)
             if self.plan is not None
@@ -342,8 +342,7 @@ class MidBlockPlugin(BasePlugin):
 
     def _trained(self) -> bool:
         """This process owns output_dir and training ended normally (the run awaits its final save)."""
-        directory = self.callback.directory if self.callback is not None else None
-        return directory is not None and directory.claimed and directory.trained
+        return self.callback is not None and self.callback.awaiting_save
 
     def _write_model_card(self, cfg) -> None:
         """The midblock section of the saved adapter's README.md (what was trained; the rsLoRA trap)."""
@@ -563,6 +562,11 @@ def _resume_checkpoint(cfg) -> str | None:
     return None
 
 
+def _overwrite(cfg) -> bool:
+    """``midblock_overwrite`` (validated as a boolean when the config loaded; absent: false)."""
+    return bool(cfg.get(OVERWRITE_KEY))
+
+
 def check_output_dir(cfg, plan) -> None:
     """Before the model loads, on the main process of a run that trains: refuse an ``output_dir``
     that another run holds (naming its pid and host), or whose previous midblock run was trained
@@ -575,7 +579,7 @@ def check_output_dir(cfg, plan) -> None:
         return
 
     guard = TrainingDirectory(
-        cfg.output_dir, plan, overwrite=bool(cfg.get(OVERWRITE_KEY)), overwrite_hint=OVERWRITE_HINT, log=LOG.warning
+        cfg.output_dir, plan, overwrite=_overwrite(cfg), overwrite_hint=OVERWRITE_HINT, log=LOG.warning
     )
     try:
         guard.check(_resume_checkpoint(cfg))
